@@ -1,0 +1,15 @@
+"""HTTP and WebSocket routes."""
+
+from fastapi import APIRouter
+
+from gateway.api import health, sessions, stream
+
+API_PREFIX = "/api/v1"
+
+
+def build_router() -> APIRouter:
+    router = APIRouter()
+    router.include_router(health.router)
+    router.include_router(sessions.router, prefix=API_PREFIX)
+    router.include_router(stream.router, prefix=API_PREFIX)
+    return router

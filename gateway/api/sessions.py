@@ -1,0 +1,144 @@
+"""REST routes of the session lifecycle: create, list, get, chat, interrupt, stop, delete."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response, status
+from sse_starlette import EventSourceResponse
+
+from gateway.db.models import SessionStatus
+from gateway.deps import CurrentUser, OwnedSession, ServicesDep
+from gateway.errors import GatewayError
+from gateway.schemas import (
+    ChatRequest,
+    ChatResponse,
+    CreateSessionRequest,
+    ErrorResponse,
+    InterruptResponse,
+    SessionList,
+    SessionOut,
+    TurnList,
+    TurnOut,
+)
+
+router = APIRouter(
+    prefix="/sessions",
+    tags=["sessions"],
+    responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "No such session for this caller."}
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SessionOut,
+    responses={503: {"model": ErrorResponse, "description": "The container could not start."}},
+)
+async def create_session(
+    body: CreateSessionRequest, principal: CurrentUser, services: ServicesDep
+) -> SessionOut:
+    """Start a session in its own container. It is ``starting`` until the CLI is ready; a
+    ``prompt`` given here (or sent by chat meanwhile) runs as soon as it is."""
+    row = await services.sessions.create(principal.owner, body.config, body.prompt)
+    return SessionOut.of(row)
+
+
+@router.get("", response_model=SessionList)
+async def list_sessions(
+    principal: CurrentUser,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    status_filter: Annotated[SessionStatus | None, Query(alias="status")] = None,
+) -> SessionList:
+    """The caller's sessions, newest first."""
+    rows, next_cursor = await services.sessions.list(principal.owner, limit, cursor, status_filter)
+    return SessionList(sessions=[SessionOut.of(row) for row in rows], next_cursor=next_cursor)
+
+
+@router.get("/{session_id}", response_model=SessionOut, responses=_NOT_FOUND)
+async def get_session(session: OwnedSession) -> SessionOut:
+    return SessionOut.of(session)
+
+
+@router.get("/{session_id}/turns", response_model=TurnList, responses=_NOT_FOUND)
+async def list_turns(session: OwnedSession, services: ServicesDep) -> TurnList:
+    """Every chat turn of the session, oldest first."""
+    rows = await services.sessions.turns(session.id)
+    return TurnList(turns=[TurnOut.of(row) for row in rows])
+
+
+@router.post(
+    "/{session_id}/chat",
+    response_model=ChatResponse,
+    responses={
+        **_NOT_FOUND,
+        200: {
+            "description": "The turn's result; with `stream: true`, text/event-stream with one "
+            "event per line of the turn, ending with the result.",
+            "content": {"text/event-stream": {}},
+        },
+        409: {"model": ErrorResponse, "description": "session_busy or session_not_running"},
+        502: {"model": ErrorResponse, "description": "turn_failed: the CLI died mid-turn"},
+        504: {"model": ErrorResponse, "description": "turn_timeout: the turn goes on"},
+    },
+)
+async def chat(
+    body: ChatRequest, session: OwnedSession, services: ServicesDep
+) -> ChatResponse | EventSourceResponse:
+    """Send one user turn and wait for its result, or stream it as server-sent events."""
+    turn, started = await services.turns.begin(session.id, body.prompt)
+    if body.stream:
+        return EventSourceResponse(
+            _turn_events(services, session.id, turn, started, body.timeout),
+            ping=15,
+        )
+    result, recorded = await services.turns.wait(session.id, turn, started, body.timeout)
+    return ChatResponse(result=result, turn=TurnOut.of(recorded))
+
+
+async def _turn_events(
+    services: ServicesDep, session_id: Any, turn: Any, started: str, timeout: float
+) -> AsyncIterator[dict[str, str]]:
+    try:
+        async for event in services.turns.events(session_id, turn, started, timeout):
+            yield {"id": event.id, "event": event.source, "data": event.envelope_json()}
+    except GatewayError as exc:  # the response has begun: report the error as an event
+        yield {"event": "error", "data": _json(exc.body())}
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+@router.post(
+    "/{session_id}/interrupt",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=InterruptResponse,
+    responses={**_NOT_FOUND, 409: {"model": ErrorResponse, "description": "no_running_turn"}},
+)
+async def interrupt(session: OwnedSession, services: ServicesDep) -> InterruptResponse:
+    """Abort the running turn; it ends with a result of subtype ``error_during_execution``."""
+    turn_id = await services.turns.interrupt(session.id)
+    return InterruptResponse(turn_id=turn_id)
+
+
+@router.post("/{session_id}/stop", response_model=SessionOut, responses=_NOT_FOUND)
+async def stop_session(session: OwnedSession, services: ServicesDep) -> SessionOut:
+    """Interrupt, SIGTERM, SIGKILL after the grace period; the container is removed.
+    Stopping an ended session returns it unchanged."""
+    return SessionOut.of(await services.sessions.stop(session.id))
+
+
+@router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND)
+async def delete_session(session: OwnedSession, services: ServicesDep) -> Response:
+    """Stop the session if needed and remove its records and events."""
+    await services.sessions.delete(session.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,159 @@
+"""The WebSocket stream of one session: every event in order, replay from a cursor, and
+prompts and interrupts from the client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from gateway.db.models import ACTIVE_STATUSES, SessionRow
+from gateway.deps import Services, authenticate
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.events.bus import is_stream_id
+from gateway.schemas import MAX_PROMPT_CHARS
+from wrapper.protocol import Source
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["stream"])
+
+LIVE_ONLY = "$"
+
+
+class PromptMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["prompt"]
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+
+
+class InterruptMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["interrupt"]
+
+
+ClientMessage = Annotated[PromptMessage | InterruptMessage, Field(discriminator="type")]
+_client_message: TypeAdapter[PromptMessage | InterruptMessage] = TypeAdapter(ClientMessage)
+
+
+@router.websocket("/sessions/{session_id}/stream")
+async def stream(websocket: WebSocket, session_id: str) -> None:
+    """Events as ``{"id", "session_id", "source", "event"}``. ``?after=<cursor>`` replays every
+    event after the cursor first (default: from the beginning; ``$``: live only). The token
+    comes in the Authorization header or as ``?token=``. Clients may send
+    ``{"type": "prompt", "prompt": "..."}`` and ``{"type": "interrupt"}``."""
+    services: Services = websocket.app.state.services
+    try:
+        session = await _authorize(websocket, services, session_id)
+        after = _parse_after(websocket.query_params.get("after"))
+    except GatewayError as exc:
+        await websocket.send_denial_response(JSONResponse(exc.body(), status_code=exc.status))
+        return
+    await websocket.accept()
+    sender = asyncio.create_task(_send_events(websocket, services, session, after))
+    receiver = asyncio.create_task(_receive_commands(websocket, services, session))
+    try:
+        done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            failure = None if task.cancelled() else task.exception()
+            if failure is not None and not isinstance(failure, WebSocketDisconnect | RuntimeError):
+                log.error("stream of %s failed", session.id, exc_info=failure)
+    finally:
+        for task in (sender, receiver):
+            task.cancel()
+        await asyncio.gather(sender, receiver, return_exceptions=True)
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await websocket.close()
+
+
+async def _authorize(websocket: WebSocket, services: Services, session_id: str) -> SessionRow:
+    principal = authenticate(
+        services.settings,
+        websocket.headers.get("authorization"),
+        websocket.query_params.get("token"),
+    )
+    try:
+        parsed = uuid.UUID(session_id)
+    except ValueError:
+        raise InvalidRequest(
+            f"{session_id!r} is not a session id", code="invalid_session_id"
+        ) from None
+    return await services.sessions.get(parsed, owner=principal.owner)
+
+
+def _parse_after(value: str | None) -> str | None:
+    """``None`` means live only; "0" means everything."""
+    if value is None or value == "":
+        return "0"
+    if value == LIVE_ONLY:
+        return None
+    if not is_stream_id(value):
+        raise InvalidRequest(f"after={value!r} is not a cursor", code="invalid_cursor")
+    return value
+
+
+async def _send_events(
+    websocket: WebSocket, services: Services, session: SessionRow, after: str | None
+) -> None:
+    sid = str(session.id)
+    if after is not None and await services.bus.trimmed_after(sid, after):
+        await _send_notice(
+            websocket,
+            sid,
+            {
+                "type": "events_truncated",
+                "message": "some events after this cursor were trimmed "
+                f"(EVENT_STREAM_MAXLEN={services.settings.event_stream_maxlen}); "
+                "replay starts at the oldest event kept",
+            },
+        )
+    active = session.status in ACTIVE_STATUSES
+    async with contextlib.aclosing(services.hub.follow(sid, after, track=active)) as events:
+        async for event in events:
+            await websocket.send_text(event.envelope_json())
+
+
+async def _send_notice(websocket: WebSocket, session_id: str, event: dict[str, Any]) -> None:
+    """A message for this client only; it is not part of the session's stream (no cursor)."""
+    envelope = {"id": None, "session_id": session_id, "source": Source.GATEWAY, "event": event}
+    await websocket.send_text(json.dumps(envelope, separators=(",", ":")))
+
+
+async def _receive_commands(websocket: WebSocket, services: Services, session: SessionRow) -> None:
+    sid = str(session.id)
+    while True:
+        raw = await websocket.receive_text()
+        try:
+            message = _client_message.validate_json(raw)
+            if isinstance(message, PromptMessage):
+                turn, _ = await services.turns.begin(session.id, message.prompt)
+                await _send_notice(
+                    websocket, sid, {"type": "prompt_accepted", "turn_id": str(turn.id)}
+                )
+            else:
+                turn_id = await services.turns.interrupt(session.id)
+                await _send_notice(
+                    websocket, sid, {"type": "interrupt_accepted", "turn_id": str(turn_id)}
+                )
+        except ValidationError as exc:
+            await _send_notice(
+                websocket,
+                sid,
+                {
+                    "type": "error",
+                    "code": "invalid_message",
+                    "message": 'expected {"type": "prompt", "prompt": "..."} or '
+                    f'{{"type": "interrupt"}}: {exc.errors()[0].get("msg", "invalid")}',
+                },
+            )
+        except GatewayError as exc:
+            await _send_notice(
+                websocket, sid, {"type": "error", "code": exc.code, "message": exc.message}
+            )

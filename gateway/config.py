@@ -1,0 +1,173 @@
+"""The gateway's settings: one typed object, read from the environment (and ``.env``) once.
+
+This is the only module that reads the environment. ``Settings()`` is built in ``main`` and
+passed down; nothing imports a global instance.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from wrapper.protocol import PermissionMode
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # -- serving -------------------------------------------------------------------------------
+    host: str = Field(default="0.0.0.0", description="Address uvicorn binds to.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port uvicorn listens on.")
+    log_level: LogLevel = Field(default="INFO", description="Root log level.")
+    log_json: bool = Field(default=True, description="Log one JSON object per line.")
+
+    # -- stores --------------------------------------------------------------------------------
+    database_url: str = Field(
+        default="postgresql+asyncpg://ccd:ccd@localhost:5432/ccd",
+        description="SQLAlchemy URL of PostgreSQL; must use the asyncpg driver.",
+    )
+    database_pool_size: int = Field(default=10, ge=1, description="Connections kept open.")
+    redis_url: str = Field(default="redis://localhost:6379/0", description="Redis for events.")
+
+    # -- auth ----------------------------------------------------------------------------------
+    jwt_secret: SecretStr = Field(
+        default=SecretStr(""), description="Key that signs user tokens. Required."
+    )
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = Field(
+        default="HS256", description="The only algorithm accepted for user tokens."
+    )
+    jwt_audience: str | None = Field(
+        default=None, description="If set, user tokens must carry this `aud`."
+    )
+    token_ttl: int = Field(
+        default=24 * 3600, ge=60, description="Lifetime in seconds of tokens minted by `token`."
+    )
+
+    # -- runtime -------------------------------------------------------------------------------
+    docker_host: str | None = Field(
+        default=None, description="Docker Engine URL; unset means the local socket."
+    )
+    instance_name: str = Field(
+        default="default",
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$",
+        description="Labels this gateway's containers so gateways sharing an engine "
+        "never touch each other's sessions.",
+    )
+    session_image: str = Field(
+        default="cc-docker/session:latest", description="Image every session container runs."
+    )
+    session_network: str | None = Field(
+        default=None, description="Docker network for session containers (default: bridge)."
+    )
+    session_redis_url: str | None = Field(
+        default=None, description="Redis URL as seen from a session container (default REDIS_URL)."
+    )
+    session_gateway_url: str | None = Field(
+        default=None,
+        description="Gateway URL as seen from a session container (default http://HOST:PORT).",
+    )
+    session_cpus: float | None = Field(default=1.0, gt=0, description="CPUs per session.")
+    session_memory: str | None = Field(
+        default="2g",
+        pattern=r"^\d+[bkmgBKMG]?$",
+        description="Memory limit per session (docker units).",
+    )
+    session_pids_limit: int | None = Field(default=512, ge=16, description="Max processes.")
+    session_permission_mode: PermissionMode = Field(
+        default="bypassPermissions",
+        description="Permission mode when a session asks for none; the container is the sandbox.",
+    )
+    session_extra_env: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Extra variables for every session container, as NAME=value,NAME2=value2.",
+    )
+    container_timeout_default: int = Field(
+        default=3600, ge=10, description="Idle seconds before a session is stopped."
+    )
+    session_start_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds a session may take to become ready."
+    )
+    session_stop_grace: float = Field(
+        default=10.0, ge=0, description="Seconds between SIGTERM and SIGKILL on stop."
+    )
+    session_interrupt_grace: float = Field(
+        default=5.0, ge=0, description="Seconds a stop waits for an interrupted turn to end."
+    )
+    reconcile_interval: float = Field(
+        default=15.0, gt=0, description="Seconds between runtime/database reconciliations."
+    )
+
+    # -- events --------------------------------------------------------------------------------
+    event_stream_maxlen: int = Field(
+        default=10_000, ge=100, description="Events kept per session for replay (approximate)."
+    )
+    chat_timeout_default: float = Field(
+        default=600.0, gt=0, description="Seconds a non-streaming chat waits for its turn."
+    )
+
+    # -- credentials passed to every session (never stored) ---------------------------------------
+    anthropic_api_key: SecretStr | None = Field(default=None, description="x-api-key auth.")
+    anthropic_auth_token: SecretStr | None = Field(default=None, description="Bearer auth.")
+    claude_code_oauth_token: SecretStr | None = Field(default=None, description="OAuth token.")
+    anthropic_base_url: str | None = Field(default=None, description="Redirects model traffic.")
+    claude_code_max_retries: int | None = Field(
+        default=None, ge=0, description="CLAUDE_CODE_MAX_RETRIES for sessions (CLI default 10)."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_only(cls, value: str) -> str:
+        if not value.startswith("postgresql+asyncpg://"):
+            raise ValueError("DATABASE_URL must start with postgresql+asyncpg://")
+        return value
+
+    @field_validator("session_extra_env", mode="before")
+    @classmethod
+    def _parse_env_pairs(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, val = item.partition("=")
+            if not sep or not name:
+                raise ValueError(f"SESSION_EXTRA_ENV item {item!r} is not NAME=value")
+            pairs[name] = val
+        return pairs
+
+    @model_validator(mode="after")
+    def _require_secret(self) -> Settings:
+        if len(self.jwt_secret.get_secret_value()) < 32:
+            raise ValueError(
+                "JWT_SECRET must be set to at least 32 characters "
+                "(for example: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return self
+
+    @property
+    def effective_session_redis_url(self) -> str:
+        return self.session_redis_url or self.redis_url
+
+    @property
+    def effective_session_gateway_url(self) -> str:
+        return self.session_gateway_url or f"http://{self.host}:{self.port}"
+
+    def session_cli_env(self) -> dict[str, str]:
+        """CLI variables forwarded from the gateway to every session container."""
+        env: dict[str, str] = {}
+        secrets = {
+            "ANTHROPIC_API_KEY": self.anthropic_api_key,
+            "ANTHROPIC_AUTH_TOKEN": self.anthropic_auth_token,
+            "CLAUDE_CODE_OAUTH_TOKEN": self.claude_code_oauth_token,
+        }
+        for name, secret in secrets.items():
+            if secret is not None and secret.get_secret_value():
+                env[name] = secret.get_secret_value()
+        if self.anthropic_base_url:
+            env["ANTHROPIC_BASE_URL"] = self.anthropic_base_url
+        if self.claude_code_max_retries is not None:
+            env["CLAUDE_CODE_MAX_RETRIES"] = str(self.claude_code_max_retries)
+        return env

@@ -1,0 +1,125 @@
+"""Tables: one row per session, one per chat turn. The schema changes only through Alembic."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSONB, datetime: DateTime(timezone=True)}
+
+
+class SessionStatus(StrEnum):
+    STARTING = "starting"  # container started, CLI not yet past its handshake
+    READY = "ready"  # idle, accepts a turn
+    BUSY = "busy"  # a turn runs
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+ACTIVE_STATUSES = (SessionStatus.STARTING, SessionStatus.READY, SessionStatus.BUSY)
+FINAL_STATUSES = (SessionStatus.STOPPED, SessionStatus.FAILED)
+
+
+class TurnStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"  # the CLI's result says success
+    FAILED = "failed"  # an error result, or no result (CLI crash, session failure)
+    INTERRUPTED = "interrupted"  # aborted by an interrupt or a stop
+
+
+def _in(column: str, values: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(200))
+    instance: Mapped[str] = mapped_column(
+        String(63), comment="The gateway instance (INSTANCE_NAME) that runs its container."
+    )
+    status: Mapped[str] = mapped_column(String(16), default=SessionStatus.STARTING)
+    image: Mapped[str] = mapped_column(String(500))
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    container_id: Mapped[str | None] = mapped_column(String(128))
+    claude_session_id: Mapped[uuid.UUID] = mapped_column(default=uuid.uuid4)
+    current_turn_id: Mapped[uuid.UUID | None]
+    event_cursor: Mapped[str | None] = mapped_column(
+        String(64), comment="Last output stream id whose effects are recorded here."
+    )
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+    last_activity_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    stopped_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(_in("status", SessionStatus), name="status"),
+        Index("ix_sessions_owner_created", "owner", created_at.desc(), id.desc()),
+        Index(
+            "ix_sessions_active",
+            "instance",
+            "status",
+            postgresql_where="status IN ('starting', 'ready', 'busy', 'stopping')",
+        ),
+    )
+
+
+class TurnRow(Base):
+    __tablename__ = "turns"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    seq: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=TurnStatus.RUNNING)
+    result: Mapped[dict[str, Any] | None] = mapped_column(comment="The CLI's result object.")
+    result_text: Mapped[str | None] = mapped_column(Text)
+    is_error: Mapped[bool | None] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text, comment="Why a turn ended without a result.")
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    usage: Mapped[dict[str, Any] | None]
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    num_turns: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("session_id", "seq"),
+        CheckConstraint(_in("status", TurnStatus), name="status"),
+    )

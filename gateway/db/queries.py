@@ -1,0 +1,103 @@
+"""Small, reusable statements over the session and turn tables.
+
+Status changes are conditional updates (``WHERE status IN (...)``), so two actors racing on the
+same session (a stop request, a dying container, the recorder) never both win.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.db.models import ACTIVE_STATUSES, SessionRow, SessionStatus, TurnRow, TurnStatus
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def transition(
+    db: AsyncSession,
+    session_id: uuid.UUID,
+    from_statuses: Iterable[SessionStatus],
+    to_status: SessionStatus,
+    **values: Any,
+) -> SessionRow | None:
+    """Move a session to ``to_status`` if it is in one of ``from_statuses``; ``None`` if not."""
+    statement = (
+        update(SessionRow)
+        .where(SessionRow.id == session_id, SessionRow.status.in_(list(from_statuses)))
+        .values(status=to_status, updated_at=func.now(), **values)
+        .returning(SessionRow)
+        .execution_options(synchronize_session=False)
+    )
+    return (await db.execute(statement)).scalar_one_or_none()
+
+
+async def set_container(
+    db: AsyncSession, session_id: uuid.UUID, container_id: str
+) -> SessionRow | None:
+    """Record the session's container; ``None`` if the session ended meanwhile."""
+    statement = (
+        update(SessionRow)
+        .where(SessionRow.id == session_id, SessionRow.status.in_(list(ACTIVE_STATUSES)))
+        .values(container_id=container_id, updated_at=func.now())
+        .returning(SessionRow)
+        .execution_options(synchronize_session=False)
+    )
+    return (await db.execute(statement)).scalar_one_or_none()
+
+
+async def end_running_turns(
+    db: AsyncSession, session_id: uuid.UUID, status: TurnStatus, reason: str
+) -> Sequence[uuid.UUID]:
+    """Close every turn of the session still marked running; returns their ids."""
+    statement = (
+        update(TurnRow)
+        .where(TurnRow.session_id == session_id, TurnRow.status == TurnStatus.RUNNING)
+        .values(status=status, error=reason, finished_at=func.now())
+        .returning(TurnRow.id)
+    )
+    return list((await db.execute(statement)).scalars())
+
+
+async def next_turn_seq(db: AsyncSession, session_id: uuid.UUID) -> int:
+    current = await db.scalar(
+        select(func.coalesce(func.max(TurnRow.seq), 0)).where(TurnRow.session_id == session_id)
+    )
+    return int(current or 0) + 1
+
+
+async def release_turn(
+    db: AsyncSession, session_id: uuid.UUID, turn_id: uuid.UUID, cursor: str | None
+) -> SessionRow | None:
+    """After ``turn_id`` ended: a busy session becomes ready again. ``None`` if the session had
+    already moved on (another actor released it, or it stopped)."""
+    values: dict[str, Any] = {
+        "current_turn_id": None,
+        "last_activity_at": func.now(),
+        "updated_at": func.now(),
+        "status": _case_busy_to_ready(),
+    }
+    if cursor is not None:
+        values["event_cursor"] = cursor
+    statement = (
+        update(SessionRow)
+        .where(SessionRow.id == session_id, SessionRow.current_turn_id == turn_id)
+        .values(**values)
+        .returning(SessionRow)
+        .execution_options(synchronize_session=False)
+    )
+    return (await db.execute(statement)).scalar_one_or_none()
+
+
+def _case_busy_to_ready() -> Any:
+    return case(
+        (SessionRow.status == SessionStatus.BUSY, SessionStatus.READY.value),
+        else_=SessionRow.status,
+    )

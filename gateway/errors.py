@@ -1,0 +1,163 @@
+"""The gateway's error hierarchy and the one place that renders errors as JSON.
+
+Every error a client sees has the shape ``{"error": {"code", "message", ...details}}``. Expected
+failures (a ``GatewayError``) log one line; anything else logs a traceback and answers 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    """An expected failure with a stable machine-readable ``code`` and an HTTP status."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(GatewayError):
+    status = 409
+    code = "conflict"
+
+
+class InvalidRequest(GatewayError):
+    status = 422
+    code = "invalid_request"
+
+
+class GatewayTimeout(GatewayError):
+    status = 504
+    code = "timeout"
+
+
+class Unavailable(GatewayError):
+    status = 503
+    code = "unavailable"
+
+
+class SessionNotFound(NotFound):
+    code = "session_not_found"
+
+    def __init__(self, session_id: object) -> None:
+        super().__init__(f"session {session_id} not found")
+
+
+class SessionBusy(Conflict):
+    code = "session_busy"
+
+
+class SessionNotRunning(Conflict):
+    code = "session_not_running"
+
+
+class NoRunningTurn(Conflict):
+    code = "no_running_turn"
+
+
+class TurnFailed(GatewayError):
+    status = 502
+    code = "turn_failed"
+
+
+class TurnTimeout(GatewayTimeout):
+    code = "turn_timeout"
+
+
+class RuntimeUnavailable(Unavailable):
+    code = "runtime_unavailable"
+
+
+class ImageNotFound(Unavailable):
+    code = "image_not_found"
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        parts.append(f"{location or 'body'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        log.info(
+            "%s %s -> %s %s: %s",
+            request.method,
+            request.url.path,
+            exc.status,
+            exc.code,
+            exc.message,
+        )
+        return JSONResponse(exc.body(), status_code=exc.status, headers=_auth_header(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        body = {
+            "error": {
+                "code": "validation_error",
+                "message": _validation_message(exc),
+                "details": _jsonable_errors(exc),
+            }
+        }
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        body = {
+            "error": {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)}
+        }
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        body = {"error": {"code": "internal_error", "message": "internal server error"}}
+        return JSONResponse(body, status_code=500)
+
+
+def _auth_header(exc: GatewayError) -> dict[str, str] | None:
+    return {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+
+
+def _jsonable_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": list(error.get("loc", ())), "msg": error.get("msg"), "type": error.get("type")}
+        for error in exc.errors()[:20]
+    ]

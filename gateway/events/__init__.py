@@ -1,0 +1,1 @@
+"""Session events: the Redis Streams relay between session containers and clients."""

@@ -1,0 +1,148 @@
+"""The gateway's side of the Redis wire contract: publish, send input, read ranges."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from wrapper import protocol
+from wrapper.protocol import GatewayEvent, InputMessage
+
+
+def parse_stream_id(entry_id: str) -> tuple[int, int]:
+    """Stream ids compare as (milliseconds, sequence) pairs, not as strings."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def stream_id_before(entry_id: str) -> str:
+    """The largest possible id below ``entry_id``: reading after it includes ``entry_id``."""
+    ms, seq = parse_stream_id(entry_id)
+    if seq > 0:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-{2**64 - 1}" if ms > 0 else "0-0"
+
+
+def is_stream_id(value: str) -> bool:
+    try:
+        parse_stream_id(value)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=False)
+class Event:
+    """One output stream entry. ``data`` is a JSON object string (for the CLI, its line)."""
+
+    id: str
+    session_id: str
+    source: str
+    type: str
+    turn_id: str | None
+    data: str
+    turn_cost: float | None = None
+
+    @classmethod
+    def from_entry(cls, session_id: str, entry_id: str, fields: dict[str, str]) -> Event:
+        return cls(
+            id=entry_id,
+            session_id=session_id,
+            source=fields.get(protocol.FIELD_SOURCE, ""),
+            type=fields.get(protocol.FIELD_TYPE, ""),
+            turn_id=fields.get(protocol.FIELD_TURN) or None,
+            data=fields.get(protocol.FIELD_DATA, "{}"),
+            turn_cost=_float_or_none(fields.get(protocol.FIELD_TURN_COST)),
+        )
+
+    @cached_property
+    def payload(self) -> dict[str, Any]:
+        value = json.loads(self.data)
+        return value if isinstance(value, dict) else {"value": value}
+
+    @cached_property
+    def position(self) -> tuple[int, int]:
+        return parse_stream_id(self.id)
+
+    def envelope_json(self) -> str:
+        """The client-facing envelope, built without re-encoding the CLI's line."""
+        return (
+            f'{{"id":"{self.id}","session_id":"{self.session_id}",'
+            f'"source":"{self.source}","event":{self.data}}}'
+        )
+
+
+def _float_or_none(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+class EventBus:
+    def __init__(self, client: aioredis.Redis, maxlen: int) -> None:
+        # Typed Any: redis-py's hints cover bytes and RESP3 replies; this client always decodes
+        # to str over RESP2, which its stubs cannot express.
+        self._redis: Any = client
+        self._maxlen = maxlen
+
+    async def publish(
+        self,
+        session_id: str,
+        event: GatewayEvent,
+        turn_id: str | None = None,
+        **payload: Any,
+    ) -> str:
+        """Add a gateway event to the session's stream; returns its id (a cursor)."""
+        entry_id: str = await self._redis.xadd(
+            protocol.output_stream_key(session_id),
+            protocol.gateway_event(event, turn_id, **payload),
+            maxlen=self._maxlen,
+            approximate=True,
+        )
+        return entry_id
+
+    async def send_input(self, session_id: str, message: InputMessage) -> str:
+        entry_id: str = await self._redis.xadd(
+            protocol.input_stream_key(session_id),
+            protocol.encode_input(message),
+            maxlen=self._maxlen,
+            approximate=True,
+        )
+        return entry_id
+
+    async def read_after(self, session_id: str, after: str, count: int = 1000) -> list[Event]:
+        """Up to ``count`` events strictly after cursor ``after`` ("0" for the beginning)."""
+        start = "-" if after in ("0", "0-0") else f"({after}"
+        entries = await self._redis.xrange(
+            protocol.output_stream_key(session_id), min=start, max="+", count=count
+        )
+        return [Event.from_entry(session_id, entry_id, fields) for entry_id, fields in entries]
+
+    async def last_id(self, session_id: str) -> str:
+        """The newest event's id, or "0-0" for an empty stream."""
+        entries = await self._redis.xrevrange(
+            protocol.output_stream_key(session_id), max="+", min="-", count=1
+        )
+        return str(entries[0][0]) if entries else "0-0"
+
+    async def trimmed_after(self, session_id: str, after: str) -> bool:
+        """True when events after ``after`` were already trimmed away (replay has a gap)."""
+        try:
+            info = await self._redis.xinfo_stream(protocol.output_stream_key(session_id))
+        except aioredis.ResponseError:
+            return False  # no stream yet: nothing was trimmed
+        deleted = str(info.get("max-deleted-entry-id") or "0-0")
+        return parse_stream_id(deleted) > parse_stream_id(after)
+
+    async def delete(self, session_id: str) -> None:
+        await self._redis.delete(
+            protocol.output_stream_key(session_id), protocol.input_stream_key(session_id)
+        )
+
+    async def ping(self) -> None:
+        await self._redis.ping()

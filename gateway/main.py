@@ -1,0 +1,104 @@
+"""The FastAPI application and its lifespan, which owns every client and background task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from gateway import __version__
+from gateway.api import build_router
+from gateway.config import Settings
+from gateway.db.engine import create_engine, create_session_factory
+from gateway.deps import Services
+from gateway.errors import install_error_handlers
+from gateway.events.bus import EventBus
+from gateway.events.hub import EventHub
+from gateway.runtime.docker import DockerRuntime
+from gateway.services.reconciler import Reconciler
+from gateway.services.recorder import Recorder
+from gateway.services.sessions import SessionService
+from gateway.services.turns import TurnService
+
+log = logging.getLogger(__name__)
+
+HUB_BLOCK_SECONDS = 30
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            engine = create_engine(settings)
+            stack.push_async_callback(engine.dispose)
+            db = create_session_factory(engine)
+            redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+            stack.push_async_callback(redis.aclose)
+            # The hub blocks in XREAD on its own connections, so it gets its own client, with
+            # a socket timeout longer than its blocking reads.
+            hub_redis = aioredis.Redis.from_url(
+                settings.redis_url,
+                decode_responses=True,
+                socket_timeout=HUB_BLOCK_SECONDS + 10,
+            )
+            stack.push_async_callback(hub_redis.aclose)
+            runtime = DockerRuntime(settings.instance_name, settings.docker_host)
+            stack.push_async_callback(runtime.close)
+
+            bus = EventBus(redis, settings.event_stream_maxlen)
+            hub = EventHub(hub_redis, bus, block_ms=int(HUB_BLOCK_SECONDS * 1000))
+            turns = TurnService(db, bus, hub)
+            sessions = SessionService(settings, db, runtime, bus, hub, turns)
+            stack.push_async_callback(sessions.close)
+            recorder = Recorder(sessions, turns, hub)
+            reconciler = Reconciler(settings, db, runtime, sessions, hub)
+            app.state.services = Services(
+                settings=settings,
+                db=db,
+                runtime=runtime,
+                bus=bus,
+                hub=hub,
+                sessions=sessions,
+                turns=turns,
+            )
+            tasks = [
+                _background(hub.run(), "event-hub"),
+                _background(recorder.run(), "recorder"),
+                _background(reconciler.watch_exits(), "container-exits"),
+                _background(reconciler.run(), "reconciler"),
+            ]
+            stack.push_async_callback(_cancel, tasks)
+            log.info("gateway %s ready (instance %s)", __version__, settings.instance_name)
+            yield
+
+    app = FastAPI(
+        title="CC-Docker",
+        version=__version__,
+        description="Claude Code sessions, each in its own Docker container.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(build_router())
+    return app
+
+
+def _background(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    task = asyncio.create_task(coro, name=name)
+
+    def report(done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.error("background task %s died", name, exc_info=done.exception())
+
+    task.add_done_callback(report)
+    return task
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,235 @@
+"""The Docker Engine backend of the runtime contract, on the official ``docker`` SDK.
+
+The SDK is synchronous, so every call runs on a small dedicated thread pool (the event loop
+never waits on the engine), and the event stream has a thread of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+from gateway.runtime.base import (
+    ContainerExit,
+    ContainerSpec,
+    ContainerState,
+    ImageMissing,
+    RuntimeFailure,
+    SessionRuntime,
+)
+from gateway.runtime.naming import instance_filter
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+
+
+class DockerRuntime(SessionRuntime):
+    def __init__(self, instance: str, docker_host: str | None = None, workers: int = 16) -> None:
+        self._instance = instance
+        self._base_url = docker_host or _DEFAULT_SOCKET
+        self._workers = workers
+        self._client_lock = threading.Lock()
+        self._docker: docker.DockerClient | None = None
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
+
+    @property
+    def _client(self) -> docker.DockerClient:
+        """Created on first use, in a worker thread: API version negotiation talks to the
+        engine, and the gateway must start (and report not-ready) while the engine is down."""
+        with self._client_lock:
+            if self._docker is None:
+                self._docker = docker.DockerClient(
+                    base_url=self._base_url,
+                    version="auto",
+                    max_pool_size=self._workers,
+                    timeout=120,
+                )
+            return self._docker
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        except docker.errors.ImageNotFound as exc:
+            raise ImageMissing(str(exc.explanation or exc)) from exc
+        except docker.errors.DockerException as exc:
+            raise RuntimeFailure(_describe(exc)) from exc
+
+    async def start(self, spec: ContainerSpec) -> ContainerState:
+        container = await self._call(self._create_and_start, spec)
+        return _state(container.attrs)
+
+    def _create_and_start(self, spec: ContainerSpec) -> Container:
+        options: dict[str, Any] = {
+            "name": spec.name,
+            "environment": dict(spec.env),
+            "labels": dict(spec.labels),
+            "detach": True,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+        }
+        if spec.network:
+            options["network"] = spec.network
+        if spec.cpus:
+            options["nano_cpus"] = int(spec.cpus * 1e9)
+        if spec.memory:
+            options["mem_limit"] = spec.memory
+        if spec.pids_limit:
+            options["pids_limit"] = spec.pids_limit
+        # create + start rather than run: run would try to pull a missing image.
+        container = self._client.containers.create(spec.image, **options)
+        try:
+            container.start()
+        except docker.errors.DockerException:
+            with contextlib.suppress(docker.errors.DockerException):
+                container.remove(force=True)
+            raise
+        container.reload()
+        return container
+
+    async def stop(self, container_id: str, grace: float) -> None:
+        def stop() -> None:
+            with contextlib.suppress(docker.errors.NotFound):
+                self._client.api.stop(container_id, timeout=max(0, round(grace)))
+
+        await self._call(stop)
+
+    async def remove(self, container_id: str) -> None:
+        def remove() -> None:
+            try:
+                self._client.api.remove_container(container_id, force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                # 409 "removal already in progress" means someone else is doing our job.
+                if exc.status_code != 409:
+                    raise
+
+        await self._call(remove)
+
+    async def inspect(self, container_id: str) -> ContainerState | None:
+        def inspect() -> dict[str, Any] | None:
+            try:
+                attrs: dict[str, Any] = self._client.api.inspect_container(container_id)
+            except docker.errors.NotFound:
+                return None
+            return attrs
+
+        attrs = await self._call(inspect)
+        return None if attrs is None else _state(attrs)
+
+    async def list_managed(self) -> list[ContainerState]:
+        def listing() -> list[dict[str, Any]]:
+            containers = self._client.containers.list(
+                all=True, filters={"label": instance_filter(self._instance)}
+            )
+            return [c.attrs for c in containers]
+
+        return [_state(attrs) for attrs in await self._call(listing)]
+
+    async def logs_tail(self, container_id: str, lines: int) -> str:
+        def logs() -> str:
+            try:
+                raw: bytes = self._client.api.logs(container_id, tail=lines)
+            except docker.errors.NotFound:
+                return ""
+            return raw.decode("utf-8", errors="replace")
+
+        return await self._call(logs)
+
+    async def ping(self) -> None:
+        await self._call(lambda: self._client.ping())
+
+    async def exits(self) -> AsyncIterator[ContainerExit]:
+        """Follow the engine's ``die`` events for our containers, reconnecting on failure."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[ContainerExit] = asyncio.Queue()
+        stop = threading.Event()
+        holder: dict[str, Any] = {}
+
+        def follow() -> None:
+            while not stop.is_set():
+                try:
+                    stream = self._client.events(
+                        decode=True,
+                        filters={
+                            "type": "container",
+                            "event": "die",
+                            "label": instance_filter(self._instance),
+                        },
+                    )
+                    holder["stream"] = stream
+                    for event in stream:
+                        exit_ = _exit_from_event(event)
+                        if exit_ is not None:
+                            loop.call_soon_threadsafe(queue.put_nowait, exit_)
+                except Exception as exc:  # engine restarts, socket errors: keep following
+                    if stop.is_set():
+                        return
+                    log.warning("docker event stream broke (%s); reconnecting", exc)
+                stop.wait(1.0)
+
+        thread = threading.Thread(target=follow, name="docker-events", daemon=True)
+        thread.start()
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            stop.set()
+            stream = holder.get("stream")
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    stream.close()
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._docker is not None:
+            await asyncio.to_thread(self._docker.close)  # closing the HTTP pool may block
+
+
+def _exit_from_event(event: dict[str, Any]) -> ContainerExit | None:
+    actor = event.get("Actor") or {}
+    attributes = dict(actor.get("Attributes") or {})
+    container_id = actor.get("ID") or event.get("id")
+    if not container_id:
+        return None
+    code = attributes.pop("exitCode", None)
+    return ContainerExit(
+        container_id=container_id,
+        labels=attributes,
+        exit_code=int(code) if code is not None and str(code).lstrip("-").isdigit() else None,
+    )
+
+
+def _state(attrs: dict[str, Any]) -> ContainerState:
+    state = attrs.get("State") or {}
+    config = attrs.get("Config") or {}
+    running = bool(state.get("Running"))
+    return ContainerState(
+        id=attrs.get("Id", ""),
+        name=str(attrs.get("Name", "")).lstrip("/"),
+        labels=dict(config.get("Labels") or {}),
+        running=running,
+        status=str(state.get("Status", "unknown")),
+        exit_code=None if running else state.get("ExitCode"),
+        oom_killed=bool(state.get("OOMKilled")),
+        error=str(state.get("Error") or ""),
+    )
+
+
+def _describe(exc: docker.errors.DockerException) -> str:
+    if isinstance(exc, docker.errors.APIError):
+        return str(exc.explanation or exc)
+    return str(exc)

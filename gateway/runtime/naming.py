@@ -1,0 +1,26 @@
+"""Deterministic names and labels, so a restarted gateway can find its containers again."""
+
+from __future__ import annotations
+
+LABEL_MANAGED = "cc-docker.managed"
+LABEL_INSTANCE = "cc-docker.instance"
+LABEL_SESSION = "cc-docker.session-id"
+LABEL_OWNER = "cc-docker.owner"
+
+
+def container_name(instance: str, session_id: str) -> str:
+    return f"ccd-{instance}-{session_id}"
+
+
+def session_labels(instance: str, session_id: str, owner: str) -> dict[str, str]:
+    return {
+        LABEL_MANAGED: "true",
+        LABEL_INSTANCE: instance,
+        LABEL_SESSION: session_id,
+        LABEL_OWNER: owner,
+    }
+
+
+def instance_filter(instance: str) -> list[str]:
+    """Docker label filters selecting one gateway instance's containers."""
+    return [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={instance}"]

@@ -1,0 +1,136 @@
+"""Keeps the database true to what the Docker engine runs, and enforces timeouts.
+
+Three duties, each in its own loop owned by the app's lifespan:
+- follow container exits as they happen (a session whose container dies is failed at once);
+- every ``RECONCILE_INTERVAL`` compare active sessions with managed containers: fail sessions
+  whose container is gone or exited, remove containers no active session owns, finish stops a
+  previous gateway process left half done, and make sure this process follows every active
+  session's events (from where it last recorded, so nothing that happened while the gateway was
+  down is lost);
+- stop sessions idle longer than their timeout and fail sessions stuck starting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.config import Settings
+from gateway.db import queries
+from gateway.db.models import ACTIVE_STATUSES, SessionRow, SessionStatus
+from gateway.events.hub import EventHub
+from gateway.runtime import SessionRuntime
+from gateway.runtime.naming import LABEL_SESSION
+from gateway.services.sessions import SessionService, describe_exit
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: Settings,
+        db: async_sessionmaker[AsyncSession],
+        runtime: SessionRuntime,
+        sessions: SessionService,
+        hub: EventHub,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._runtime = runtime
+        self._sessions = sessions
+        self._hub = hub
+        self._first_pass = True
+
+    async def watch_exits(self) -> None:
+        async for exit_ in self._runtime.exits():
+            session_id = _session_id(exit_.labels.get(LABEL_SESSION))
+            if session_id is None:
+                continue
+            try:
+                await self._sessions.on_container_exit(session_id, exit_.container_id)
+            except Exception:
+                log.exception("could not handle the exit of session %s", session_id)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.reconcile_once()
+            except Exception:
+                log.exception(
+                    "reconciliation failed; retrying in %.0f s", self._settings.reconcile_interval
+                )
+            await asyncio.sleep(self._settings.reconcile_interval)
+
+    async def reconcile_once(self) -> None:
+        # Containers first, rows second: a container always has its row inserted before it
+        # starts, so a container listed here cannot be missing from the rows read after.
+        containers = {
+            state.labels.get(LABEL_SESSION, ""): state
+            for state in await self._runtime.list_managed()
+        }
+        async with self._db() as db:
+            rows = (
+                await db.scalars(
+                    select(SessionRow).where(
+                        SessionRow.instance == self._settings.instance_name,
+                        SessionRow.status.in_([*ACTIVE_STATUSES, SessionStatus.STOPPING]),
+                    )
+                )
+            ).all()
+        first_pass, self._first_pass = self._first_pass, False
+        now = queries.utcnow()
+        start_timeout = timedelta(seconds=self._settings.session_start_timeout)
+        for row in rows:
+            state = containers.pop(str(row.id), None)
+            if row.status == SessionStatus.STOPPING:
+                stale = now - row.updated_at > timedelta(
+                    seconds=self._settings.session_stop_grace
+                    + self._settings.session_interrupt_grace
+                    + 60
+                )
+                if not self._sessions.is_stopping_here(row.id) and (first_pass or stale):
+                    await self._sessions.complete_interrupted_stop(row)
+                continue
+            if state is None and row.container_id is None and now - row.created_at < start_timeout:
+                continue  # being created right now
+            if state is None or not state.running:
+                await self._sessions.fail(
+                    row.id,
+                    describe_exit(state, self._settings),
+                    exit_code=state.exit_code if state else None,
+                )
+                continue
+            await self._hub.track(str(row.id), after=row.event_cursor or "0-0")
+            if row.status == SessionStatus.STARTING and now - row.created_at > start_timeout:
+                await self._sessions.fail(
+                    row.id,
+                    f"start timeout: the CLI was not ready after "
+                    f"{self._settings.session_start_timeout:.0f} s",
+                )
+            elif row.status == SessionStatus.READY and now - row.last_activity_at > timedelta(
+                seconds=self._idle_timeout(row)
+            ):
+                log.info("stopping idle session %s", row.id)
+                await self._sessions.stop(row.id, reason="idle timeout")
+        for session_key, state in containers.items():
+            log.info(
+                "removing container %s of ended or unknown session %r", state.name, session_key
+            )
+            await self._runtime.remove(state.id)
+
+    def _idle_timeout(self, row: SessionRow) -> float:
+        configured = row.config.get("timeout")
+        return float(configured or self._settings.container_timeout_default)
+
+
+def _session_id(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        return None

@@ -1,0 +1,227 @@
+"""Chat turns: accept a prompt (one turn at a time), wait for or stream its events, record it.
+
+A turn starts when the gateway accepts a prompt (the session row gets ``current_turn_id`` in
+the same transaction that checks it is free) and ends with the CLI's ``result`` line, a
+``turn_failed`` event from the wrapper, or the session ending. Recording an end is idempotent:
+the recorder and a waiting chat request may both see the result; the first one writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.db import queries
+from gateway.db.models import FINAL_STATUSES, SessionRow, SessionStatus, TurnRow, TurnStatus
+from gateway.errors import (
+    NoRunningTurn,
+    SessionBusy,
+    SessionNotFound,
+    SessionNotRunning,
+    TurnFailed,
+    TurnTimeout,
+    Unavailable,
+)
+from gateway.events.bus import Event, EventBus, stream_id_before
+from gateway.events.hub import EventHub
+from wrapper.protocol import GatewayEvent, InterruptInput, PromptInput, Source
+
+log = logging.getLogger(__name__)
+
+_ACCEPTS_PROMPTS = (SessionStatus.STARTING, SessionStatus.READY, SessionStatus.BUSY)
+_ABORTED = ("aborted_streaming", "aborted_tools")
+
+
+def turn_status_of(result: dict[str, Any]) -> TurnStatus:
+    if not result.get("is_error"):
+        return TurnStatus.COMPLETED
+    if result.get("terminal_reason") in _ABORTED:
+        return TurnStatus.INTERRUPTED
+    return TurnStatus.FAILED
+
+
+def ends_turn(event: Event, turn_id: str) -> bool:
+    """Whether ``event`` is the last event of turn ``turn_id`` (or of its session)."""
+    if event.turn_id == turn_id and (
+        (event.source == Source.CLAUDE and event.type == "result")
+        or event.type == GatewayEvent.TURN_FAILED
+    ):
+        return True
+    return event.type == GatewayEvent.STATUS and event.payload.get("status") in FINAL_STATUSES
+
+
+class TurnService:
+    def __init__(self, db: async_sessionmaker[AsyncSession], bus: EventBus, hub: EventHub) -> None:
+        self._db = db
+        self._bus = bus
+        self._hub = hub
+
+    async def begin(self, session_id: uuid.UUID, prompt: str) -> tuple[TurnRow, str]:
+        """Accept a prompt; returns the turn and the cursor of its ``turn_started`` event.
+        Raises ``SessionBusy`` while another turn runs, ``SessionNotRunning`` once ended."""
+        async with self._db() as db, db.begin():
+            row = await db.get(SessionRow, session_id, with_for_update=True)
+            if row is None:
+                raise SessionNotFound(session_id)
+            if row.status not in _ACCEPTS_PROMPTS:
+                detail = f": {row.failure_reason}" if row.failure_reason else ""
+                raise SessionNotRunning(f"session {session_id} is {row.status}{detail}")
+            if row.current_turn_id is not None:
+                raise SessionBusy(
+                    f"session {session_id} is running turn {row.current_turn_id}; "
+                    "wait for its result or interrupt it",
+                    turn_id=str(row.current_turn_id),
+                )
+            turn = TurnRow(
+                id=uuid.uuid4(),
+                session_id=session_id,
+                seq=await queries.next_turn_seq(db, session_id),
+                prompt=prompt,
+                status=TurnStatus.RUNNING,
+            )
+            db.add(turn)
+            went_busy = row.status == SessionStatus.READY
+            row.current_turn_id = turn.id
+            row.last_activity_at = queries.utcnow()
+            if went_busy:
+                row.status = SessionStatus.BUSY
+        sid, tid = str(session_id), str(turn.id)
+        try:
+            if went_busy:
+                await self._bus.publish(sid, GatewayEvent.STATUS, status=SessionStatus.BUSY)
+            started = await self._bus.publish(
+                sid, GatewayEvent.TURN_STARTED, tid, prompt=prompt, seq=turn.seq
+            )
+            await self._bus.send_input(sid, PromptInput(turn_id=tid, prompt=prompt))
+        except Exception as exc:
+            await self.fail(session_id, turn.id, f"could not deliver the prompt: {exc}", None)
+            raise Unavailable("the event bus is unavailable; the prompt was not sent") from exc
+        return turn, started
+
+    async def interrupt(self, session_id: uuid.UUID) -> uuid.UUID:
+        """Ask the CLI to abort the running turn; returns its id. The turn then ends with a
+        result of subtype ``error_during_execution``."""
+        async with self._db() as db:
+            row = await db.get(SessionRow, session_id)
+        if row is None:
+            raise SessionNotFound(session_id)
+        if row.current_turn_id is None:
+            raise NoRunningTurn(f"session {session_id} has no running turn")
+        await self._bus.send_input(
+            str(session_id), InterruptInput(turn_id=str(row.current_turn_id))
+        )
+        return row.current_turn_id
+
+    # -- ending ------------------------------------------------------------------------------
+
+    async def finish(
+        self,
+        session_id: uuid.UUID,
+        turn_id: uuid.UUID,
+        result: dict[str, Any],
+        cursor: str | None,
+        cost: float | None,
+    ) -> TurnRow | None:
+        """Record the CLI's result for a turn. Idempotent; returns the turn row."""
+        text = result.get("result")
+        usage = result.get("usage")
+        values = {
+            "status": turn_status_of(result),
+            "result": result,
+            "result_text": text if isinstance(text, str) else None,
+            "is_error": bool(result.get("is_error")),
+            "cost_usd": cost,
+            "usage": usage if isinstance(usage, dict) else None,
+            "duration_ms": _int_or_none(result.get("duration_ms")),
+            "num_turns": _int_or_none(result.get("num_turns")),
+        }
+        return await self._end(session_id, turn_id, values, cursor)
+
+    async def fail(
+        self, session_id: uuid.UUID, turn_id: uuid.UUID, reason: str, cursor: str | None
+    ) -> TurnRow | None:
+        """Record that a turn ended without a result (the CLI died). Idempotent."""
+        values = {"status": TurnStatus.FAILED, "error": reason, "is_error": True}
+        return await self._end(session_id, turn_id, values, cursor)
+
+    async def _end(
+        self,
+        session_id: uuid.UUID,
+        turn_id: uuid.UUID,
+        values: dict[str, Any],
+        cursor: str | None,
+    ) -> TurnRow | None:
+        async with self._db() as db, db.begin():
+            statement = (
+                update(TurnRow)
+                .where(TurnRow.id == turn_id, TurnRow.status == TurnStatus.RUNNING)
+                .values(finished_at=queries.utcnow(), **values)
+                .returning(TurnRow)
+            )
+            turn = (await db.execute(statement)).scalar_one_or_none()
+            released = None
+            if turn is not None:
+                released = await queries.release_turn(db, session_id, turn_id, cursor)
+            else:
+                turn = await db.get(TurnRow, turn_id)
+        if released is not None and released.status == SessionStatus.READY:
+            await self._bus.publish(str(session_id), GatewayEvent.STATUS, status="ready")
+        return turn
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    async def events(
+        self, session_id: uuid.UUID, turn: TurnRow, started: str, timeout: float
+    ) -> AsyncGenerator[Event, None]:
+        """The turn's events in order, from its ``turn_started`` event (cursor ``started``) to
+        the event that ends it. Raises ``TurnTimeout`` after ``timeout`` seconds (the turn
+        itself goes on)."""
+        sid, tid = str(session_id), str(turn.id)
+        after = stream_id_before(started)
+        try:
+            async with asyncio.timeout(timeout):
+                async with contextlib.aclosing(self._hub.follow(sid, after)) as stream:
+                    async for event in stream:
+                        if event.turn_id == tid or ends_turn(event, tid):
+                            yield event
+                        if ends_turn(event, tid):
+                            return
+        except TimeoutError:
+            raise TurnTimeout(
+                f"turn {tid} did not finish within {timeout:g} s; it keeps running "
+                "(interrupt it or wait for its result on the stream)",
+                turn_id=tid,
+            ) from None
+
+    async def wait(
+        self, session_id: uuid.UUID, turn: TurnRow, started: str, timeout: float
+    ) -> tuple[dict[str, Any], TurnRow]:
+        """Wait for the turn's result; returns the CLI's result object and the recorded turn."""
+        async for event in self.events(session_id, turn, started, timeout):
+            if event.source == Source.CLAUDE and event.type == "result":
+                recorded = await self.finish(
+                    session_id, turn.id, event.payload, event.id, event.turn_cost
+                )
+                return event.payload, recorded or turn
+            if event.type == GatewayEvent.TURN_FAILED:
+                reason = str(event.payload.get("reason", "the turn failed"))
+                await self.fail(session_id, turn.id, reason, event.id)
+                raise TurnFailed(f"turn {turn.id} failed: {reason}", turn_id=str(turn.id))
+            if event.type == GatewayEvent.STATUS:
+                reason = str(event.payload.get("reason") or event.payload.get("status"))
+                raise SessionNotRunning(
+                    f"session {session_id} ended before turn {turn.id} finished: {reason}",
+                    turn_id=str(turn.id),
+                )
+        raise TurnFailed(f"turn {turn.id} ended without a result", turn_id=str(turn.id))
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) else None

@@ -1,0 +1,48 @@
+# shellcheck shell=bash
+# Helpers shared by the build scripts in this folder. Source it; it runs nothing by itself.
+
+# Absolute path of the repository root, whatever the caller's working directory.
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export REPO_ROOT
+
+log() {
+    printf '[%s] %s\n' "$(basename "$0")" "$*" >&2
+}
+
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# Fail early with one clear line instead of a wall of client errors.
+require_docker() {
+    command -v docker >/dev/null 2>&1 || die "the docker CLI is not on PATH"
+    docker info >/dev/null 2>&1 || die "the Docker engine does not answer (is dockerd running?)"
+}
+
+# Use BuildKit when the buildx component exists (the CLI's default then). Without it the
+# CLI would refuse BuildKit, so ask for the legacy builder explicitly.
+choose_builder() {
+    if docker buildx version >/dev/null 2>&1; then
+        DOCKER_BUILD_LEGACY=0
+    else
+        export DOCKER_BUILDKIT=0
+        DOCKER_BUILD_LEGACY=1
+    fi
+}
+
+# docker build with the CLI's fixed "legacy builder is deprecated" notice removed from stderr:
+# it is printed on every legacy build and would bury real errors. Everything else passes
+# through unchanged, and the exit status is docker's (pipefail). --force-rm: the legacy
+# builder otherwise leaves the container of a failed step behind.
+docker_build() {
+    if [[ ${DOCKER_BUILD_LEGACY:-0} == 1 ]]; then
+        { docker build --force-rm "$@" 2>&1 1>&3 3>&- | awk '
+            /^DEPRECATED: The legacy builder/ { skip = 1; next }
+            skip && /^[[:space:]]/ { next }
+            skip && /^$/ { skip = 0; next }
+            { skip = 0; print; fflush() }' >&2; } 3>&1
+    else
+        docker build "$@"
+    fi
+}

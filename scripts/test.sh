@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The test command (README: "run the tests"). Needs a running Docker engine; everything else it
+# makes itself: a virtualenv in .venv with the gateway and test dependencies, the session image
+# and the stand-in PostgreSQL/Redis images (all quick when cached). Then pytest, with any
+# arguments given here (for example: scripts/test.sh -k websocket).
+#
+# Environment: EXTRA_CA_CERTS (see scripts/build-container.sh), PYTHON (default python3).
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+main() {
+    cd "$REPO_ROOT"
+    require_docker
+
+    if [[ ! -x .venv/bin/python ]]; then
+        log "creating .venv"
+        "${PYTHON:-python3}" -m venv .venv
+    fi
+    log "installing the gateway and test dependencies into .venv"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[gateway,test]'
+
+    "$REPO_ROOT/scripts/build-container.sh"
+    "$REPO_ROOT/scripts/build-standins.sh"
+
+    log "running pytest"
+    local status=0
+    .venv/bin/python -m pytest "$@" || status=$?
+    if [[ $status -eq 5 ]]; then
+        die "pytest collected no tests: that is a failure, not a pass"
+    fi
+    return "$status"
+}
+
+main "$@"

@@ -1,0 +1,69 @@
+"""Shared pytest setup: the real services (see tests/stack.py) and clients for them."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# pytest puts only test directories on sys.path; `from tests.x import ...` needs the root too.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.client import Api, mint_token  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[object]:
+    import docker
+
+    client = docker.from_env()
+    client.ping()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def infra(docker_client: object) -> Iterator[object]:
+    from tests.stack import SESSION_IMAGE, require_image, start_infra
+
+    require_image(docker_client, SESSION_IMAGE, "run scripts/build-container.sh")  # type: ignore[arg-type]
+    with start_infra(docker_client) as running:  # type: ignore[arg-type]
+        yield running
+
+
+@pytest.fixture(scope="session")
+def fake_api(infra: object) -> Iterator[object]:
+    from tests.fake_anthropic import FakeAnthropic
+
+    with FakeAnthropic(host=infra.gateway_ip) as fake:  # type: ignore[attr-defined]
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    infra: object, fake_api: object, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[object]:
+    from tests.stack import run_gateway
+
+    logs = tmp_path_factory.mktemp("gateway-logs")
+    with run_gateway(infra, fake_api.base_url, logs) as running:  # type: ignore[arg-type, attr-defined]
+        yield running
+
+
+@pytest.fixture
+async def api_for(gateway: object) -> AsyncIterator[Callable[[str], Api]]:
+    """``api_for("alice")``: a client authenticated as alice."""
+    clients: list[Api] = []
+
+    def make(owner: str) -> Api:
+        client = Api(gateway.url, mint_token(gateway.jwt_secret, owner))  # type: ignore[attr-defined]
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()

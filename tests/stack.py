@@ -1,0 +1,236 @@
+"""The real services the integration tests run against, started once per test run.
+
+- PostgreSQL and Redis run as containers (from images built locally: ``scripts/build-standins.sh``
+  makes stand-ins from Debian's packages where no registry can be reached; set
+  ``TEST_POSTGRES_IMAGE``/``TEST_REDIS_IMAGE`` to use the official images instead) on a docker
+  network of their own, which the session containers join too.
+- The scripted fake of the Anthropic API and the gateway itself run on the host and listen on
+  that network's gateway address, so session containers reach them and so do the tests.
+- The gateway is the real ``python -m gateway`` in a subprocess, configured only by environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # Ryuk's image needs a registry
+
+from testcontainers.community.postgres import PostgresContainer  # noqa: E402
+from testcontainers.core.container import DockerContainer  # noqa: E402
+from testcontainers.core.network import Network  # noqa: E402
+from testcontainers.core.wait_strategies import LogMessageWaitStrategy  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_IMAGE = os.environ.get("TEST_POSTGRES_IMAGE", "cc-docker/standin-postgres:15")
+REDIS_IMAGE = os.environ.get("TEST_REDIS_IMAGE", "cc-docker/standin-redis:7")
+SESSION_IMAGE = os.environ.get("SESSION_IMAGE", "cc-docker/session:latest")
+TEST_LABEL = "cc-docker.test-run"
+
+
+def free_port(host: str = "0.0.0.0") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def require_image(client: docker.DockerClient, image: str, hint: str) -> None:
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise RuntimeError(f"image {image} is missing; {hint}") from None
+
+
+@dataclass
+class Infra:
+    """PostgreSQL, Redis and a network, shared by every gateway of a test run."""
+
+    run_id: str
+    network: Network
+    gateway_ip: str
+    postgres: PostgresContainer
+    redis: DockerContainer
+    database_url: str
+    redis_url: str
+    session_redis_url: str
+
+    @property
+    def network_name(self) -> str:
+        return str(self.network.name)
+
+
+@contextlib.contextmanager
+def start_infra(client: docker.DockerClient) -> Iterator[Infra]:
+    require_image(client, POSTGRES_IMAGE, "run scripts/build-standins.sh")
+    require_image(client, REDIS_IMAGE, "run scripts/build-standins.sh")
+    run_id = secrets.token_hex(4)
+    labels = {TEST_LABEL: run_id}
+    with Network(docker_network_kw={"labels": labels}) as network:
+        attrs = client.networks.get(network.name).attrs
+        gateway_ip = attrs["IPAM"]["Config"][0]["Gateway"]
+        postgres = (
+            PostgresContainer(
+                POSTGRES_IMAGE, username="ccd", password="ccd-test", dbname="ccd", driver=None
+            )
+            .with_network(network)
+            .with_network_aliases("postgres")
+            .with_kwargs(labels=labels)
+        )
+        redis = (
+            DockerContainer(REDIS_IMAGE)
+            .with_exposed_ports(6379)
+            .with_network(network)
+            .with_network_aliases("redis")
+            .with_kwargs(labels=labels)
+            .waiting_for(LogMessageWaitStrategy("Ready to accept connections"))
+        )
+        with postgres, redis:
+            pg_port = postgres.get_exposed_port(5432)
+            redis_port = redis.get_exposed_port(6379)
+            yield Infra(
+                run_id=run_id,
+                network=network,
+                gateway_ip=gateway_ip,
+                postgres=postgres,
+                redis=redis,
+                database_url=f"postgresql+asyncpg://ccd:ccd-test@127.0.0.1:{pg_port}/ccd",
+                redis_url=f"redis://127.0.0.1:{redis_port}/0",
+                session_redis_url="redis://redis:6379/0",
+            )
+
+
+@dataclass
+class Gateway:
+    """A running ``python -m gateway`` process."""
+
+    url: str
+    jwt_secret: str
+    instance: str
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def log_tail(self, lines: int = 80) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def gateway_env(
+    infra: Infra, *, api_base_url: str, port: int, instance: str, jwt_secret: str, **overrides: str
+) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key in ("PATH", "HOME", "LANG", "DOCKER_HOST", "PYTHONPATH", "VIRTUAL_ENV")
+    }
+    env.update(
+        HOST="0.0.0.0",
+        PORT=str(port),
+        DATABASE_URL=infra.database_url,
+        REDIS_URL=infra.redis_url,
+        JWT_SECRET=jwt_secret,
+        INSTANCE_NAME=instance,
+        SESSION_IMAGE=SESSION_IMAGE,
+        SESSION_NETWORK=infra.network_name,
+        SESSION_REDIS_URL=infra.session_redis_url,
+        SESSION_GATEWAY_URL=f"http://{infra.gateway_ip}:{port}",
+        ANTHROPIC_BASE_URL=api_base_url,
+        ANTHROPIC_API_KEY="sk-test-not-a-real-key",
+        CLAUDE_CODE_MAX_RETRIES="0",
+        SESSION_STOP_GRACE="3",
+        SESSION_INTERRUPT_GRACE="3",
+        RECONCILE_INTERVAL="2",
+        LOG_LEVEL="INFO",
+        LOG_JSON="false",
+    )
+    env.update(overrides)
+    return env
+
+
+@contextlib.contextmanager
+def run_gateway(
+    infra: Infra, api_base_url: str, log_dir: Path, **overrides: str
+) -> Iterator[Gateway]:
+    port = free_port()
+    instance = f"test-{infra.run_id}-{secrets.token_hex(2)}"
+    secret = secrets.token_urlsafe(32)
+    env = gateway_env(
+        infra,
+        api_base_url=api_base_url,
+        port=port,
+        instance=instance,
+        jwt_secret=secret,
+        **overrides,
+    )
+    log_path = log_dir / f"gateway-{instance}.log"
+    gateway = Gateway(
+        url=f"http://{infra.gateway_ip}:{port}",
+        jwt_secret=secret,
+        instance=instance,
+        env=env,
+        log_path=log_path,
+    )
+    with log_path.open("wb") as log_file:
+        gateway.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_healthy(gateway)
+            yield gateway
+        finally:
+            _terminate(gateway.process)
+            remove_instance_containers(instance)
+
+
+def _wait_healthy(gateway: Gateway, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    assert gateway.process is not None
+    while time.monotonic() < deadline:
+        if gateway.process.poll() is not None:
+            raise RuntimeError(f"gateway exited early:\n{gateway.log_tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{gateway.url}/ready", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"gateway not ready after {timeout} s:\n{gateway.log_tail()}")
+
+
+def _terminate(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def remove_instance_containers(instance: str) -> None:
+    client = docker.from_env()
+    try:
+        for container in client.containers.list(
+            all=True, filters={"label": f"cc-docker.instance={instance}"}
+        ):
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+    finally:
+        client.close()

@@ -1,0 +1,158 @@
+"""One running Claude Code CLI process, spoken to in stream-json over stdin and stdout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_request_ids = itertools.count(1)
+
+
+class ControlError(RuntimeError):
+    """The CLI answered a control request with an error."""
+
+
+class ClaudeProcess:
+    """Owns the subprocess; the caller reads ``stdout_lines``/``stderr_lines`` and writes turns.
+
+    Control responses are matched to their requests by ``resolve_control_response``, which the
+    stdout reader must call for every ``control_response`` line (reading and answering happen
+    concurrently: the CLI sends requests of its own before it answers ``initialize``).
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def spawn(
+        cls, argv: Sequence[str], env: Mapping[str, str], cwd: Path, max_line_bytes: int
+    ) -> ClaudeProcess:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=dict(env),
+            cwd=cwd,
+            limit=max_line_bytes,
+            start_new_session=True,  # its own process group: signals reach its tool children
+        )
+        return cls(proc)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    async def stdout_line(self) -> bytes | None:
+        """The next stdout line without its newline; ``None`` at EOF. Raises ``ValueError``
+        for a line longer than the reader's limit (that line is discarded)."""
+        assert self._proc.stdout is not None
+        return _strip(await self._proc.stdout.readline())
+
+    async def stderr_line(self) -> bytes | None:
+        assert self._proc.stderr is not None
+        return _strip(await self._proc.stderr.readline())
+
+    async def send(self, message: Mapping[str, Any]) -> None:
+        """Write one JSON line. Encoding here guarantees the CLI never sees a non-JSON line,
+        which would kill it."""
+        assert self._proc.stdin is not None
+        data = json.dumps(message, ensure_ascii=False).encode() + b"\n"
+        async with self._write_lock:
+            self._proc.stdin.write(data)
+            await self._proc.stdin.drain()
+
+    async def send_user_turn(self, prompt: str) -> None:
+        await self.send(
+            {
+                "type": "user",
+                "message": {"role": "user", "content": prompt},
+                "parent_tool_use_id": None,
+                "session_id": "",
+            }
+        )
+
+    async def control(self, subtype: str, timeout: float, **fields: Any) -> dict[str, Any]:
+        """Send a control request and wait for its answer; raises ``ControlError`` on error."""
+        request_id = f"ccd-{next(_request_ids)}"
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await self.send(
+                {
+                    "type": "control_request",
+                    "request_id": request_id,
+                    "request": {"subtype": subtype, **fields},
+                }
+            )
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._pending.pop(request_id, None)
+
+    def resolve_control_response(self, message: Mapping[str, Any]) -> None:
+        response = message.get("response") or {}
+        future = self._pending.get(str(response.get("request_id")))
+        if future is None or future.done():
+            return
+        if response.get("subtype") == "success":
+            future.set_result(response.get("response") or {})
+        else:
+            future.set_exception(ControlError(str(response.get("error") or "control error")))
+
+    async def answer_control(self, request_id: str, response: Mapping[str, Any]) -> None:
+        await self.send(
+            {
+                "type": "control_response",
+                "response": {"subtype": "success", "request_id": request_id, "response": response},
+            }
+        )
+
+    async def refuse_control(self, request_id: str, error: str) -> None:
+        await self.send(
+            {
+                "type": "control_response",
+                "response": {"subtype": "error", "request_id": request_id, "error": error},
+            }
+        )
+
+    def fail_pending(self, reason: str) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ControlError(reason))
+
+    async def wait(self) -> int:
+        return await self._proc.wait()
+
+    async def terminate(self, grace: float) -> int:
+        """SIGTERM the CLI's process group, SIGKILL after ``grace`` seconds; returns the code."""
+        if self._proc.returncode is None:
+            self._signal(signal.SIGTERM)
+            try:
+                return await asyncio.wait_for(self._proc.wait(), grace)
+            except TimeoutError:
+                self._signal(signal.SIGKILL)
+        return await self._proc.wait()
+
+    def _signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+
+def _strip(line: bytes) -> bytes | None:
+    return line.rstrip(b"\r\n") if line else None

@@ -1,0 +1,73 @@
+"""How the wrapper starts the Claude Code CLI: argv, environment and transcript location.
+
+Pure functions, so the exact command line is testable without a container.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from wrapper.protocol import ContainerEnv
+
+# Variables that must not leak from the wrapper's environment into the CLI: CLAUDECODE makes
+# the CLI believe it runs nested inside another Claude Code; CCD_* are ours, not the model's.
+_DROPPED_PREFIXES = ("CCD_",)
+_DROPPED_NAMES = frozenset({"CLAUDECODE"})
+
+
+def build_argv(binary: str, env: ContainerEnv, *, resume: bool) -> list[str]:
+    """The CLI command line for a session. ``resume`` continues the saved conversation."""
+    config = env.config
+    argv = [
+        binary,
+        "-p",
+        "--input-format",
+        "stream-json",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--permission-mode",
+        config.permission_mode or env.permission_mode,
+    ]
+    if resume:
+        argv.append(f"--resume={env.claude_session_id}")
+    else:
+        argv += ["--session-id", env.claude_session_id]
+    if config.model:
+        argv += ["--model", config.model]
+    if config.allowed_tools:
+        argv += ["--allowedTools", ",".join(config.allowed_tools)]
+    if config.disallowed_tools:
+        argv += ["--disallowedTools", ",".join(config.disallowed_tools)]
+    if config.max_turns is not None:
+        argv += ["--max-turns", str(config.max_turns)]
+    if config.system_prompt is not None:
+        argv += ["--system-prompt", config.system_prompt]
+    if config.append_system_prompt is not None:
+        argv += ["--append-system-prompt", config.append_system_prompt]
+    return argv
+
+
+def cli_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The CLI's environment: the container's, minus what belongs to the wrapper."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name not in _DROPPED_NAMES and not name.startswith(_DROPPED_PREFIXES)
+    }
+
+
+def claude_config_dir(environ: Mapping[str, str]) -> Path:
+    """The CLI's state directory: ``$CLAUDE_CONFIG_DIR``, else ``$HOME/.claude``."""
+    explicit = environ.get("CLAUDE_CONFIG_DIR")
+    if explicit:
+        return Path(explicit)
+    return Path(environ.get("HOME", "/root")) / ".claude"
+
+
+def transcript_path(config_dir: Path, cwd: Path, claude_session_id: str) -> Path:
+    """Where the CLI keeps a conversation; ``--resume`` works only when this file exists."""
+    project = re.sub(r"[^A-Za-z0-9]", "-", str(cwd))
+    return config_dir / "projects" / project / f"{claude_session_id}.jsonl"

@@ -1,0 +1,239 @@
+"""The wire contract between the gateway and the wrapper inside a session container.
+
+Both sides import this module and nothing else of each other: the environment the gateway gives
+a container, every Redis key name, the fields of a stream entry and the types of the messages
+that flow each way. Changing anything here changes the protocol; keep both sides in one release.
+
+Redis layout, all under one per-session prefix so that a container's Redis user can later be
+limited to ``ccd:session:<id>:*``:
+
+- ``ccd:session:<id>:out``: output stream (wrapper and gateway XADD, gateway XREADs). Each entry
+  is one event; its stream id is the cursor clients use for ``?after=``.
+- ``ccd:session:<id>:in``: input stream (gateway XADDs prompts and interrupts, wrapper XREADs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+KEY_PREFIX = "ccd"
+
+
+def session_key_prefix(session_id: str) -> str:
+    """Every key a session's container may touch starts with this prefix."""
+    return f"{KEY_PREFIX}:session:{session_id}:"
+
+
+def output_stream_key(session_id: str) -> str:
+    return f"{session_key_prefix(session_id)}out"
+
+
+def input_stream_key(session_id: str) -> str:
+    return f"{session_key_prefix(session_id)}in"
+
+
+class Source(StrEnum):
+    """Who produced an event: the CLI verbatim, or CC-Docker (gateway or wrapper)."""
+
+    CLAUDE = "claude"
+    GATEWAY = "gateway"
+
+
+# Fields of one output stream entry. ``data`` is the event as a JSON string (for the CLI, the
+# stdout line exactly as printed); ``type`` repeats its ``type`` so readers can route without
+# parsing; ``turn`` names the chat turn the event belongs to, empty outside a turn.
+FIELD_SOURCE = "source"
+FIELD_TYPE = "type"
+FIELD_TURN = "turn"
+FIELD_DATA = "data"
+# On ``result`` entries only: the turn's own cost in USD. The CLI's ``total_cost_usd`` adds up
+# every turn of its process, so only the wrapper, which sees process boundaries, can tell.
+FIELD_TURN_COST = "turn_cost"
+
+
+class GatewayEvent(StrEnum):
+    """Types of the events CC-Docker itself adds to a session's output stream."""
+
+    STATUS = "status"  # {"status", "reason"?}: the session's status changed
+    TURN_STARTED = "turn_started"  # {"turn_id", "prompt"}: a prompt was accepted
+    TURN_FAILED = "turn_failed"  # {"turn_id", "reason"}: a turn ended without a CLI result
+    INTERRUPT_SENT = "interrupt_sent"  # {"turn_id"}: an interrupt reached the CLI
+    CLI_READY = "cli_ready"  # {"claude_session_id", "resumed"}: the CLI answered initialize
+    CLI_STDERR = "cli_stderr"  # {"line"}: one line the CLI wrote to stderr
+    CLI_EXITED = "cli_exited"  # {"exit_code", "expected"}: the CLI process ended
+    CLI_OUTPUT_INVALID = "cli_output_invalid"  # {"line"}: a stdout line that is not JSON
+    WRAPPER_FATAL = "wrapper_fatal"  # {"reason"}: the wrapper gives up; the container will exit
+    ERROR = "error"  # {"code", "message"}: anything else that went wrong
+
+
+class InputType(StrEnum):
+    PROMPT = "prompt"
+    INTERRUPT = "interrupt"
+
+
+class PromptInput(BaseModel):
+    """A user turn for the CLI. ``turn_id`` tags every output line until the turn's result."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal[InputType.PROMPT] = InputType.PROMPT
+    turn_id: str
+    prompt: str
+
+
+class InterruptInput(BaseModel):
+    """Ask the CLI to abort the running turn (its ``interrupt`` control request)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal[InputType.INTERRUPT] = InputType.INTERRUPT
+    turn_id: str | None = None
+
+
+InputMessage = PromptInput | InterruptInput
+
+
+def encode_input(message: InputMessage) -> dict[str, str]:
+    """Fields of an input stream entry."""
+    return {FIELD_TYPE: str(message.type), FIELD_DATA: message.model_dump_json()}
+
+
+def decode_input(fields: Mapping[str, str]) -> InputMessage:
+    """Parse an input stream entry; raises ``ValueError`` for anything unknown or malformed."""
+    kind = fields.get(FIELD_TYPE)
+    data = fields.get(FIELD_DATA, "")
+    if kind == InputType.PROMPT:
+        return PromptInput.model_validate_json(data)
+    if kind == InputType.INTERRUPT:
+        return InterruptInput.model_validate_json(data)
+    raise ValueError(f"unknown input type {kind!r}")
+
+
+def encode_event(
+    source: Source,
+    event_type: str,
+    data: str,
+    turn_id: str | None = None,
+    turn_cost: float | None = None,
+) -> dict[str, str]:
+    """Fields of an output stream entry; ``data`` must already be a JSON object string."""
+    fields = {
+        FIELD_SOURCE: str(source),
+        FIELD_TYPE: event_type,
+        FIELD_TURN: turn_id or "",
+        FIELD_DATA: data,
+    }
+    if turn_cost is not None:
+        fields[FIELD_TURN_COST] = repr(turn_cost)
+    return fields
+
+
+def gateway_event(
+    event_type: GatewayEvent, turn_id: str | None = None, **payload: Any
+) -> dict[str, str]:
+    """Fields of an output stream entry for an event CC-Docker itself reports."""
+    body = {"type": str(event_type), **payload}
+    return encode_event(
+        Source.GATEWAY, str(event_type), json.dumps(body, separators=(",", ":")), turn_id
+    )
+
+
+PermissionMode = Literal["default", "acceptEdits", "bypassPermissions", "plan", "dontAsk"]
+
+
+class SessionConfig(BaseModel):
+    """What a caller may choose about the CLI in a session. Unset fields use gateway defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Model name passed to --model."
+    )
+    permission_mode: PermissionMode | None = Field(
+        default=None, description="--permission-mode; default SESSION_PERMISSION_MODE."
+    )
+    allowed_tools: list[str] | None = Field(
+        default=None, max_length=200, description="--allowedTools, e.g. ['Bash', 'Read']."
+    )
+    disallowed_tools: list[str] | None = Field(
+        default=None, max_length=200, description="--disallowedTools."
+    )
+    max_turns: int | None = Field(
+        default=None, ge=1, le=1000, description="--max-turns: model round trips per chat turn."
+    )
+    system_prompt: str | None = Field(
+        default=None, max_length=100_000, description="Replaces the CLI's system prompt."
+    )
+    append_system_prompt: str | None = Field(
+        default=None, max_length=100_000, description="Appended to the CLI's system prompt."
+    )
+    timeout: int | None = Field(
+        default=None,
+        ge=10,
+        le=7 * 24 * 3600,
+        description="Idle seconds before the session is stopped "
+        "(default CONTAINER_TIMEOUT_DEFAULT).",
+    )
+
+
+ENV_SESSION_ID = "CCD_SESSION_ID"
+ENV_REDIS_URL = "CCD_REDIS_URL"
+ENV_GATEWAY_URL = "CCD_GATEWAY_URL"
+ENV_CLAUDE_SESSION_ID = "CCD_CLAUDE_SESSION_ID"
+ENV_SESSION_CONFIG = "CCD_SESSION_CONFIG"
+ENV_PERMISSION_MODE = "CCD_PERMISSION_MODE"
+ENV_STREAM_MAXLEN = "CCD_STREAM_MAXLEN"
+
+
+class ContainerEnv(BaseModel):
+    """The environment the gateway gives a session container (beside the CLI's own variables)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str
+    redis_url: str
+    gateway_url: str
+    claude_session_id: str = Field(description="UUID passed to --session-id / --resume.")
+    config: SessionConfig
+    permission_mode: str = Field(description="Permission mode when the config sets none.")
+    stream_maxlen: int = Field(ge=100, description="Approximate MAXLEN of the output stream.")
+
+    def to_env(self) -> dict[str, str]:
+        return {
+            ENV_SESSION_ID: self.session_id,
+            ENV_REDIS_URL: self.redis_url,
+            ENV_GATEWAY_URL: self.gateway_url,
+            ENV_CLAUDE_SESSION_ID: self.claude_session_id,
+            ENV_SESSION_CONFIG: self.config.model_dump_json(exclude_none=True),
+            ENV_PERMISSION_MODE: self.permission_mode,
+            ENV_STREAM_MAXLEN: str(self.stream_maxlen),
+        }
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ContainerEnv:
+        """Read the contract back; raises ``KeyError`` or ``ValueError`` when it is broken."""
+        env = os.environ if env is None else env
+        return cls(
+            session_id=env[ENV_SESSION_ID],
+            redis_url=env[ENV_REDIS_URL],
+            gateway_url=env[ENV_GATEWAY_URL],
+            claude_session_id=env[ENV_CLAUDE_SESSION_ID],
+            config=SessionConfig.model_validate_json(env.get(ENV_SESSION_CONFIG) or "{}"),
+            permission_mode=env.get(ENV_PERMISSION_MODE, "bypassPermissions"),
+            stream_maxlen=int(env.get(ENV_STREAM_MAXLEN, "10000")),
+        )
+
+
+# Fixed CLI variables for headless use in a container (see CLAUDE_CLI.md).
+HEADLESS_CLI_VARIABLES = {
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+}

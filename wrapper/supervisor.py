@@ -1,0 +1,316 @@
+"""Keeps one Claude Code CLI running for the session and relays everything it says.
+
+Inputs (prompts, interrupts) arrive from the session's Redis input stream and go to the CLI's
+stdin; every stdout line is published to the output stream as it arrives, tagged with the turn
+it belongs to. A CLI that dies is restarted with ``--resume`` so the conversation survives;
+too many crashes in a window make the wrapper give up, which ends the container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections import deque
+from typing import Any, Protocol
+
+from wrapper import protocol
+from wrapper.channel import Channel
+from wrapper.claude_process import ClaudeProcess, ControlError
+from wrapper.cli import build_argv, cli_environment, transcript_path
+from wrapper.config import WrapperSettings
+from wrapper.protocol import GatewayEvent, PromptInput, Source
+
+log = logging.getLogger(__name__)
+
+_STDERR_LINE_LIMIT = 4000
+_INVALID_LINE_LIMIT = 10_000
+
+
+class ControlHandler(Protocol):
+    """Answers a ``control_request`` the CLI sends us (for example an MCP message)."""
+
+    async def __call__(self, request: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: WrapperSettings,
+        channel: Channel,
+        control_handlers: dict[str, ControlHandler] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._contract = settings.contract
+        self._channel = channel
+        self._control_handlers = control_handlers or {}
+        self._proc: ClaudeProcess | None = None
+        self._ready = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._turns: deque[str] = deque()  # turns written to the CLI, oldest first
+        self._queue: deque[tuple[str, PromptInput]] = deque()  # prompts waiting for the CLI
+        self._queued = asyncio.Event()
+        self._crash_times: deque[float] = deque()
+        self._process_cost = 0.0
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until stopped (returns 0) or until the CLI keeps crashing (returns 1)."""
+        inputs = asyncio.create_task(self._consume_inputs(), name="inputs")
+        feeder = asyncio.create_task(self._feed_prompts(), name="feeder")
+        try:
+            return await self._supervise()
+        finally:
+            for task in (inputs, feeder, *self._background):
+                task.cancel()
+            await asyncio.gather(inputs, feeder, *self._background, return_exceptions=True)
+
+    def stop(self) -> None:
+        """Begin a graceful stop (SIGTERM): end the CLI, publish what is left, return 0."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        proc = self._proc
+        if proc is not None:
+            self._spawn(proc.terminate(self._settings.terminate_grace))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _supervise(self) -> int:
+        resume = self._has_transcript()
+        while not self._stopping.is_set():
+            exit_code = await self._run_once(resume)
+            self._ready.clear()
+            self._proc = None
+            expected = self._stopping.is_set()
+            await self._channel.publish_gateway(
+                GatewayEvent.CLI_EXITED, exit_code=exit_code, expected=expected
+            )
+            reason = "session stopped" if expected else f"CLI exited with code {exit_code}"
+            await self._fail_inflight_turns(reason)
+            if expected:
+                break
+            if self._crashed_too_often():
+                await self._channel.publish_gateway(
+                    GatewayEvent.WRAPPER_FATAL,
+                    reason=(
+                        f"CLI crashed {len(self._crash_times)} times within "
+                        f"{self._settings.restart_window:.0f} s (last exit code {exit_code})"
+                    ),
+                    exit_code=exit_code,
+                )
+                return 1
+            resume = self._has_transcript()
+            await asyncio.sleep(min(0.2 * len(self._crash_times), 2.0))
+        return 0
+
+    async def _run_once(self, resume: bool) -> int:
+        """Start the CLI, handshake, relay until it exits; returns its exit code."""
+        argv = build_argv(self._settings.claude_bin, self._contract, resume=resume)
+        proc = await ClaudeProcess.spawn(
+            argv,
+            cli_environment(os.environ),
+            self._settings.workdir,
+            self._settings.max_line_bytes,
+        )
+        self._proc = proc
+        self._process_cost = 0.0  # the CLI's total_cost_usd counts from its own start
+        if self._stopping.is_set():  # SIGTERM arrived while we were spawning
+            self._spawn(proc.terminate(self._settings.terminate_grace))
+        stdout = asyncio.create_task(self._relay_stdout(proc), name="stdout")
+        stderr = asyncio.create_task(self._relay_stderr(proc), name="stderr")
+        try:
+            await proc.control("initialize", timeout=self._settings.handshake_timeout)
+        except (ControlError, TimeoutError, OSError) as exc:
+            if not self._stopping.is_set():
+                await self._channel.publish_gateway(
+                    GatewayEvent.ERROR,
+                    code="cli_handshake_failed",
+                    message=f"the CLI did not answer initialize: {exc!r}",
+                )
+            await proc.terminate(self._settings.terminate_grace)
+        else:
+            await self._channel.publish_gateway(
+                GatewayEvent.CLI_READY,
+                claude_session_id=self._contract.claude_session_id,
+                resumed=resume,
+                pid=proc.pid,
+            )
+            self._ready.set()
+        exit_code = await proc.wait()
+        proc.fail_pending("CLI exited")
+        # Everything the CLI printed is published before its exit is reported.
+        await asyncio.gather(stdout, stderr, return_exceptions=True)
+        return exit_code
+
+    def _has_transcript(self) -> bool:
+        return transcript_path(
+            self._settings.config_dir, self._settings.workdir, self._contract.claude_session_id
+        ).exists()
+
+    def _crashed_too_often(self) -> bool:
+        now = time.monotonic()
+        self._crash_times.append(now)
+        while self._crash_times and now - self._crash_times[0] > self._settings.restart_window:
+            self._crash_times.popleft()
+        return len(self._crash_times) > self._settings.max_restarts
+
+    async def _fail_inflight_turns(self, reason: str) -> None:
+        while self._turns:
+            turn_id = self._turns.popleft()
+            await self._channel.publish_gateway(GatewayEvent.TURN_FAILED, turn_id, reason=reason)
+
+    # -- CLI output ------------------------------------------------------------------------
+
+    async def _relay_stdout(self, proc: ClaudeProcess) -> None:
+        while True:
+            try:
+                raw = await proc.stdout_line()
+            except ValueError as exc:
+                await self._channel.publish_gateway(
+                    GatewayEvent.ERROR, code="cli_line_too_long", message=str(exc)
+                )
+                continue
+            if raw is None:
+                return
+            if raw:
+                await self._on_stdout_line(proc, raw.decode("utf-8", errors="replace"))
+
+    async def _on_stdout_line(self, proc: ClaudeProcess, line: str) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            await self._channel.publish_gateway(
+                GatewayEvent.CLI_OUTPUT_INVALID, line=line[:_INVALID_LINE_LIMIT]
+            )
+            return
+        kind = str(message.get("type", ""))
+        turn_id = self._turns[0] if self._turns else None
+        turn_cost = self._turn_cost(message) if kind == "result" else None
+        await self._channel.publish(
+            protocol.encode_event(Source.CLAUDE, kind, line, turn_id, turn_cost)
+        )
+        if kind == "result" and self._turns:
+            self._turns.popleft()
+        elif kind == "control_response":
+            proc.resolve_control_response(message)
+        elif kind == "control_request":
+            # Answered in the background: the CLI may ask while we wait on it.
+            self._spawn(self._answer_control(proc, message))
+
+    def _turn_cost(self, result: dict[str, Any]) -> float | None:
+        total = result.get("total_cost_usd")
+        if not isinstance(total, int | float):
+            return None
+        cost = max(0.0, float(total) - self._process_cost)
+        self._process_cost = float(total)
+        return cost
+
+    async def _answer_control(self, proc: ClaudeProcess, message: dict[str, Any]) -> None:
+        request_id = str(message.get("request_id", ""))
+        request = message.get("request") or {}
+        subtype = str(request.get("subtype", ""))
+        handler = self._control_handlers.get(subtype)
+        try:
+            if handler is None:
+                await proc.refuse_control(request_id, f"unsupported control request {subtype!r}")
+            else:
+                await proc.answer_control(request_id, await handler(request))
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the CLI is gone; its exit is reported by the supervisor
+        except Exception as exc:  # a handler bug must not kill the session
+            log.exception("control handler for %s failed", subtype)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await proc.refuse_control(request_id, f"{type(exc).__name__}: {exc}")
+
+    async def _relay_stderr(self, proc: ClaudeProcess) -> None:
+        while True:
+            try:
+                raw = await proc.stderr_line()
+            except ValueError:
+                continue
+            if raw is None:
+                return
+            if not raw:
+                continue
+            line = raw.decode("utf-8", errors="replace")[:_STDERR_LINE_LIMIT]
+            turn_id = self._turns[0] if self._turns else None
+            await self._channel.publish_gateway(GatewayEvent.CLI_STDERR, turn_id, line=line)
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    async def _consume_inputs(self) -> None:
+        async for entry_id, fields in self._channel.inputs():
+            try:
+                message = protocol.decode_input(fields)
+            except ValueError as exc:
+                await self._channel.publish_gateway(
+                    GatewayEvent.ERROR, code="invalid_input", message=str(exc)[:500]
+                )
+                await self._channel.ack(entry_id)
+                continue
+            if isinstance(message, PromptInput):
+                self._queue.append((entry_id, message))
+                self._queued.set()
+            else:
+                await self._interrupt(message.turn_id)
+                await self._channel.ack(entry_id)
+
+    async def _feed_prompts(self) -> None:
+        """Write queued prompts to the CLI once it is ready; a failed write is retried on the
+        next CLI, so an accepted prompt is never dropped."""
+        while True:
+            while not self._queue:
+                self._queued.clear()
+                await self._queued.wait()
+            await self._ready.wait()
+            proc = self._proc
+            if proc is None:
+                continue
+            entry_id, prompt = self._queue.popleft()
+            self._turns.append(prompt.turn_id)
+            try:
+                await proc.send_user_turn(prompt.prompt)
+            except (BrokenPipeError, ConnectionResetError):
+                self._turns.remove(prompt.turn_id)
+                self._queue.appendleft((entry_id, prompt))
+                if self._proc is proc:  # dead: wait for the supervisor's next CLI
+                    self._ready.clear()
+                continue
+            await self._channel.ack(entry_id)
+
+    async def _interrupt(self, turn_id: str | None) -> None:
+        for index, (entry_id, queued) in enumerate(self._queue):
+            if turn_id is not None and queued.turn_id == turn_id:
+                del self._queue[index]
+                await self._channel.ack(entry_id)
+                await self._channel.publish_gateway(
+                    GatewayEvent.TURN_FAILED, turn_id, reason="interrupted before it started"
+                )
+                return
+        proc = self._proc
+        if not self._turns or proc is None:
+            return  # nothing runs: an interrupt is not an error
+        try:
+            await proc.control("interrupt", timeout=10)
+        except (ControlError, TimeoutError, OSError) as exc:
+            await self._channel.publish_gateway(
+                GatewayEvent.ERROR,
+                self._turns[0] if self._turns else None,
+                code="interrupt_failed",
+                message=str(exc),
+            )
+            return
+        await self._channel.publish_gateway(
+            GatewayEvent.INTERRUPT_SENT, self._turns[0] if self._turns else turn_id
+        )
