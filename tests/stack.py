@@ -28,10 +28,10 @@ import httpx
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # Ryuk's image needs a registry
 
-from testcontainers.community.postgres import PostgresContainer  # noqa: E402
-from testcontainers.core.container import DockerContainer  # noqa: E402
-from testcontainers.core.network import Network  # noqa: E402
-from testcontainers.core.wait_strategies import LogMessageWaitStrategy  # noqa: E402
+from testcontainers.community.postgres import PostgresContainer
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.network import Network
+from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_IMAGE = os.environ.get("TEST_POSTGRES_IMAGE", "cc-docker/standin-postgres:15")
