@@ -17,7 +17,10 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # An empty variable (NAME= in .env.example) means "use the default".
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True
+    )
 
     # -- serving -------------------------------------------------------------------------------
     host: str = Field(default="0.0.0.0", description="Address uvicorn binds to.")
@@ -106,7 +109,7 @@ class Settings(BaseSettings):
         default=10_000, ge=100, description="Events kept per session for replay (approximate)."
     )
     chat_timeout_default: float = Field(
-        default=600.0, gt=0, description="Seconds a non-streaming chat waits for its turn."
+        default=600.0, gt=0, le=3600, description="Seconds a chat waits for its turn's result."
     )
 
     # -- credentials passed to every session (never stored) ---------------------------------------

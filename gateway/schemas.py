@@ -33,8 +33,11 @@ class ChatRequest(_Strict):
     stream: bool = Field(
         default=False, description="Answer text/event-stream, one event per line of the turn."
     )
-    timeout: float = Field(
-        default=600, gt=0, le=3600, description="Seconds to wait for the turn's result."
+    timeout: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="Seconds to wait for the turn's result (default CHAT_TIMEOUT_DEFAULT).",
     )
 
 

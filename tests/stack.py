@@ -71,8 +71,34 @@ class Infra:
         return str(self.network.name)
 
 
+def sweep_stale_runs(client: docker.DockerClient, max_age: float = 2 * 3600) -> None:
+    """Remove what killed test runs left behind (Ryuk, which would, cannot run here). Only
+    things older than ``max_age``, so a concurrent run on the same engine is left alone."""
+    cutoff = time.time() - max_age
+
+    def created(attrs: dict[str, Any]) -> float:
+        stamp = str(attrs.get("Created", ""))[:19]
+        try:
+            return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        except ValueError:
+            return time.time()
+
+    stale_filters = [{"label": TEST_LABEL}, {"label": "cc-docker.instance"}]
+    for filters in stale_filters:
+        for container in client.containers.list(all=True, filters=filters):
+            instance = container.labels.get("cc-docker.instance", "test-")
+            if instance.startswith("test-") and created(container.attrs) < cutoff:
+                with contextlib.suppress(docker.errors.APIError):
+                    container.remove(force=True, v=True)
+    for network in client.networks.list(filters={"label": TEST_LABEL}):
+        if created(network.attrs) < cutoff:
+            with contextlib.suppress(docker.errors.APIError):
+                network.remove()
+
+
 @contextlib.contextmanager
 def start_infra(client: docker.DockerClient) -> Iterator[Infra]:
+    sweep_stale_runs(client)
     require_image(client, POSTGRES_IMAGE, "run scripts/build-standins.sh")
     require_image(client, REDIS_IMAGE, "run scripts/build-standins.sh")
     run_id = secrets.token_hex(4)

@@ -94,13 +94,13 @@ async def chat(
     body: ChatRequest, session: OwnedSession, services: ServicesDep
 ) -> ChatResponse | EventSourceResponse:
     """Send one user turn and wait for its result, or stream it as server-sent events."""
+    timeout = body.timeout or services.settings.chat_timeout_default
     turn, started = await services.turns.begin(session.id, body.prompt)
     if body.stream:
         return EventSourceResponse(
-            _turn_events(services, session.id, turn, started, body.timeout),
-            ping=15,
+            _turn_events(services, session.id, turn, started, timeout), ping=15
         )
-    result, recorded = await services.turns.wait(session.id, turn, started, body.timeout)
+    result, recorded = await services.turns.wait(session.id, turn, started, timeout)
     return ChatResponse(result=result, turn=TurnOut.of(recorded))
 
 

@@ -115,3 +115,20 @@ def test_envelope_embeds_the_event_unchanged() -> None:
         "source": "claude",
         "event": json.loads(line),
     }
+
+
+def test_every_setting_is_documented_in_env_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    documented = {
+        line.split("=", 1)[0]
+        for line in example.read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert documented == {name.upper() for name in Settings.model_fields}
+    # and the file as written (empty values included) is a valid configuration
+    for name in documented:
+        monkeypatch.delenv(name, raising=False)
+    loaded = Settings(_env_file=example, jwt_secret=SECRET)  # type: ignore[call-arg, arg-type]
+    assert loaded.jwt_audience is None and loaded.claude_code_max_retries is None

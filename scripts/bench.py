@@ -1,0 +1,230 @@
+"""Benchmark: session start, first output and relay latency, beside their bare costs.
+
+Run by hand (not in CI), after scripts/test.sh has built the images:
+
+    .venv/bin/python scripts/bench.py [--runs 5] [--rate 1000] [--seconds 5] [--clients 1]
+
+It starts the same real stack as the tests (stand-in PostgreSQL and Redis containers, the
+scripted fake Anthropic API, ``python -m gateway``) and prints, in one run:
+
+- bare: ``docker run`` of the session image until the CLI answers ``initialize`` (the floor
+  for create -> ready), and the CLI's own time from a prompt to its first output line;
+- ours: ``POST /sessions`` -> ``ready`` seen on the WebSocket, and prompt -> first event of
+  the turn on the WebSocket, each with its ratio to the bare figure;
+- relay: events published with the wrapper's own publisher (``wrapper.channel.Channel``) at
+  ``--rate`` per second into a live session's stream, measured until they arrive at WebSocket
+  clients (p50, p99, max). This is the path a CLI line takes after the wrapper reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import docker  # noqa: E402
+import redis.asyncio as aioredis  # noqa: E402
+
+from tests.client import Api, mint_token  # noqa: E402
+from tests.fake_anthropic import FakeAnthropic, text  # noqa: E402
+from tests.stack import SESSION_IMAGE, run_gateway, start_infra  # noqa: E402
+from wrapper.channel import Channel  # noqa: E402
+
+INITIALIZE = {"type": "control_request", "request_id": "b1", "request": {"subtype": "initialize"}}
+
+
+def user_turn(prompt: str) -> dict[str, Any]:
+    return {
+        "type": "user",
+        "message": {"role": "user", "content": prompt},
+        "parent_tool_use_id": None,
+        "session_id": "",
+    }
+
+
+def bare_run(network: str, api_url: str) -> tuple[float, float]:
+    """(docker run -> initialize answered, prompt -> first stdout line), in seconds."""
+    argv = [
+        "docker", "run", "--rm", "-i", "--network", network,
+        "-e", f"ANTHROPIC_BASE_URL={api_url}", "-e", "ANTHROPIC_API_KEY=bench",
+        "-e", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1", "-e", "CLAUDE_CODE_MAX_RETRIES=0",
+        SESSION_IMAGE,
+        "claude", "-p", "--input-format", "stream-json", "--output-format", "stream-json",
+        "--verbose", "--permission-mode", "bypassPermissions",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(INITIALIZE) + "\n")
+    proc.stdin.flush()
+    for line in proc.stdout:
+        if json.loads(line).get("type") == "control_response":
+            break
+    ready = time.perf_counter() - start
+    sent = time.perf_counter()
+    proc.stdin.write(json.dumps(user_turn("bench: say hi")) + "\n")
+    proc.stdin.flush()
+    proc.stdout.readline()
+    first = time.perf_counter() - sent
+    proc.stdin.close()
+    for _ in proc.stdout:
+        pass
+    proc.wait(30)
+    return ready, first
+
+
+async def ours_run(api: Api) -> tuple[float, float, str]:
+    """(POST /sessions -> ready on the WebSocket, prompt -> first turn event), session id."""
+    start = time.perf_counter()
+    session = await api.create()
+    async with api.stream(session["id"], after="0") as ws:
+        while True:
+            event = json.loads(await ws.recv())["event"]
+            if event.get("type") == "status" and event.get("status") == "ready":
+                break
+        ready = time.perf_counter() - start
+        sent = time.perf_counter()
+        await ws.send(json.dumps({"type": "prompt", "prompt": "bench: say hi"}))
+        while True:
+            envelope = json.loads(await ws.recv())
+            if envelope["source"] == "claude":
+                first = time.perf_counter() - sent
+                break
+        while not (envelope["source"] == "claude" and envelope["event"]["type"] == "result"):
+            envelope = json.loads(await ws.recv())
+    return ready, first, session["id"]
+
+
+def publish_at_rate(
+    redis_url: str, session_id: str, rate: int, seconds: float, done: threading.Event
+) -> int:
+    """The wrapper's publisher in its own thread and loop, as in a container."""
+
+    async def run() -> int:
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        channel = Channel(client, session_id, maxlen=100_000)
+        interval = 1.0 / rate
+        count = int(rate * seconds)
+        next_at = time.perf_counter()
+        for seq in range(count):
+            body = json.dumps({"type": "bench", "seq": seq, "t": time.perf_counter_ns()})
+            await channel.publish({"source": "claude", "type": "bench", "turn": "", "data": body})
+            next_at += interval
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await client.aclose()
+        return count
+
+    try:
+        return asyncio.run(run())
+    finally:
+        done.set()
+
+
+async def relay(api: Api, redis_url: str, session_id: str, args: argparse.Namespace) -> None:
+    latencies: list[float] = []
+    expected = int(args.rate * args.seconds)
+
+    async def client() -> None:
+        async with api.stream(session_id, after="$") as ws:
+            ready.set()
+            received = 0
+            while received < expected:
+                envelope = json.loads(await ws.recv())
+                event = envelope["event"]
+                if event.get("type") == "bench":
+                    latencies.append((time.perf_counter_ns() - event["t"]) / 1e6)
+                    received += 1
+
+    ready = asyncio.Event()
+    clients = [asyncio.create_task(client()) for _ in range(args.clients)]
+    await asyncio.wait_for(ready.wait(), 10)
+    await asyncio.sleep(0.5)  # every client subscribed
+    done = threading.Event()
+    started = time.perf_counter()
+    thread = threading.Thread(
+        target=publish_at_rate,
+        args=(redis_url, session_id, args.rate, args.seconds, done),
+        daemon=True,
+    )
+    thread.start()
+    await asyncio.wait_for(asyncio.gather(*clients), args.seconds + 30)
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    print(
+        f"relay      {len(latencies)} events to {args.clients} client(s) at "
+        f"{expected / elapsed:,.0f} events/s achieved ({args.rate}/s asked): "
+        f"p50 {percentile(latencies, 50):.2f} ms, p99 {percentile(latencies, 99):.2f} ms, "
+        f"max {latencies[-1]:.2f} ms"
+    )
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(p / 100 * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def summary(name: str, values: list[float], floor: list[float] | None = None) -> str:
+    line = f"{name:<44} median {statistics.median(values) * 1000:7.0f} ms  " + " ".join(
+        f"{v * 1000:.0f}" for v in values
+    )
+    if floor:
+        line += f"   ratio {statistics.median(values) / statistics.median(floor):.2f}x"
+    return line
+
+
+async def main(args: argparse.Namespace) -> None:
+    client = docker.from_env()
+    with start_infra(client) as infra, FakeAnthropic(host=infra.gateway_ip) as fake:
+        fake.on("bench", text("hi"))
+        with (
+            tempfile.TemporaryDirectory() as logs,
+            run_gateway(infra, fake.base_url, Path(logs), LOG_LEVEL="WARNING") as gateway,
+        ):
+            bare = [bare_run(infra.network_name, fake.base_url) for _ in range(args.runs)]
+            api = Api(gateway.url, mint_token(gateway.jwt_secret, "bench"))
+            ours = [await ours_run(api) for _ in range(args.runs)]
+            print(f"session image {SESSION_IMAGE}, {args.runs} runs each (first run included)")
+            bare_ready = [r for r, _ in bare]
+            bare_first = [f for _, f in bare]
+            print(summary("bare: docker run -> CLI initialize answered", bare_ready))
+            print(
+                summary(
+                    "ours: POST /sessions -> ready (WebSocket)", [r for r, _, _ in ours], bare_ready
+                )
+            )
+            print(summary("bare: CLI prompt -> first output line", bare_first))
+            print(
+                summary(
+                    "ours: prompt -> first turn event (WebSocket)",
+                    [f for _, f, _ in ours],
+                    bare_first,
+                )
+            )
+            await relay(api, infra.redis_url, ours[-1][2], args)
+            for _, _, session_id in ours:
+                with contextlib.suppress(Exception):
+                    await api.stop(session_id)
+            await api.aclose()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rate", type=int, default=1000, help="relay events per second")
+    parser.add_argument("--seconds", type=float, default=5.0, help="relay duration")
+    parser.add_argument("--clients", type=int, default=1, help="WebSocket clients in the relay")
+    asyncio.run(main(parser.parse_args()))
