@@ -14,6 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.runtime.base import RuntimeFailure
+
 log = logging.getLogger(__name__)
 
 
@@ -125,6 +127,12 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.message,
         )
         return JSONResponse(exc.body(), status_code=exc.status, headers=_auth_header(exc))
+
+    @app.exception_handler(RuntimeFailure)
+    async def _runtime_failure(request: Request, exc: RuntimeFailure) -> JSONResponse:
+        log.warning("%s %s -> container runtime failed: %s", request.method, request.url.path, exc)
+        error = RuntimeUnavailable(f"the container runtime failed: {exc}")
+        return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -62,7 +62,7 @@ class GatewayEvent(StrEnum):
 
     STATUS = "status"  # {"status", "reason"?}: the session's status changed
     TURN_STARTED = "turn_started"  # {"turn_id", "prompt"}: a prompt was accepted
-    TURN_FAILED = "turn_failed"  # {"turn_id", "reason"}: a turn ended without a CLI result
+    TURN_FAILED = "turn_failed"  # {"reason", "interrupted"}: a turn ended without a CLI result
     INTERRUPT_SENT = "interrupt_sent"  # {"turn_id"}: an interrupt reached the CLI
     CLI_READY = "cli_ready"  # {"claude_session_id", "resumed"}: the CLI answered initialize
     CLI_STDERR = "cli_stderr"  # {"line"}: one line the CLI wrote to stderr

@@ -95,7 +95,7 @@ class Supervisor:
                 GatewayEvent.CLI_EXITED, exit_code=exit_code, expected=expected
             )
             reason = "session stopped" if expected else f"CLI exited with code {exit_code}"
-            await self._fail_inflight_turns(reason)
+            await self._fail_inflight_turns(reason, interrupted=expected)
             if expected:
                 break
             if self._crashed_too_often():
@@ -163,10 +163,12 @@ class Supervisor:
             self._crash_times.popleft()
         return len(self._crash_times) > self._settings.max_restarts
 
-    async def _fail_inflight_turns(self, reason: str) -> None:
+    async def _fail_inflight_turns(self, reason: str, interrupted: bool) -> None:
         while self._turns:
             turn_id = self._turns.popleft()
-            await self._channel.publish_gateway(GatewayEvent.TURN_FAILED, turn_id, reason=reason)
+            await self._channel.publish_gateway(
+                GatewayEvent.TURN_FAILED, turn_id, reason=reason, interrupted=interrupted
+            )
 
     # -- CLI output ------------------------------------------------------------------------
 
@@ -295,7 +297,10 @@ class Supervisor:
                 del self._queue[index]
                 await self._channel.ack(entry_id)
                 await self._channel.publish_gateway(
-                    GatewayEvent.TURN_FAILED, turn_id, reason="interrupted before it started"
+                    GatewayEvent.TURN_FAILED,
+                    turn_id,
+                    reason="interrupted before it started",
+                    interrupted=True,
                 )
                 return
         proc = self._proc

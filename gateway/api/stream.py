@@ -118,6 +118,9 @@ async def _send_events(
     async with contextlib.aclosing(services.hub.follow(sid, after, track=active)) as events:
         async for event in events:
             await websocket.send_text(event.envelope_json())
+    # follow ends only when the session is deleted
+    await _send_notice(websocket, sid, {"type": "session_deleted"})
+    await websocket.close(code=1000, reason="session deleted")
 
 
 async def _send_notice(websocket: WebSocket, session_id: str, event: dict[str, Any]) -> None:

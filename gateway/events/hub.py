@@ -33,11 +33,16 @@ class Lagged(Exception):
     """The subscriber's queue overflowed; resynchronise from Redis."""
 
 
+class StreamClosed(Exception):
+    """The session's stream is gone (the session was deleted)."""
+
+
 class Subscription:
     def __init__(self, session_id: str, maxsize: int) -> None:
         self.session_id = session_id
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
         self.lagged = False
+        self.closed = False
 
     def offer(self, event: Event) -> bool:
         try:
@@ -47,10 +52,20 @@ class Subscription:
             return False
         return True
 
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)  # wakes a waiting reader; a full queue is read anyway
+
     async def get(self) -> Event:
+        if self.closed and self._queue.empty():
+            raise StreamClosed
         if self.lagged and self._queue.empty():
             raise Lagged
-        return await self._queue.get()
+        event = await self._queue.get()
+        if event is None:
+            raise StreamClosed
+        return event
 
 
 class EventHub:
@@ -94,6 +109,12 @@ class EventHub:
 
     def untrack(self, session_id: str) -> None:
         self._cursors.pop(session_id, None)
+
+    def close_session(self, session_id: str) -> None:
+        """The session is gone: stop reading it and end every ``follow`` of it."""
+        self.untrack(session_id)
+        for subscription in self._subscribers.pop(session_id, set()):
+            subscription.close()
 
     async def _wake(self) -> None:
         # The reader is blocked in XREAD; a write to its wake stream returns it at once so the
@@ -173,7 +194,8 @@ class EventHub:
         self, session_id: str, after: str | None, *, track: bool = True
     ) -> AsyncGenerator[Event, None]:
         """Every event after cursor ``after`` ("0" for all, ``None`` for live only), then live
-        events as they come, with no gap and no duplicate. Runs until the caller stops.
+        events as they come, with no gap and no duplicate. Runs until the caller stops or the
+        session is deleted.
         ``track`` makes sure this process reads the session (pass False for ended sessions)."""
         last = after or await self._bus.last_id(session_id)
         if track:
@@ -193,6 +215,8 @@ class EventHub:
                         yield event
                 except Lagged:
                     log.info("subscriber of %s lagged; resynchronising from %s", session_id, last)
+                except StreamClosed:
+                    return
 
     async def _replay(self, session_id: str, after: str) -> AsyncGenerator[Event, None]:
         while True:

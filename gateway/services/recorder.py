@@ -67,7 +67,8 @@ class Recorder:
             await self._sessions.mark_ready(session_id, event.id)
         elif event.type == GatewayEvent.TURN_FAILED and turn_id is not None:
             reason = str(event.payload.get("reason", "the turn failed"))
-            await self._turns.fail(session_id, turn_id, reason, event.id)
+            interrupted = bool(event.payload.get("interrupted"))
+            await self._turns.fail(session_id, turn_id, reason, event.id, interrupted)
         elif event.type == GatewayEvent.WRAPPER_FATAL:
             reason = str(event.payload.get("reason", "the wrapper gave up"))
             code = event.payload.get("exit_code")

@@ -328,7 +328,7 @@ class SessionService:
             await self.stop(session_id, reason="deleted")
         async with self._db() as db, db.begin():
             await db.execute(delete(SessionRow).where(SessionRow.id == session_id))
-        self._hub.untrack(str(session_id))
+        self._hub.close_session(str(session_id))
         await self._bus.delete(str(session_id))
 
     def is_stopping_here(self, session_id: uuid.UUID) -> bool:

@@ -145,10 +145,17 @@ class TurnService:
         return await self._end(session_id, turn_id, values, cursor)
 
     async def fail(
-        self, session_id: uuid.UUID, turn_id: uuid.UUID, reason: str, cursor: str | None
+        self,
+        session_id: uuid.UUID,
+        turn_id: uuid.UUID,
+        reason: str,
+        cursor: str | None,
+        interrupted: bool = False,
     ) -> TurnRow | None:
-        """Record that a turn ended without a result (the CLI died). Idempotent."""
-        values = {"status": TurnStatus.FAILED, "error": reason, "is_error": True}
+        """Record that a turn ended without a result: the CLI died, or the turn was cut short
+        on purpose (``interrupted``: a stop, or an interrupt before it started). Idempotent."""
+        status = TurnStatus.INTERRUPTED if interrupted else TurnStatus.FAILED
+        values = {"status": status, "error": reason, "is_error": True}
         return await self._end(session_id, turn_id, values, cursor)
 
     async def _end(
@@ -212,7 +219,8 @@ class TurnService:
                 return event.payload, recorded or turn
             if event.type == GatewayEvent.TURN_FAILED:
                 reason = str(event.payload.get("reason", "the turn failed"))
-                await self.fail(session_id, turn.id, reason, event.id)
+                interrupted = bool(event.payload.get("interrupted"))
+                await self.fail(session_id, turn.id, reason, event.id, interrupted)
                 raise TurnFailed(f"turn {turn.id} failed: {reason}", turn_id=str(turn.id))
             if event.type == GatewayEvent.STATUS:
                 reason = str(event.payload.get("reason") or event.payload.get("status"))

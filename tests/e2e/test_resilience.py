@@ -153,3 +153,37 @@ async def _until_gone(docker_client, container_id: str, timeout: float = 20) -> 
             except docker.errors.NotFound:
                 return
             await asyncio.sleep(0.2)
+
+
+async def test_a_session_that_never_gets_ready_fails_with_start_timeout(
+    infra, fake_api, tmp_path, docker_client
+) -> None:
+    from tests.client import Api, mint_token
+
+    with run_gateway(
+        infra,
+        fake_api.base_url,
+        tmp_path,
+        SESSION_REDIS_URL="redis://redis-that-does-not-exist:6379/0",
+        SESSION_START_TIMEOUT="3",
+    ) as gw:
+        client = Api(gw.url, mint_token(gw.jwt_secret, "alice"))
+        try:
+            session = await client.create()
+            failed = await client.wait_status(session["id"], "failed", timeout=30)
+            assert failed["failure_reason"].startswith("start timeout")
+            await _until_gone(docker_client, session["container_id"])
+        finally:
+            await client.aclose()
+
+
+async def test_idle_sessions_are_stopped(api_for, docker_client) -> None:
+    alice = api_for("alice")
+    session = await alice.create(config={"timeout": 10})
+    sid = session["id"]
+    async with alice.stream(sid) as ws:
+        await read_until(ws, is_status("ready"))
+        events = await read_until(ws, is_status("stopped"), timeout=40)
+    assert events[-1]["event"]["reason"] == "idle timeout"
+    assert (await alice.get(sid))["status"] == "stopped"
+    await _until_gone(docker_client, session["container_id"])

@@ -8,6 +8,7 @@ import uuid
 
 import docker.errors
 import pytest
+import websockets
 
 from tests.client import is_claude, is_status, read_until
 from tests.fake_anthropic import all_text, slow_text, text, tool_use
@@ -216,3 +217,16 @@ async def _until(predicate, timeout: float = 20) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.05)
+
+
+async def test_delete_ends_open_streams(api_for) -> None:
+    alice = api_for("alice")
+    session = await alice.create()
+    async with alice.stream(session["id"]) as ws:
+        await read_until(ws, is_status("ready"))
+        response = await alice.http.delete(f"/api/v1/sessions/{session['id']}")
+        assert response.status_code == 204
+        events = await read_until(ws, lambda e: e["event"].get("type") == "session_deleted")
+        assert events[-1]["id"] is None
+        with pytest.raises(websockets.ConnectionClosedOK):
+            await asyncio.wait_for(ws.recv(), 10)
