@@ -189,6 +189,11 @@ ENV_CLAUDE_SESSION_ID = "CCD_CLAUDE_SESSION_ID"
 ENV_SESSION_CONFIG = "CCD_SESSION_CONFIG"
 ENV_PERMISSION_MODE = "CCD_PERMISSION_MODE"
 ENV_STREAM_MAXLEN = "CCD_STREAM_MAXLEN"
+# The session's capability token (a JWT for the gateway's API, scoped to this session and its
+# descendants). Short-lived: the wrapper refreshes it and keeps the current one in
+# ``session_token_file``. Not part of ``ContainerEnv``: it is minted when the container starts.
+ENV_SESSION_TOKEN = "CCD_SESSION_TOKEN"
+SESSION_TOKEN_FILE = ".ccd/session-token"  # relative to the container user's HOME
 
 
 class ContainerEnv(BaseModel):
