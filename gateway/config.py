@@ -6,6 +6,8 @@ passed down; nothing imports a global instance.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -48,6 +50,28 @@ class Settings(BaseSettings):
     )
     token_ttl: int = Field(
         default=24 * 3600, ge=60, description="Lifetime in seconds of tokens minted by `token`."
+    )
+    session_token_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs session capability tokens (default: derived from "
+        "JWT_SECRET, so the two keys differ).",
+    )
+    session_token_ttl: int = Field(
+        default=900, ge=60, description="Lifetime in seconds of a session's capability token."
+    )
+
+    # -- recursion limits ----------------------------------------------------------------------
+    max_spawn_depth: int = Field(
+        default=5, ge=0, description="Deepest level a spawned session may have (root = 0)."
+    )
+    max_children_per_session: int = Field(
+        default=10, ge=0, description="Children one session may spawn (all it ever spawned)."
+    )
+    max_sessions_per_tree: int = Field(
+        default=50, ge=1, description="Sessions in one tree, root included (all ever made)."
+    )
+    max_sessions_per_owner: int = Field(
+        default=100, ge=1, description="Running (starting, ready, busy) sessions per owner."
     )
 
     # -- runtime -------------------------------------------------------------------------------
@@ -149,6 +173,19 @@ class Settings(BaseSettings):
                 "(for example: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
             )
         return self
+
+    @property
+    def session_token_key(self) -> str:
+        """The capability-token key: explicit, or an HMAC of JWT_SECRET under a fixed label, so
+        a user token can never pass as a session token or the reverse."""
+        if self.session_token_secret is not None and self.session_token_secret.get_secret_value():
+            return self.session_token_secret.get_secret_value()
+        digest = hmac.new(
+            self.jwt_secret.get_secret_value().encode(),
+            b"cc-docker session capability tokens",
+            hashlib.sha256,
+        )
+        return digest.hexdigest()
 
     @property
     def effective_session_redis_url(self) -> str:

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: settings, services, the caller and the session they may touch."""
+"""FastAPI dependencies: services, the caller, and the sessions the caller may touch."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
 from gateway.db.models import SessionRow
-from gateway.errors import Unauthorized
+from gateway.errors import SessionNotFound, SessionTokenNotAllowed, Unauthorized
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
 from gateway.runtime import SessionRuntime
-from gateway.security import Principal, authenticate_user_token, bearer_token
+from gateway.security import Principal, authenticate_token, bearer_token
 from gateway.services.sessions import SessionService
+from gateway.services.trees import TreeService
 from gateway.services.turns import TurnService
 
 
@@ -31,6 +32,7 @@ class Services:
     hub: EventHub
     sessions: SessionService
     turns: TurnService
+    trees: TreeService
 
 
 def get_services(request: Request) -> Services:
@@ -41,31 +43,61 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def authenticate(
-    settings: Settings, authorization: str | None, query_token: str | None = None
+async def authenticate(
+    services: Services, authorization: str | None, query_token: str | None = None
 ) -> Principal:
+    """The caller of a request. A session token is refused once its session has ended."""
     token = bearer_token(authorization) or query_token
     if not token:
         raise Unauthorized("missing bearer token", code="missing_token")
-    return authenticate_user_token(settings, token)
+    principal = authenticate_token(services.settings, token)
+    if principal.session_id is not None:
+        await services.sessions.require_running(principal.session_id)
+    return principal
 
 
 async def current_principal(
     services: ServicesDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> Principal:
-    return authenticate(services.settings, authorization)
+    return await authenticate(services, authorization)
 
 
-CurrentUser = Annotated[Principal, Depends(current_principal)]
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
-async def owned_session(
-    session_id: uuid.UUID, principal: CurrentUser, services: ServicesDep
+async def current_user(principal: CurrentPrincipal) -> Principal:
+    """Routes only a user may call (list, create, delete): not a session's own token."""
+    if principal.is_session:
+        raise SessionTokenNotAllowed(
+            "this operation needs a user token; a session token may only act on its own "
+            "session and its descendants (get, chat, wait, spawn, stop, ...)"
+        )
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(current_user)]
+
+
+def may_access(principal: Principal, session: SessionRow) -> bool:
+    """The owner may touch all their sessions; a session token only itself and its
+    descendants."""
+    if session.owner != principal.owner:
+        return False
+    return principal.session_id is None or (
+        session.id == principal.session_id or principal.session_id in session.path
+    )
+
+
+async def accessible_session(
+    session_id: uuid.UUID, principal: CurrentPrincipal, services: ServicesDep
 ) -> SessionRow:
-    """The session named in the path, if the caller owns it; 404 otherwise (also for sessions
-    of other owners, so ids cannot be probed)."""
-    return await services.sessions.get(session_id, owner=principal.owner)
+    """The session named in the path, if the caller may touch it; 404 otherwise (also for
+    sessions of other owners and outside a session token's subtree, so ids cannot be probed)."""
+    session = await services.sessions.get(session_id)
+    if not may_access(principal, session):
+        raise SessionNotFound(session_id)
+    return session
 
 
-OwnedSession = Annotated[SessionRow, Depends(owned_session)]
+OwnedSession = Annotated[SessionRow, Depends(accessible_session)]

@@ -86,6 +86,18 @@ class SessionNotRunning(Conflict):
     code = "session_not_running"
 
 
+class LimitExceeded(Forbidden):
+    """A recursion limit refused a new session; ``code`` names the limit."""
+
+
+class SessionTokenNotAllowed(Forbidden):
+    code = "session_token_not_allowed"
+
+
+class WaitTimeout(GatewayTimeout):
+    code = "wait_timeout"
+
+
 class NoRunningTurn(Conflict):
     code = "no_running_turn"
 

@@ -23,6 +23,7 @@ from gateway.runtime.docker import DockerRuntime
 from gateway.services.reconciler import Reconciler
 from gateway.services.recorder import Recorder
 from gateway.services.sessions import SessionService
+from gateway.services.trees import TreeService
 from gateway.services.turns import TurnService
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
                 hub=hub,
                 sessions=sessions,
                 turns=turns,
+                trees=TreeService(db),
             )
             tasks = [
                 _background(hub.run(), "event-hub"),

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.db.models import SessionRow, SessionStatus, TurnRow, TurnStatus
+from gateway.services.trees import TreeNode
 from wrapper.protocol import SessionConfig
 
 MAX_PROMPT_CHARS = 1_000_000
@@ -28,10 +29,24 @@ class CreateSessionRequest(_Strict):
     )
 
 
+class SpawnRequest(_Strict):
+    prompt: str = Field(
+        min_length=1, max_length=MAX_PROMPT_CHARS, description="The child's first turn."
+    )
+    config: SessionConfig = Field(
+        default_factory=SessionConfig,
+        description="Overrides of the parent's config; unset fields are inherited.",
+    )
+
+
 class ChatRequest(_Strict):
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     stream: bool = Field(
         default=False, description="Answer text/event-stream, one event per line of the turn."
+    )
+    wait: bool = Field(
+        default=True,
+        description="false: answer 202 with the accepted turn at once, without waiting.",
     )
     timeout: float | None = Field(
         default=None,
@@ -41,9 +56,18 @@ class ChatRequest(_Strict):
     )
 
 
+class WaitRequest(_Strict):
+    timeout: float = Field(
+        default=300, gt=0, le=3600, description="Seconds to wait for the session to be idle."
+    )
+
+
 class SessionOut(BaseModel):
     id: uuid.UUID
     owner: str
+    parent_id: uuid.UUID | None
+    root_id: uuid.UUID
+    depth: int
     status: SessionStatus
     image: str
     config: dict[str, Any]
@@ -61,6 +85,9 @@ class SessionOut(BaseModel):
         return cls(
             id=row.id,
             owner=row.owner,
+            parent_id=row.parent_id,
+            root_id=row.root_id,
+            depth=row.depth,
             status=SessionStatus(row.status),
             image=row.image,
             config=row.config,
@@ -118,6 +145,35 @@ class TurnOut(BaseModel):
 
 class TurnList(BaseModel):
     turns: list[TurnOut]
+
+
+class SessionTree(SessionOut):
+    last_turn: TurnOut | None = Field(description="The last finished turn.")
+    children: list[SessionTree]
+
+    @classmethod
+    def of_node(cls, node: TreeNode) -> SessionTree:
+        return cls(
+            **SessionOut.of(node.session).model_dump(),
+            last_turn=TurnOut.of(node.last_turn) if node.last_turn else None,
+            children=[cls.of_node(child) for child in node.children],
+        )
+
+
+class WaitResponse(BaseModel):
+    session: SessionOut
+    turn: TurnOut | None = Field(description="The last finished turn.")
+    result: str | None = Field(description="Its result text.")
+
+
+class ChatAccepted(BaseModel):
+    turn: TurnOut
+
+
+class SessionToken(BaseModel):
+    token: str
+    expires_at: datetime
+    expires_in: int
 
 
 class ChatResponse(BaseModel):

@@ -1,24 +1,46 @@
-"""User tokens: HS-signed JWTs whose ``sub`` is the owner of everything the caller creates."""
+"""Tokens: user tokens (``sub`` owns sessions) and session capability tokens.
+
+A capability token is what a session's container uses to call the gateway. It is signed with
+its own key (``Settings.session_token_key``) and audience, names the session (``sid``), its tree
+(``root``) and its owner (``sub``), and lives ``SESSION_TOKEN_TTL`` seconds. Whether its session
+is still running is checked on every use, so it dies with the session.
+"""
 
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import jwt
 
 from gateway.config import Settings
 from gateway.errors import Unauthorized
 
-_REQUIRED_CLAIMS = ["sub", "exp"]
+SESSION_AUDIENCE = "cc-docker:session"
+_SESSION_ALGORITHM = "HS256"
 _MAX_SUBJECT_LENGTH = 200
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling. ``owner`` scopes every session the caller can see or touch."""
+    """Who is calling. ``owner`` scopes every session the caller can see or touch; a session
+    principal (``session_id`` set) is further confined to that session and its descendants."""
 
     owner: str
+    session_id: uuid.UUID | None = None
+
+    @property
+    def is_session(self) -> bool:
+        return self.session_id is not None
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    expires_at: datetime
+    expires_in: int
 
 
 def mint_user_token(settings: Settings, subject: str, ttl: int | None = None) -> str:
@@ -35,24 +57,88 @@ def mint_user_token(settings: Settings, subject: str, ttl: int | None = None) ->
     return jwt.encode(claims, settings.jwt_secret.get_secret_value(), settings.jwt_algorithm)
 
 
-def authenticate_user_token(settings: Settings, token: str) -> Principal:
-    """Verify signature, pinned algorithm, expiry and required claims; raise ``Unauthorized``."""
+def mint_session_token(
+    settings: Settings, session_id: uuid.UUID, root_id: uuid.UUID, owner: str
+) -> IssuedToken:
+    now = int(time.time())
+    expires = now + settings.session_token_ttl
+    claims = {
+        "sub": owner,
+        "sid": str(session_id),
+        "root": str(root_id),
+        "aud": SESSION_AUDIENCE,
+        "iat": now,
+        "exp": expires,
+    }
+    token = jwt.encode(claims, settings.session_token_key, _SESSION_ALGORITHM)
+    return IssuedToken(
+        token=token,
+        expires_at=datetime.fromtimestamp(expires, UTC),
+        expires_in=settings.session_token_ttl,
+    )
+
+
+def authenticate_token(settings: Settings, token: str) -> Principal:
+    """Verify a user or a session token; raise ``Unauthorized``. The kind is chosen by the
+    unverified audience, then the token is verified in full with that kind's key."""
     try:
-        claims = jwt.decode(
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError as exc:
+        raise Unauthorized(f"invalid token: {exc}", code="invalid_token") from None
+    if unverified.get("aud") == SESSION_AUDIENCE:
+        return _verify_session_token(settings, token)
+    return _verify_user_token(settings, token)
+
+
+def _verify_user_token(settings: Settings, token: str) -> Principal:
+    claims = _decode(
+        token,
+        settings.jwt_secret.get_secret_value(),
+        settings.jwt_algorithm,
+        settings.jwt_audience,
+        ["sub", "exp"],
+    )
+    return Principal(owner=_subject(claims))
+
+
+def _verify_session_token(settings: Settings, token: str) -> Principal:
+    claims = _decode(
+        token,
+        settings.session_token_key,
+        _SESSION_ALGORITHM,
+        SESSION_AUDIENCE,
+        ["sub", "exp", "sid", "aud"],
+    )
+    try:
+        session_id = uuid.UUID(str(claims["sid"]))
+    except ValueError:
+        raise Unauthorized("invalid token: bad session id", code="invalid_token") from None
+    return Principal(owner=_subject(claims), session_id=session_id)
+
+
+def _decode(
+    token: str, key: str, algorithm: str, audience: str | None, required: list[str]
+) -> dict[str, object]:
+    try:
+        claims: dict[str, object] = jwt.decode(
             token,
-            settings.jwt_secret.get_secret_value(),
-            algorithms=[settings.jwt_algorithm],
-            audience=settings.jwt_audience,
-            options={"require": _REQUIRED_CLAIMS, "verify_aud": settings.jwt_audience is not None},
+            key,
+            algorithms=[algorithm],
+            audience=audience,
+            options={"require": required, "verify_aud": audience is not None},
         )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("token expired", code="token_expired") from None
     except jwt.InvalidTokenError as exc:
         raise Unauthorized(f"invalid token: {exc}", code="invalid_token") from None
+    return claims
+
+
+def _subject(claims: dict[str, object]) -> str:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject or len(subject) > _MAX_SUBJECT_LENGTH:
         raise Unauthorized("token subject must be a non-empty string", code="invalid_token")
-    return Principal(owner=subject)
+    return subject
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -70,6 +70,11 @@ class GatewayEvent(StrEnum):
     CLI_OUTPUT_INVALID = "cli_output_invalid"  # {"line"}: a stdout line that is not JSON
     WRAPPER_FATAL = "wrapper_fatal"  # {"reason"}: the wrapper gives up; the container will exit
     ERROR = "error"  # {"code", "message"}: anything else that went wrong
+    # On a parent's stream, about its direct children:
+    CHILD_SPAWNED = "child_spawned"  # {"child_id", "depth", "prompt"}
+    CHILD_FINISHED = "child_finished"  # {"child_id", "turn_id", "status", "result", "is_error"}
+    CHILD_FAILED = "child_failed"  # {"child_id", "reason"}
+    CHILD_STOPPED = "child_stopped"  # {"child_id", "reason"}
 
 
 class InputType(StrEnum):

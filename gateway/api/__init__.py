@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from gateway.api import health, sessions, stream
+from gateway.api import health, sessions, stream, tree
 
 API_PREFIX = "/api/v1"
 
@@ -11,5 +11,6 @@ def build_router() -> APIRouter:
     router = APIRouter()
     router.include_router(health.router)
     router.include_router(sessions.router, prefix=API_PREFIX)
+    router.include_router(tree.router, prefix=API_PREFIX)
     router.include_router(stream.router, prefix=API_PREFIX)
     return router

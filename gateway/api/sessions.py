@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from gateway.db.models import SessionStatus
-from gateway.deps import CurrentUser, OwnedSession, ServicesDep
-from gateway.errors import GatewayError
+from gateway.deps import CurrentPrincipal, CurrentUser, OwnedSession, ServicesDep
+from gateway.errors import GatewayError, SessionTokenNotAllowed
 from gateway.schemas import (
+    ChatAccepted,
     ChatRequest,
     ChatResponse,
     CreateSessionRequest,
@@ -20,9 +22,13 @@ from gateway.schemas import (
     InterruptResponse,
     SessionList,
     SessionOut,
+    SessionToken,
     TurnList,
     TurnOut,
+    WaitRequest,
+    WaitResponse,
 )
+from gateway.security import mint_session_token
 
 router = APIRouter(
     prefix="/sessions",
@@ -85,6 +91,7 @@ async def list_turns(session: OwnedSession, services: ServicesDep) -> TurnList:
             "event per line of the turn, ending with the result.",
             "content": {"text/event-stream": {}},
         },
+        202: {"model": ChatAccepted, "description": "`wait: false`: the accepted turn."},
         409: {"model": ErrorResponse, "description": "session_busy or session_not_running"},
         502: {"model": ErrorResponse, "description": "turn_failed: the CLI died mid-turn"},
         504: {"model": ErrorResponse, "description": "turn_timeout: the turn goes on"},
@@ -92,10 +99,14 @@ async def list_turns(session: OwnedSession, services: ServicesDep) -> TurnList:
 )
 async def chat(
     body: ChatRequest, session: OwnedSession, services: ServicesDep
-) -> ChatResponse | EventSourceResponse:
-    """Send one user turn and wait for its result, or stream it as server-sent events."""
+) -> ChatResponse | EventSourceResponse | JSONResponse:
+    """Send one user turn and wait for its result, or stream it as server-sent events, or
+    (``wait: false``) answer 202 with the accepted turn at once."""
     timeout = body.timeout or services.settings.chat_timeout_default
     turn, started = await services.turns.begin(session.id, body.prompt)
+    if not body.wait:
+        accepted = ChatAccepted(turn=TurnOut.of(turn))
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
     if body.stream:
         return EventSourceResponse(
             _turn_events(services, session.id, turn, started, timeout), ping=15
@@ -130,15 +141,55 @@ async def interrupt(session: OwnedSession, services: ServicesDep) -> InterruptRe
     return InterruptResponse(turn_id=turn_id)
 
 
+@router.post(
+    "/{session_id}/wait",
+    response_model=WaitResponse,
+    responses={**_NOT_FOUND, 504: {"model": ErrorResponse, "description": "wait_timeout"}},
+)
+async def wait_for_session(
+    body: WaitRequest, session: OwnedSession, services: ServicesDep
+) -> WaitResponse:
+    """Wait until the session runs no turn (or has ended); answers its status and the result
+    of its last finished turn."""
+    row, turn = await services.turns.wait_idle(session.id, body.timeout)
+    return WaitResponse(
+        session=SessionOut.of(row),
+        turn=TurnOut.of(turn) if turn else None,
+        result=turn.result_text if turn else None,
+    )
+
+
+@router.post(
+    "/{session_id}/token",
+    response_model=SessionToken,
+    responses={**_NOT_FOUND, 403: {"model": ErrorResponse}},
+)
+async def session_token(
+    session: OwnedSession, principal: CurrentPrincipal, services: ServicesDep
+) -> SessionToken:
+    """A fresh capability token for the session: its container refreshes its own with it, and
+    the owner may mint one. Valid only while the session runs."""
+    if principal.session_id not in (None, session.id):
+        raise SessionTokenNotAllowed("a session token may only refresh itself")
+    await services.sessions.require_running(session.id)
+    issued = mint_session_token(services.settings, session.id, session.root_id, session.owner)
+    return SessionToken(
+        token=issued.token, expires_at=issued.expires_at, expires_in=issued.expires_in
+    )
+
+
 @router.post("/{session_id}/stop", response_model=SessionOut, responses=_NOT_FOUND)
 async def stop_session(session: OwnedSession, services: ServicesDep) -> SessionOut:
-    """Interrupt, SIGTERM, SIGKILL after the grace period; the container is removed.
-    Stopping an ended session returns it unchanged."""
+    """Stop the session and its whole subtree, deepest first: interrupt, SIGTERM, SIGKILL after
+    the grace period; containers are removed. Stopping an ended session returns it unchanged."""
     return SessionOut.of(await services.sessions.stop(session.id))
 
 
 @router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND)
-async def delete_session(session: OwnedSession, services: ServicesDep) -> Response:
-    """Stop the session if needed and remove its records and events."""
+async def delete_session(
+    session: OwnedSession, services: ServicesDep, _user: CurrentUser
+) -> Response:
+    """Stop the session and its subtree if needed and remove their records and events.
+    Needs a user token."""
     await services.sessions.delete(session.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from gateway.db.models import ACTIVE_STATUSES, SessionRow
-from gateway.deps import Services, authenticate
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.deps import Services, authenticate, may_access
+from gateway.errors import GatewayError, InvalidRequest, SessionNotFound
 from gateway.events.bus import is_stream_id
 from gateway.schemas import MAX_PROMPT_CHARS
 from wrapper.protocol import Source
@@ -74,10 +74,8 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
 
 
 async def _authorize(websocket: WebSocket, services: Services, session_id: str) -> SessionRow:
-    principal = authenticate(
-        services.settings,
-        websocket.headers.get("authorization"),
-        websocket.query_params.get("token"),
+    principal = await authenticate(
+        services, websocket.headers.get("authorization"), websocket.query_params.get("token")
     )
     try:
         parsed = uuid.UUID(session_id)
@@ -85,7 +83,10 @@ async def _authorize(websocket: WebSocket, services: Services, session_id: str) 
         raise InvalidRequest(
             f"{session_id!r} is not a session id", code="invalid_session_id"
         ) from None
-    return await services.sessions.get(parsed, owner=principal.owner)
+    session = await services.sessions.get(parsed)
+    if not may_access(principal, session):
+        raise SessionNotFound(parsed)
+    return session
 
 
 def _parse_after(value: str | None) -> str | None:

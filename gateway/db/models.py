@@ -19,9 +19,10 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    Uuid,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -70,6 +71,14 @@ class SessionRow(Base):
     instance: Mapped[str] = mapped_column(
         String(63), comment="The gateway instance (INSTANCE_NAME) that runs its container."
     )
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), comment="The session that spawned it."
+    )
+    root_id: Mapped[uuid.UUID] = mapped_column(comment="The root of its spawn tree (itself).")
+    depth: Mapped[int] = mapped_column(Integer, default=0, comment="0 for a root session.")
+    path: Mapped[list[uuid.UUID]] = mapped_column(
+        ARRAY(Uuid()), default=list, comment="Ancestors, root first: descendant checks."
+    )
     status: Mapped[str] = mapped_column(String(16), default=SessionStatus.STARTING)
     image: Mapped[str] = mapped_column(String(500))
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -89,6 +98,9 @@ class SessionRow(Base):
     __table_args__ = (
         CheckConstraint(_in("status", SessionStatus), name="status"),
         Index("ix_sessions_owner_created", "owner", created_at.desc(), id.desc()),
+        Index("ix_sessions_parent_id", "parent_id"),
+        Index("ix_sessions_root_id", "root_id"),
+        Index("ix_sessions_path", "path", postgresql_using="gin"),
         Index(
             "ix_sessions_active",
             "instance",

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.models import ACTIVE_STATUSES, SessionRow, SessionStatus, TurnRow, TurnStatus
@@ -51,6 +51,32 @@ async def set_container(
         .execution_options(synchronize_session=False)
     )
     return (await db.execute(statement)).scalar_one_or_none()
+
+
+def in_subtree(session_id: uuid.UUID, include_root: bool = True) -> Any:
+    """Rows of the session's subtree: its descendants (and itself)."""
+    descendants = SessionRow.path.contains([session_id])  # path @> ARRAY[id]: GIN-indexed
+    return or_(SessionRow.id == session_id, descendants) if include_root else descendants
+
+
+async def begin_stopping_subtree(
+    db: AsyncSession, session_id: uuid.UUID, include_root: bool
+) -> Sequence[SessionRow]:
+    """Mark every active session of the subtree ``stopping``; returns the ones this call
+    marked (a session another actor is already stopping is not returned)."""
+    statement = (
+        update(SessionRow)
+        .where(in_subtree(session_id, include_root), SessionRow.status.in_(list(ACTIVE_STATUSES)))
+        .values(status=SessionStatus.STOPPING, updated_at=func.now())
+        .returning(SessionRow)
+        .execution_options(synchronize_session=False)
+    )
+    return list((await db.execute(statement)).scalars())
+
+
+async def delete_subtree(db: AsyncSession, session_id: uuid.UUID) -> Sequence[uuid.UUID]:
+    statement = delete(SessionRow).where(in_subtree(session_id)).returning(SessionRow.id)
+    return list((await db.execute(statement)).scalars())
 
 
 async def end_running_turns(

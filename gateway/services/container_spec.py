@@ -6,11 +6,18 @@ from gateway.config import Settings
 from gateway.db.models import SessionRow
 from gateway.runtime import ContainerSpec
 from gateway.runtime.naming import container_name, session_labels
-from wrapper.protocol import HEADLESS_CLI_VARIABLES, ContainerEnv, SessionConfig
+from wrapper.protocol import (
+    ENV_SESSION_TOKEN,
+    HEADLESS_CLI_VARIABLES,
+    ContainerEnv,
+    SessionConfig,
+)
 
 
-def build_container_spec(settings: Settings, session: SessionRow) -> ContainerSpec:
-    """Pure: the same settings and row always give the same spec."""
+def build_container_spec(
+    settings: Settings, session: SessionRow, session_token: str
+) -> ContainerSpec:
+    """Pure: the same settings, row and token always give the same spec."""
     session_id = str(session.id)
     contract = ContainerEnv(
         session_id=session_id,
@@ -28,6 +35,7 @@ def build_container_spec(settings: Settings, session: SessionRow) -> ContainerSp
         **settings.session_extra_env,
         **settings.session_cli_env(),
         **contract.to_env(),
+        ENV_SESSION_TOKEN: session_token,
     }
     return ContainerSpec(
         name=container_name(settings.instance_name, session_id),

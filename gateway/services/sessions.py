@@ -22,23 +22,31 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
 from gateway.db import queries
 from gateway.db.models import (
     ACTIVE_STATUSES,
-    FINAL_STATUSES,
     SessionRow,
     SessionStatus,
     TurnRow,
     TurnStatus,
 )
-from gateway.errors import ImageNotFound, InvalidRequest, RuntimeUnavailable, SessionNotFound
+from gateway.errors import (
+    ImageNotFound,
+    InvalidRequest,
+    RuntimeUnavailable,
+    SessionNotFound,
+    SessionNotRunning,
+    Unauthorized,
+)
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
 from gateway.runtime import ContainerState, ImageMissing, RuntimeFailure, SessionRuntime
+from gateway.security import mint_session_token
+from gateway.services import limits
 from gateway.services.container_spec import build_container_spec
 from gateway.services.turns import TurnService
 from wrapper.protocol import GatewayEvent, InterruptInput, SessionConfig
@@ -87,6 +95,16 @@ class SessionService:
             raise SessionNotFound(session_id)
         return row
 
+    async def require_running(self, session_id: uuid.UUID) -> None:
+        """A session token is good only while its session runs (it dies with the session)."""
+        async with self._db() as db:
+            status = await db.scalar(select(SessionRow.status).where(SessionRow.id == session_id))
+        if status not in ACTIVE_STATUSES:
+            raise Unauthorized(
+                f"session {session_id} is {status or 'gone'}: its token is no longer valid",
+                code="token_revoked",
+            )
+
     async def list(
         self, owner: str, limit: int, cursor: str | None, status: SessionStatus | None
     ) -> tuple[Sequence[SessionRow], str | None]:
@@ -115,36 +133,75 @@ class SessionService:
     async def create(
         self, owner: str, config: SessionConfig, prompt: str | None = None
     ) -> SessionRow:
-        """Insert the session, queue its first prompt if any, start its container. The session
-        is ``starting`` until its CLI answers the handshake; prompts sent meanwhile are queued,
-        not refused. Raises ``ImageNotFound``/``RuntimeUnavailable`` (the session is then
-        recorded as failed)."""
-        row = await self._insert(owner, config)
+        """Insert a root session, queue its first prompt if any, start its container. The
+        session is ``starting`` until its CLI answers the handshake; prompts sent meanwhile are
+        queued, not refused. Raises ``LimitExceeded`` (nothing is created), or
+        ``ImageNotFound``/``RuntimeUnavailable`` (the session is then recorded as failed)."""
+        row = await self._insert(owner, config.model_dump(exclude_none=True), parent_id=None)
+        return await self._launch(row, prompt)
+
+    async def spawn(
+        self, parent_id: uuid.UUID, prompt: str, overrides: SessionConfig
+    ) -> SessionRow:
+        """Start a child of ``parent_id``: same owner, the parent's config with ``overrides``
+        applied, one level deeper. The recursion limits are checked atomically with the
+        insert; the parent's stream gets ``child_spawned``."""
+        parent = await self.get(parent_id)
+        config = {**parent.config, **overrides.model_dump(exclude_none=True)}
+        row = await self._insert(parent.owner, config, parent_id=parent_id)
+        await self._bus.publish(
+            str(parent_id),
+            GatewayEvent.CHILD_SPAWNED,
+            child_id=str(row.id),
+            depth=row.depth,
+            prompt=prompt,
+        )
+        return await self._launch(row, prompt)
+
+    async def _insert(
+        self, owner: str, config: dict[str, Any], parent_id: uuid.UUID | None
+    ) -> SessionRow:
+        session_id = uuid.uuid4()
+        async with self._db() as db, db.begin():
+            await limits.lock_owner(db, owner)
+            parent = None
+            if parent_id is not None:
+                parent = await db.get(SessionRow, parent_id, with_for_update=True)
+                if parent is None:
+                    raise SessionNotFound(parent_id)
+                if parent.status not in ACTIVE_STATUSES:
+                    raise SessionNotRunning(
+                        f"session {parent_id} is {parent.status}; only a running session can spawn"
+                    )
+            await limits.check_limits(db, self._settings, owner, parent)
+            row = SessionRow(
+                id=session_id,
+                owner=owner,
+                instance=self._settings.instance_name,
+                status=SessionStatus.STARTING,
+                image=self._settings.session_image,
+                config=config,
+                claude_session_id=uuid.uuid4(),
+                parent_id=parent_id,
+                root_id=parent.root_id if parent else session_id,
+                depth=parent.depth + 1 if parent else 0,
+                path=[*parent.path, parent.id] if parent else [],
+            )
+            db.add(row)
+        await self._hub.track(str(session_id), after="0-0")
+        await self._bus.publish(str(session_id), GatewayEvent.STATUS, status=SessionStatus.STARTING)
+        return row
+
+    async def _launch(self, row: SessionRow, prompt: str | None) -> SessionRow:
         if prompt is not None:
             await self._turns.begin(row.id, prompt)
         return await self._start_container(row)
 
-    async def _insert(self, owner: str, config: SessionConfig) -> SessionRow:
-        row = SessionRow(
-            id=uuid.uuid4(),
-            owner=owner,
-            instance=self._settings.instance_name,
-            status=SessionStatus.STARTING,
-            image=self._settings.session_image,
-            config=config.model_dump(exclude_none=True),
-            claude_session_id=uuid.uuid4(),
-        )
-        async with self._db() as db, db.begin():
-            db.add(row)
-        session_id = str(row.id)
-        await self._hub.track(session_id, after="0-0")
-        await self._bus.publish(session_id, GatewayEvent.STATUS, status=SessionStatus.STARTING)
-        return row
-
     async def _start_container(self, row: SessionRow) -> SessionRow:
         """Start the session's container. On failure the session is failed and the error says
         why: 503 ``image_not_found`` or 503 ``runtime_unavailable``."""
-        spec = build_container_spec(self._settings, row)
+        token = mint_session_token(self._settings, row.id, row.root_id, row.owner)
+        spec = build_container_spec(self._settings, row, token.token)
         try:
             state = await self._runtime.start(spec)
         except ImageMissing as exc:
@@ -191,28 +248,56 @@ class SessionService:
     # -- stopping and failing ------------------------------------------------------------------
 
     async def stop(self, session_id: uuid.UUID, reason: str = "stopped by request") -> SessionRow:
-        """Interrupt the running turn, SIGTERM the container, SIGKILL after the grace period,
-        remove it. Idempotent: stopping an ended session returns it unchanged."""
+        """Stop the session and its whole subtree, deepest first: interrupt the running turn,
+        SIGTERM the container, SIGKILL after the grace period, remove it. Idempotent: stopping
+        an ended session returns it unchanged (its running descendants are still stopped)."""
+        await self._stop_subtree(session_id, reason, include_root=True)
+        return await self._await_final(session_id)
+
+    async def _stop_subtree(self, session_id: uuid.UUID, reason: str, include_root: bool) -> None:
+        # One update marks the whole subtree stopping first, so nothing in it can spawn while
+        # the containers are stopped level by level.
         async with self._db() as db, db.begin():
-            row = await queries.transition(db, session_id, ACTIVE_STATUSES, SessionStatus.STOPPING)
-        if row is None:
-            return await self._await_final(session_id)
-        self._stopping.add(session_id)
+            rows = await queries.begin_stopping_subtree(db, session_id, include_root)
+        self._stopping.update(row.id for row in rows)
         try:
-            await self._bus.publish(
-                str(session_id), GatewayEvent.STATUS, status=SessionStatus.STOPPING, reason=reason
-            )
-            if row.current_turn_id is not None:
-                await self._interrupt_and_wait(row)
-            exit_code = None
-            if row.container_id:
-                await self._runtime.stop(row.container_id, self._settings.session_stop_grace)
-                state = await self._runtime.inspect(row.container_id)
-                exit_code = state.exit_code if state else None
-                await self._runtime.remove(row.container_id)
-            return await self._finish_stop(session_id, reason, exit_code)
+            for level in _deepest_first(rows):
+                await asyncio.gather(
+                    *(
+                        self._stop_row(
+                            row,
+                            reason
+                            if row.id == session_id
+                            else f"ancestor {session_id} stopped: {reason}",
+                        )
+                        for row in level
+                    )
+                )
         finally:
-            self._stopping.discard(session_id)
+            self._stopping.difference_update(row.id for row in rows)
+
+    async def _stop_row(self, row: SessionRow, reason: str) -> None:
+        """Stop one session already marked ``stopping``."""
+        session_id = row.id
+        await self._bus.publish(
+            str(session_id), GatewayEvent.STATUS, status=SessionStatus.STOPPING, reason=reason
+        )
+        if row.current_turn_id is not None:
+            await self._interrupt_and_wait(row)
+        exit_code = None
+        if row.container_id:
+            await self._runtime.stop(row.container_id, self._settings.session_stop_grace)
+            state = await self._runtime.inspect(row.container_id)
+            exit_code = state.exit_code if state else None
+            await self._runtime.remove(row.container_id)
+        stopped = await self._finish_stop(session_id, reason, exit_code)
+        if stopped.parent_id is not None and stopped.status == SessionStatus.STOPPED:
+            await self._bus.publish(
+                str(stopped.parent_id),
+                GatewayEvent.CHILD_STOPPED,
+                child_id=str(session_id),
+                reason=reason,
+            )
 
     async def complete_interrupted_stop(self, row: SessionRow) -> SessionRow:
         """Finish a stop that a previous gateway process began but did not end."""
@@ -291,6 +376,11 @@ class SessionService:
             if row is None:
                 return None
             await queries.end_running_turns(db, session_id, TurnStatus.FAILED, reason)
+        # Its descendants cannot report to it any more: stop them.
+        self._spawn(
+            self._stop_subtree(session_id, f"parent failed: {reason}", include_root=False),
+            name=f"stop-descendants-{session_id}",
+        )
         logs = ""
         if row.container_id:
             logs = await self._safe_logs(row.container_id)
@@ -305,6 +395,13 @@ class SessionService:
             exit_code=exit_code,
             logs=logs,
         )
+        if row.parent_id is not None:
+            await self._bus.publish(
+                str(row.parent_id),
+                GatewayEvent.CHILD_FAILED,
+                child_id=str(session_id),
+                reason=reason,
+            )
         return row
 
     async def _safe_logs(self, container_id: str) -> str:
@@ -322,17 +419,24 @@ class SessionService:
         await self.fail(session_id, describe_exit(state, self._settings), exit_code=code)
 
     async def delete(self, session_id: uuid.UUID) -> None:
-        """Stop if needed, then remove the session's rows and its event streams."""
-        row = await self.get(session_id)
-        if row.status not in FINAL_STATUSES:
-            await self.stop(session_id, reason="deleted")
+        """Stop the session and its subtree if needed, then remove their rows and streams."""
+        await self._stop_subtree(session_id, "deleted", include_root=True)
+        await self._await_final(session_id)
         async with self._db() as db, db.begin():
-            await db.execute(delete(SessionRow).where(SessionRow.id == session_id))
-        self._hub.close_session(str(session_id))
-        await self._bus.delete(str(session_id))
+            deleted = await queries.delete_subtree(db, session_id)
+        for gone in deleted:
+            self._hub.close_session(str(gone))
+            await self._bus.delete(str(gone))
 
     def is_stopping_here(self, session_id: uuid.UUID) -> bool:
         return session_id in self._stopping
+
+
+def _deepest_first(rows: Sequence[SessionRow]) -> list[list[SessionRow]]:
+    levels: dict[int, list[SessionRow]] = {}
+    for row in rows:
+        levels.setdefault(row.depth, []).append(row)
+    return [levels[depth] for depth in sorted(levels, reverse=True)]
 
 
 def describe_exit(state: ContainerState | None, settings: Settings) -> str:

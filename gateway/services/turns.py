@@ -15,11 +15,18 @@ import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import queries
-from gateway.db.models import FINAL_STATUSES, SessionRow, SessionStatus, TurnRow, TurnStatus
+from gateway.db.models import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    SessionRow,
+    SessionStatus,
+    TurnRow,
+    TurnStatus,
+)
 from gateway.errors import (
     NoRunningTurn,
     SessionBusy,
@@ -28,9 +35,11 @@ from gateway.errors import (
     TurnFailed,
     TurnTimeout,
     Unavailable,
+    WaitTimeout,
 )
 from gateway.events.bus import Event, EventBus, stream_id_before
-from gateway.events.hub import EventHub
+from gateway.events.hub import EventHub, Lagged, StreamClosed, Subscription
+from gateway.services import trees
 from wrapper.protocol import GatewayEvent, InterruptInput, PromptInput, Source
 
 log = logging.getLogger(__name__)
@@ -172,15 +181,26 @@ class TurnService:
                 .values(finished_at=queries.utcnow(), **values)
                 .returning(TurnRow)
             )
-            turn = (await db.execute(statement)).scalar_one_or_none()
-            released = None
-            if turn is not None:
-                released = await queries.release_turn(db, session_id, turn_id, cursor)
-            else:
-                turn = await db.get(TurnRow, turn_id)
+            ended = (await db.execute(statement)).scalar_one_or_none()
+            if ended is None:  # someone else recorded it first
+                return await db.get(TurnRow, turn_id)
+            released = await queries.release_turn(db, session_id, turn_id, cursor)
+            parent_id = await db.scalar(
+                select(SessionRow.parent_id).where(SessionRow.id == session_id)
+            )
         if released is not None and released.status == SessionStatus.READY:
             await self._bus.publish(str(session_id), GatewayEvent.STATUS, status="ready")
-        return turn
+        if parent_id is not None:
+            await self._bus.publish(
+                str(parent_id),
+                GatewayEvent.CHILD_FINISHED,
+                child_id=str(session_id),
+                turn_id=str(turn_id),
+                status=ended.status,
+                result=ended.result_text,
+                is_error=ended.is_error,
+            )
+        return ended
 
     # -- waiting -----------------------------------------------------------------------------
 
@@ -207,6 +227,33 @@ class TurnService:
                 turn_id=tid,
             ) from None
 
+    async def wait_idle(
+        self, session_id: uuid.UUID, timeout: float
+    ) -> tuple[SessionRow, TurnRow | None]:
+        """Wait until the session runs no turn (or has ended); returns it and its last finished
+        turn. Raises ``WaitTimeout`` after ``timeout`` seconds (the session goes on)."""
+        sid = str(session_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with self._hub.subscribe(sid) as subscription:
+            while True:
+                async with self._db() as db:
+                    row = await db.get(SessionRow, session_id)
+                    if row is None:
+                        raise SessionNotFound(session_id)
+                    if row.current_turn_id is None or row.status in FINAL_STATUSES:
+                        return row, await trees.last_finished_turn(db, session_id)
+                if row.status in ACTIVE_STATUSES:
+                    await self._hub.track(sid)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise WaitTimeout(
+                        f"session {session_id} is still running turn {row.current_turn_id} "
+                        f"after {timeout:g} s",
+                        turn_id=str(row.current_turn_id),
+                    )
+                await _next_relevant(subscription, min(remaining, 1.0))
+
     async def wait(
         self, session_id: uuid.UUID, turn: TurnRow, started: str, timeout: float
     ) -> tuple[dict[str, Any], TurnRow]:
@@ -229,6 +276,17 @@ class TurnService:
                     turn_id=str(turn.id),
                 )
         raise TurnFailed(f"turn {turn.id} ended without a result", turn_id=str(turn.id))
+
+
+async def _next_relevant(subscription: Subscription, timeout: float) -> None:
+    """Return on an event that may end a turn, or after ``timeout`` (the caller re-checks the
+    database either way, so a missed or early wake-up costs nothing but a query)."""
+    with contextlib.suppress(TimeoutError, Lagged, StreamClosed):
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await subscription.get()
+                if event.type in ("result", GatewayEvent.TURN_FAILED, GatewayEvent.STATUS):
+                    return
 
 
 def _int_or_none(value: Any) -> int | None:

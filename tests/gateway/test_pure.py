@@ -52,6 +52,9 @@ def _row(**values: object) -> SessionRow:
         image="cc-docker/session:test",
         config={"model": "m"},
         claude_session_id=uuid.UUID("66666666-2222-3333-4444-555555555555"),
+        root_id=uuid.UUID("11111111-2222-3333-4444-555555555555"),
+        depth=0,
+        path=[],
         **values,
     )
 
@@ -69,6 +72,7 @@ def test_container_spec_carries_labels_limits_and_the_contract() -> None:
             session_extra_env={"CCD_SESSION_ID": "spoofed", "HTTP_PROXY": "http://proxy"},
         ),
         _row(),
+        "cap-token",
     )
     sid = "11111111-2222-3333-4444-555555555555"
     assert spec.name == f"ccd-prod-{sid}"
@@ -82,13 +86,14 @@ def test_container_spec_carries_labels_limits_and_the_contract() -> None:
     assert spec.env["HTTP_PROXY"] == "http://proxy"
     assert spec.env[ENV_SESSION_ID] == sid  # operators' extras cannot spoof the identity
     assert spec.env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    assert spec.env["CCD_SESSION_TOKEN"] == "cap-token"
     contract = ContainerEnv.from_env(spec.env)
     assert contract.config.model == "m"
     assert contract.claude_session_id == "66666666-2222-3333-4444-555555555555"
 
 
 def test_container_spec_never_forwards_unset_credentials() -> None:
-    spec = build_container_spec(settings(), _row())
+    spec = build_container_spec(settings(), _row(), "token")
     assert not {"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN"} & set(
         spec.env
     )

@@ -1,0 +1,52 @@
+"""Spawn trees: a session starts children (each in its own container) and looks at them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from gateway.deps import OwnedSession, ServicesDep
+from gateway.schemas import ErrorResponse, SessionList, SessionOut, SessionTree, SpawnRequest
+
+router = APIRouter(
+    prefix="/sessions",
+    tags=["spawn trees"],
+    responses={
+        401: {"model": ErrorResponse},
+        404: {"model": ErrorResponse, "description": "No such session for this caller."},
+    },
+)
+
+
+@router.post(
+    "/{session_id}/spawn",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SessionOut,
+    responses={
+        403: {
+            "model": ErrorResponse,
+            "description": "A recursion limit: spawn_depth_exceeded, children_limit_reached, "
+            "tree_limit_reached or owner_limit_reached",
+        },
+        409: {"model": ErrorResponse, "description": "session_not_running"},
+        422: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
+    },
+)
+async def spawn(body: SpawnRequest, session: OwnedSession, services: ServicesDep) -> SessionOut:
+    """Start a child session running ``prompt``: same owner, one level deeper, the parent's
+    config unless overridden. With a user token (the owner) or the session's own token."""
+    child = await services.sessions.spawn(session.id, body.prompt, body.config)
+    return SessionOut.of(child)
+
+
+@router.get("/{session_id}/children", response_model=SessionList)
+async def children(session: OwnedSession, services: ServicesDep) -> SessionList:
+    """Direct children, oldest first."""
+    rows = await services.trees.children(session.id)
+    return SessionList(sessions=[SessionOut.of(row) for row in rows], next_cursor=None)
+
+
+@router.get("/{session_id}/tree", response_model=SessionTree)
+async def tree(session: OwnedSession, services: ServicesDep) -> SessionTree:
+    """The session and all its descendants, with statuses and last results."""
+    return SessionTree.of_node(await services.trees.subtree(session))
