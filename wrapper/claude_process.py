@@ -22,6 +22,11 @@ class ControlError(RuntimeError):
     """The CLI answered a control request with an error."""
 
 
+class RefuseControl(Exception):
+    """Raised by a control handler to answer the CLI's request with this error message (an
+    expected refusal, not a bug: no traceback is logged)."""
+
+
 class ClaudeProcess:
     """Owns the subprocess; the caller reads ``stdout_lines``/``stderr_lines`` and writes turns.
 

@@ -5,16 +5,28 @@ Pure functions, so the exact command line is testable without a container.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from wrapper.protocol import ContainerEnv
+from wrapper.protocol import ENV_GATEWAY_URL, ENV_SESSION_ID, ContainerEnv
 
 # Variables that must not leak from the wrapper's environment into the CLI: CLAUDECODE makes
-# the CLI believe it runs nested inside another Claude Code; CCD_* are ours, not the model's.
+# the CLI believe it runs nested inside another Claude Code; CCD_* are ours, not the model's,
+# except what ``ccd-agent`` (run by the model through Bash) needs to find the gateway. Its
+# token comes from the token file, which the wrapper keeps fresh, not from the environment.
 _DROPPED_PREFIXES = ("CCD_",)
 _DROPPED_NAMES = frozenset({"CLAUDECODE"})
+_KEPT_NAMES = frozenset({ENV_GATEWAY_URL, ENV_SESSION_ID})
+
+# The in-process MCP server the wrapper answers over the control channel (see mcp_sessions).
+MCP_SERVER_NAME = "sessions"
+MCP_CONFIG = json.dumps(
+    {"mcpServers": {MCP_SERVER_NAME: {"type": "sdk", "name": MCP_SERVER_NAME}}},
+    separators=(",", ":"),
+)
+MCP_TOOLS = f"mcp__{MCP_SERVER_NAME}"  # as an --allowedTools entry: every tool of the server
 
 
 def build_argv(binary: str, env: ContainerEnv, *, resume: bool) -> list[str]:
@@ -37,8 +49,8 @@ def build_argv(binary: str, env: ContainerEnv, *, resume: bool) -> list[str]:
         argv += ["--session-id", env.claude_session_id]
     if config.model:
         argv += ["--model", config.model]
-    if config.allowed_tools:
-        argv += ["--allowedTools", ",".join(config.allowed_tools)]
+    argv += ["--mcp-config", MCP_CONFIG]
+    argv += ["--allowedTools", ",".join([*(config.allowed_tools or []), MCP_TOOLS])]
     if config.disallowed_tools:
         argv += ["--disallowedTools", ",".join(config.disallowed_tools)]
     if config.max_turns is not None:
@@ -55,7 +67,8 @@ def cli_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {
         name: value
         for name, value in environ.items()
-        if name not in _DROPPED_NAMES and not name.startswith(_DROPPED_PREFIXES)
+        if name in _KEPT_NAMES
+        or (name not in _DROPPED_NAMES and not name.startswith(_DROPPED_PREFIXES))
     }
 
 

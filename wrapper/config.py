@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wrapper.cli import claude_config_dir
-from wrapper.protocol import ContainerEnv
+from wrapper.protocol import (
+    ENV_GATEWAY_URL,
+    ENV_SESSION_ID,
+    ENV_SESSION_TOKEN,
+    SESSION_TOKEN_FILE,
+    ContainerEnv,
+)
+
+
+def token_file(environ: Mapping[str, str]) -> Path:
+    """Where the current session token is kept for ``ccd-agent``: under ``$HOME``."""
+    return Path(environ.get("HOME") or "/root") / SESSION_TOKEN_FILE
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,11 @@ class WrapperSettings:
     """Seconds between SIGTERM and SIGKILL for the CLI when the container stops."""
     max_line_bytes: int
     """Longest stdout line accepted from the CLI."""
+    token_file: Path
+    """Where the wrapper keeps the current session token for ``ccd-agent``."""
+    session_token: str | None = field(default=None, repr=False)
+    """The session's capability token at start (``CCD_SESSION_TOKEN``); ``None`` without one,
+    and then the ``sessions`` tools answer with an error."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WrapperSettings:
@@ -47,4 +63,29 @@ class WrapperSettings:
             restart_window=float(env.get("CCD_RESTART_WINDOW", "300")),
             terminate_grace=float(env.get("CCD_TERMINATE_GRACE", "5")),
             max_line_bytes=int(env.get("CCD_MAX_LINE_BYTES", str(64 * 1024 * 1024))),
+            token_file=token_file(env),
+            session_token=env.get(ENV_SESSION_TOKEN) or None,
+        )
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """``ccd-agent``'s settings: it runs inside the CLI's environment, where the wrapper left
+    the gateway URL and the session id (not the token: that is read from ``token_file``)."""
+
+    gateway_url: str
+    session_id: str
+    token_file: Path
+    env_token: str | None = field(default=None, repr=False)
+    """``CCD_SESSION_TOKEN`` if set: used only when the token file is missing."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AgentSettings:
+        """Raises ``KeyError`` naming the variable that is missing."""
+        env = os.environ if environ is None else environ
+        return cls(
+            gateway_url=env[ENV_GATEWAY_URL],
+            session_id=env[ENV_SESSION_ID],
+            token_file=token_file(env),
+            env_token=env.get(ENV_SESSION_TOKEN) or None,
         )

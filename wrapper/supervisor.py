@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from wrapper import protocol
 from wrapper.channel import Channel
-from wrapper.claude_process import ClaudeProcess, ControlError
+from wrapper.claude_process import ClaudeProcess, ControlError, RefuseControl
 from wrapper.cli import build_argv, cli_environment, transcript_path
 from wrapper.config import WrapperSettings
 from wrapper.protocol import GatewayEvent, PromptInput, Source
@@ -31,7 +31,8 @@ _INVALID_LINE_LIMIT = 10_000
 
 
 class ControlHandler(Protocol):
-    """Answers a ``control_request`` the CLI sends us (for example an MCP message)."""
+    """Answers a ``control_request`` the CLI sends us (for example an MCP message): returns
+    the ``response`` object, or raises ``RefuseControl`` to answer with an error."""
 
     async def __call__(self, request: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -56,6 +57,9 @@ class Supervisor:
         self._crash_times: deque[float] = deque()
         self._process_cost = 0.0
         self._background: set[asyncio.Task[Any]] = set()
+        # Control requests from the CLI being answered, by request id, so that its
+        # control_cancel_request can withdraw one.
+        self._answering: dict[str, asyncio.Task[None]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -79,10 +83,11 @@ class Supervisor:
         if proc is not None:
             self._spawn(proc.terminate(self._settings.terminate_grace))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _supervise(self) -> int:
         resume = self._has_transcript()
@@ -208,7 +213,16 @@ class Supervisor:
             proc.resolve_control_response(message)
         elif kind == "control_request":
             # Answered in the background: the CLI may ask while we wait on it.
-            self._spawn(self._answer_control(proc, message))
+            request_id = str(message.get("request_id", ""))
+            task = self._spawn(self._answer_control(proc, message))
+            self._answering[request_id] = task
+            task.add_done_callback(lambda done: self._forget_answer(request_id, done))
+        elif kind == "control_cancel_request":
+            # The CLI withdrew its request (say, the turn was interrupted): stop answering it
+            # and send nothing.
+            cancelled = self._answering.pop(str(message.get("request_id", "")), None)
+            if cancelled is not None:
+                cancelled.cancel()
 
     def _turn_cost(self, result: dict[str, Any]) -> float | None:
         total = result.get("total_cost_usd")
@@ -217,6 +231,10 @@ class Supervisor:
         cost = max(0.0, float(total) - self._process_cost)
         self._process_cost = float(total)
         return cost
+
+    def _forget_answer(self, request_id: str, task: asyncio.Task[None]) -> None:
+        if self._answering.get(request_id) is task:
+            del self._answering[request_id]
 
     async def _answer_control(self, proc: ClaudeProcess, message: dict[str, Any]) -> None:
         request_id = str(message.get("request_id", ""))
@@ -230,6 +248,9 @@ class Supervisor:
                 await proc.answer_control(request_id, await handler(request))
         except (BrokenPipeError, ConnectionResetError):
             return  # the CLI is gone; its exit is reported by the supervisor
+        except RefuseControl as exc:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await proc.refuse_control(request_id, str(exc))
         except Exception as exc:  # a handler bug must not kill the session
             log.exception("control handler for %s failed", subtype)
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):

@@ -97,8 +97,8 @@ class Reconciler:
                 if not self._sessions.is_stopping_here(row.id) and (first_pass or stale):
                     await self._sessions.complete_interrupted_stop(row)
                 continue
-            if state is None and row.container_id is None and now - row.created_at < start_timeout:
-                continue  # being created right now
+            if row.container_id is None and now - row.created_at < start_timeout:
+                continue  # its container is being created and started right now
             if state is None or not state.running:
                 await self._sessions.fail(
                     row.id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,8 +37,12 @@ def test_default_argv_is_headless_stream_json_with_a_fixed_session_id() -> None:
         "--permission-mode",
     ]
     assert argv[8] == "bypassPermissions"
-    assert argv[-2:] == ["--session-id", "0b968909-2749-41a2-9879-dd3609639a40"]
+    assert argv[9:11] == ["--session-id", "0b968909-2749-41a2-9879-dd3609639a40"]
     assert "--model" not in argv
+    # The in-process sessions MCP server is always there, and its tools always allowed.
+    mcp = json.loads(argv[argv.index("--mcp-config") + 1])
+    assert mcp == {"mcpServers": {"sessions": {"type": "sdk", "name": "sessions"}}}
+    assert argv[argv.index("--allowedTools") + 1] == "mcp__sessions"
 
 
 def test_argv_carries_the_session_config_and_resume() -> None:
@@ -59,7 +64,8 @@ def test_argv_carries_the_session_config_and_resume() -> None:
     assert "--resume=0b968909-2749-41a2-9879-dd3609639a40" in argv
     assert "--session-id" not in argv
     assert argv[argv.index("--model") + 1] == "claude-x"
-    assert argv[argv.index("--allowedTools") + 1] == "Bash,Read"
+    assert argv[argv.index("--allowedTools") + 1] == "Bash,Read,mcp__sessions"
+    assert argv.count("--allowedTools") == 1 and argv.count("--mcp-config") == 1
     assert argv[argv.index("--disallowedTools") + 1] == "WebFetch"
     assert argv[argv.index("--max-turns") + 1] == "3"
     assert argv[argv.index("--system-prompt") + 1] == "be brief"
@@ -68,9 +74,24 @@ def test_argv_carries_the_session_config_and_resume() -> None:
 
 def test_cli_environment_drops_the_wrappers_variables() -> None:
     env = cli_environment(
-        {"CCD_SESSION_ID": "x", "CLAUDECODE": "1", "HOME": "/home/claude", "ANTHROPIC_API_KEY": "k"}
+        {
+            "CCD_SESSION_ID": "x",
+            "CCD_GATEWAY_URL": "http://gateway:8000",
+            "CCD_REDIS_URL": "redis://redis",
+            "CCD_SESSION_TOKEN": "secret",
+            "CLAUDECODE": "1",
+            "HOME": "/home/claude",
+            "ANTHROPIC_API_KEY": "k",
+        }
     )
-    assert env == {"HOME": "/home/claude", "ANTHROPIC_API_KEY": "k"}
+    # ccd-agent, run by the model, needs the gateway and its session id; the token it reads
+    # from the file the wrapper keeps fresh.
+    assert env == {
+        "HOME": "/home/claude",
+        "ANTHROPIC_API_KEY": "k",
+        "CCD_SESSION_ID": "x",
+        "CCD_GATEWAY_URL": "http://gateway:8000",
+    }
 
 
 def test_transcript_path_follows_the_clis_layout() -> None:

@@ -1,0 +1,271 @@
+"""The ``sessions`` MCP server, answered inside the wrapper over the CLI's control channel.
+
+The CLI is started with ``--mcp-config`` declaring ``{"type": "sdk", "name": "sessions"}``, so
+it sends every MCP message for that server as a ``control_request`` of subtype ``mcp_message``
+on stdout; ``SessionsServer.handle_control`` answers it (``{"mcp_response": <JSON-RPC>}``, or
+``{}`` for a notification). The model sees the tools as ``mcp__sessions__<tool>``.
+
+Wire messages are built and checked with ``mcp_types``. Importing it costs about 0.3 s of
+pydantic model building, and the CLI's first ``initialize`` for this server comes about 0.45 s
+after it starts (its first turn waits for the answer), so the import runs in a background
+thread started by ``preload`` as the CLI is launched, and handlers await it rather than import
+on the event loop. Measured: the first turn then starts about 160 ms sooner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib
+import logging
+import threading
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from wrapper.claude_process import RefuseControl
+from wrapper.cli import MCP_SERVER_NAME
+from wrapper.gateway_client import GatewayError
+from wrapper.session_tools import TOOLS, SessionsApi, SessionTool, ToolOutput, error_output
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = MCP_SERVER_NAME
+SERVER_VERSION = "1"
+INSTRUCTIONS = (
+    "Tools to delegate work to child sessions: other Claude Code agents, each in its own "
+    "container. Spawn a child with a complete task, wait for its result, stop it when done."
+)
+
+
+class _InvalidParams(Exception):
+    pass
+
+
+class _WireTypes:
+    """``mcp_types`` imported once in a daemon thread. Handlers ``await ready()`` and then
+    import it locally, which is only a ``sys.modules`` lookup by then."""
+
+    _MODULE = "mcp_types.methods"  # pulls in mcp_types itself and the per-version shapes
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._future: concurrent.futures.Future[None] | None = None
+
+    def start(self) -> None:
+        """Begin the import unless it has begun; returns at once."""
+        with self._lock:
+            if self._future is not None:
+                return
+            future: concurrent.futures.Future[None] = concurrent.futures.Future()
+            self._future = future
+        threading.Thread(target=self._load, args=(future,), name="mcp-types", daemon=True).start()
+
+    @classmethod
+    def _load(cls, future: concurrent.futures.Future[None]) -> None:
+        try:
+            importlib.import_module(cls._MODULE)
+        except BaseException as exc:  # re-raised to whoever awaits ``ready``
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+
+    async def ready(self) -> None:
+        self.start()
+        assert self._future is not None
+        await asyncio.wrap_future(self._future)
+
+
+class SessionsServer:
+    """One MCP server for the wrapper's lifetime; it outlives CLI restarts (a new CLI simply
+    initializes again). Stateless but for the negotiated protocol version."""
+
+    def __init__(self, api: SessionsApi, tools: tuple[SessionTool, ...] = TOOLS) -> None:
+        self._api = api
+        self._tools = {tool.name: tool for tool in tools}
+        self._wire = _WireTypes()
+        self._version: str | None = None
+        # Requests being answered, by JSON-RPC id, for ``notifications/cancelled``. The CLI
+        # may open more than one MCP connection, each numbering from 0; ids of tool calls, the
+        # only requests worth cancelling, did not collide in practice (one connection runs them).
+        self._inflight: dict[str | int, asyncio.Task[Any]] = {}
+
+    def preload(self) -> None:
+        """Start importing ``mcp_types`` in the background (idempotent, returns at once)."""
+        self._wire.start()
+
+    async def handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The supervisor's handler for ``mcp_message`` control requests."""
+        server = request.get("server_name")
+        if server != SERVER_NAME:
+            raise RefuseControl(f"no in-process MCP server named {server!r}")
+        answer = await self.handle_message(request.get("message"))
+        return {} if answer is None else {"mcp_response": answer}
+
+    async def handle_message(self, message: Any) -> dict[str, Any] | None:
+        """Answer one JSON-RPC message; ``None`` for notifications, which get no answer.
+
+        A later ``notifications/cancelled`` for a request cancels the task that is awaiting
+        this call (in the wrapper, the supervisor's task answering that control request).
+
+        Protocol errors (unknown method, malformed params, unknown tool) are JSON-RPC errors;
+        anything that goes wrong inside a tool is a tool result with ``isError`` instead, so
+        the model can read it and adapt.
+        """
+        if isinstance(message, dict) and "method" in message and "id" not in message:
+            if message["method"] == "notifications/cancelled":
+                await self._cancel(message.get("params"))
+            return None  # no answer to any notification, known or not
+        await self._wire.ready()
+        import mcp_types as mt
+
+        try:
+            request = mt.JSONRPCRequest.model_validate(message)
+        except ValidationError as exc:
+            if isinstance(message, dict) and "method" not in message and "id" in message:
+                return None  # a response to a request we never send: nothing to answer
+            return _error(_request_id(message), mt.INVALID_REQUEST, f"invalid: {_brief(exc)}")
+        handlers = {
+            "initialize": self._initialize,
+            "ping": self._ping,
+            "tools/list": self._list_tools,
+            "tools/call": self._call_tool,
+        }
+        handler = handlers.get(request.method)
+        if handler is None:
+            return _error(request.id, mt.METHOD_NOT_FOUND, f"method not found: {request.method}")
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight[request.id] = task
+        try:
+            result = await handler(request.params or {})
+        except _InvalidParams as exc:
+            return _error(request.id, mt.INVALID_PARAMS, str(exc))
+        finally:
+            if task is not None and self._inflight.get(request.id) is task:
+                del self._inflight[request.id]
+        response = mt.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result)
+        return response.model_dump(mode="json")
+
+    async def _cancel(self, params: Any) -> None:
+        """``notifications/cancelled`` (the CLI sends it when a turn is interrupted during a
+        tool call): cancel that request's task, so it stops and sends nothing, as MCP asks."""
+        await self._wire.ready()
+        import mcp_types as mt
+
+        try:
+            request_id = mt.CancelledNotificationParams.model_validate(params or {}).request_id
+        except ValidationError:
+            return
+        task = self._inflight.pop(request_id, None) if request_id is not None else None
+        if task is not None:
+            log.info("MCP request %s cancelled by the CLI", request_id)
+            task.cancel()
+
+    # -- methods (called after ``ready``) ----------------------------------------------------
+
+    def _serialize(self, method: str, result: BaseModel) -> dict[str, Any]:
+        """``result`` in the exact wire shape of the negotiated version (fields that version
+        does not know are dropped)."""
+        from mcp_types import DEFAULT_NEGOTIATED_VERSION
+        from mcp_types.methods import serialize_server_result
+
+        data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return serialize_server_result(method, self._version or DEFAULT_NEGOTIATED_VERSION, data)
+
+    async def _initialize(self, params: dict[str, Any]) -> dict[str, Any]:
+        import mcp_types as mt
+        from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+
+        try:
+            asked = mt.InitializeRequestParams.model_validate(params).protocol_version
+        except ValidationError as exc:
+            raise _InvalidParams(f"invalid initialize params: {_brief(exc)}") from exc
+        # Echo what the client asked for if we know it; else our newest. Only versions with an
+        # ``initialize`` handshake qualify: the newer stateless ones have none.
+        self._version = asked if asked in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+        result = mt.InitializeResult(
+            protocol_version=self._version,
+            capabilities=mt.ServerCapabilities(tools=mt.ToolsCapability(list_changed=False)),
+            server_info=mt.Implementation(name=SERVER_NAME, version=SERVER_VERSION),
+            instructions=INSTRUCTIONS,
+        )
+        return self._serialize("initialize", result)
+
+    async def _ping(self, params: dict[str, Any]) -> dict[str, Any]:
+        import mcp_types as mt
+
+        return self._serialize("ping", mt.EmptyResult())
+
+    async def _list_tools(self, params: dict[str, Any]) -> dict[str, Any]:
+        import mcp_types as mt
+
+        tools = [
+            mt.Tool(
+                name=tool.name,
+                description=tool.description,
+                input_schema=tool.schema,
+                annotations=mt.ToolAnnotations(
+                    read_only_hint=tool.read_only, open_world_hint=False
+                ),
+            )
+            for tool in self._tools.values()
+        ]
+        return self._serialize("tools/list", mt.ListToolsResult(tools=tools))
+
+    async def _call_tool(self, params: dict[str, Any]) -> dict[str, Any]:
+        import mcp_types as mt
+
+        try:
+            call = mt.CallToolRequestParams.model_validate(params)
+        except ValidationError as exc:
+            raise _InvalidParams(f"invalid tools/call params: {_brief(exc)}") from exc
+        tool = self._tools.get(call.name)
+        if tool is None:
+            raise _InvalidParams(f"unknown tool: {call.name}")
+        output = await self._run_tool(tool, call.arguments or {})
+        result = mt.CallToolResult(
+            content=[mt.TextContent(text=output.text)],
+            structured_content=output.structured,
+            is_error=output.is_error,
+        )
+        return self._serialize("tools/call", result)
+
+    async def _run_tool(self, tool: SessionTool, arguments: dict[str, Any]) -> ToolOutput:
+        """Run a tool; every failure becomes an error result the model can read."""
+        try:
+            args = tool.args.model_validate(arguments)
+        except ValidationError as exc:
+            return ToolOutput(
+                f"error: invalid arguments for {tool.name}: {_brief(exc)}", None, True
+            )
+        try:
+            return await tool.run(self._api, args)
+        except GatewayError as exc:
+            log.info("tool %s: gateway refused: %s", tool.name, exc)
+            return error_output(exc)
+        except Exception as exc:  # a bug here must cost one tool call, not the session
+            log.exception("tool %s failed", tool.name)
+            return ToolOutput(f"error: internal_error: {type(exc).__name__}: {exc}", None, True)
+
+
+def _error(ident: str | int | None, code: int, message: str) -> dict[str, Any]:
+    import mcp_types as mt
+
+    error = mt.JSONRPCError(jsonrpc="2.0", id=ident, error=mt.ErrorData(code=code, message=message))
+    return error.model_dump(mode="json", exclude_unset=True)
+
+
+def _request_id(message: Any) -> str | int | None:
+    """The id of a malformed request if it has a usable one (JSON-RPC answers ``null`` else)."""
+    ident = message.get("id") if isinstance(message, dict) else None
+    return ident if isinstance(ident, str | int) and not isinstance(ident, bool) else None
+
+
+def _brief(exc: ValidationError) -> str:
+    """Pydantic's errors as one line: ``field: problem; ...``."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in error["loc"]) or "arguments"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
