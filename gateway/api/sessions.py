@@ -12,7 +12,7 @@ from sse_starlette import EventSourceResponse
 
 from gateway.db.models import SessionStatus
 from gateway.deps import CurrentPrincipal, CurrentUser, OwnedSession, ServicesDep
-from gateway.errors import GatewayError, SessionTokenNotAllowed
+from gateway.errors import Conflict, GatewayError, SessionTokenNotAllowed
 from gateway.schemas import (
     ChatAccepted,
     ChatRequest,
@@ -144,13 +144,19 @@ async def interrupt(session: OwnedSession, services: ServicesDep) -> InterruptRe
 @router.post(
     "/{session_id}/wait",
     response_model=WaitResponse,
-    responses={**_NOT_FOUND, 504: {"model": ErrorResponse, "description": "wait_timeout"}},
+    responses={
+        **_NOT_FOUND,
+        409: {"model": ErrorResponse, "description": "wait_on_self"},
+        504: {"model": ErrorResponse, "description": "wait_timeout"},
+    },
 )
 async def wait_for_session(
-    body: WaitRequest, session: OwnedSession, services: ServicesDep
+    body: WaitRequest, session: OwnedSession, principal: CurrentPrincipal, services: ServicesDep
 ) -> WaitResponse:
     """Wait until the session runs no turn (or has ended); answers its status and the result
-    of its last finished turn."""
+    of its last finished turn. A session cannot wait for itself (409 ``wait_on_self``)."""
+    if principal.session_id == session.id:
+        raise Conflict("a session cannot wait for its own turn to end", code="wait_on_self")
     row, turn = await services.turns.wait_idle(session.id, body.timeout)
     return WaitResponse(
         session=SessionOut.of(row),

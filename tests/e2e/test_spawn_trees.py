@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from tests.client import Api, is_status, mint_token, read_until
-from tests.fake_anthropic import slow_text, text
+from tests.fake_anthropic import all_text, slow_text, text, tool_use
 from tests.stack import Gateway, run_gateway
 
 pytestmark = pytest.mark.docker
@@ -171,6 +172,8 @@ async def test_capability_tokens_reach_only_their_own_subtree(
         try:
             assert (await agent.get(child["id"]))["id"] == child["id"]
             assert (await agent.get(grandchild["id"]))["id"] == grandchild["id"]
+            own = await agent.http.post(f"/api/v1/sessions/{child['id']}/wait", json={"timeout": 1})
+            assert own.status_code == 409 and own.json()["error"]["code"] == "wait_on_self"
             for other in (root, sibling, foreign):
                 for method, path in (("GET", ""), ("POST", "/stop"), ("POST", "/token")):
                     response = await agent.http.request(
@@ -281,3 +284,109 @@ async def test_limits_are_refused_with_their_own_codes(limited, fake_api, docker
         await limited.stop(session["id"])
     # stopped sessions no longer count against the owner
     await limited.stop((await limited.create())["id"])
+
+
+# -- the agent's own tools: the real CLI calls the `sessions` MCP server and ccd-agent -----------
+
+
+def last_tool_result(body: dict) -> str:
+    """The text of the newest tool_result the CLI sent to the model."""
+    for message in reversed(body["messages"]):
+        content = message.get("content")
+        if message["role"] != "user" or not isinstance(content, list):
+            continue
+        for block in content:
+            if block.get("type") == "tool_result":
+                inner = block.get("content")
+                if isinstance(inner, str):
+                    return inner
+                return "".join(part.get("text", "") for part in inner or [])
+    raise AssertionError("no tool_result in the request")
+
+
+def child_id_from(body: dict) -> str:
+    return str(json.loads(last_tool_result(body))["session_id"])
+
+
+async def test_root_spawns_a_child_and_gets_its_result(api_for, fake_api) -> None:
+    alice = api_for("alice")
+    root_tag, child_tag = marker(), marker()
+    fake_api.on(child_tag, text(f"the child computed {child_tag}-42"))
+    fake_api.on(
+        root_tag,
+        tool_use("mcp__sessions__spawn_session", {"prompt": f"compute {child_tag}"}),
+        lambda body: tool_use(
+            "mcp__sessions__wait_for_session",
+            {"session_id": child_id_from(body), "timeout_s": 120},
+        ),
+        lambda body: text(f"root reports: {json.loads(last_tool_result(body))['result']}"),
+    )
+    root = await alice.create()
+    reply = await alice.chat(root["id"], f"delegate {root_tag}", timeout=180)
+    assert reply["result"]["result"] == f"root reports: the child computed {child_tag}-42"
+    # the wait's tool_result carried the child's own result text
+    assert f"the child computed {child_tag}-42" in last_tool_result(
+        fake_api.requests_for(root_tag)[-1]
+    )
+    (child,) = (await alice.http.get(f"/api/v1/sessions/{root['id']}/children")).json()["sessions"]
+    assert child["parent_id"] == root["id"] and child["depth"] == 1
+    await alice.stop(root["id"])
+
+
+async def test_a_runaway_chain_stops_at_max_spawn_depth(limited, fake_api) -> None:
+    tag = marker()
+
+    def after_spawn(body: dict):
+        outcome = last_tool_result(body)
+        if "spawn_depth_exceeded" in outcome:
+            return text(f"limit reached: {outcome}")
+        return tool_use(
+            "mcp__sessions__wait_for_session",
+            {"session_id": json.loads(outcome)["session_id"], "timeout_s": 120},
+        )
+
+    fake_api.on(
+        tag,
+        tool_use("mcp__sessions__spawn_session", {"prompt": f"recurse {tag}"}),
+        after_spawn,
+        lambda body: text(f"chain done below me: {json.loads(last_tool_result(body))['result']}"),
+    )
+    root = await limited.create()
+    reply = await limited.chat(root["id"], f"recurse {tag}", timeout=240)
+    tree = (await limited.http.get(f"/api/v1/sessions/{root['id']}/tree")).json()
+    depths = []
+    node = tree
+    while node:
+        depths.append(node["depth"])
+        node = node["children"][0] if node["children"] else None
+    assert depths == [0, 1, 2]  # exactly MAX_SPAWN_DEPTH=2 levels below the root
+    refusals = [
+        all_text(body)
+        for body in fake_api.requests_for(tag)
+        if "spawn_depth_exceeded" in all_text(body)
+    ]
+    assert refusals and "MAX_SPAWN_DEPTH is 2" in refusals[0]
+    assert reply["result"]["result"].startswith("chain done below me: chain done below me:")
+    assert "limit reached" in reply["result"]["result"]
+    await limited.stop(root["id"])
+
+
+async def test_ccd_agent_spawns_from_bash(api_for, fake_api) -> None:
+    alice = api_for("alice")
+    tag, child_tag = marker(), marker()
+    fake_api.on(child_tag, text("bash child done"))
+    fake_api.on(
+        tag,
+        tool_use("Bash", {"command": f"ccd-agent spawn 'from bash {child_tag}'"}),
+        lambda body: text(f"agent said {json.loads(last_tool_result(body))['id']}"),
+    )
+    root = await alice.create()
+    reply = await alice.chat(root["id"], f"use the shell {tag}", timeout=120)
+    child_id = reply["result"]["result"].removeprefix("agent said ")
+    child = await alice.get(child_id)
+    assert child["parent_id"] == root["id"]
+    waited = (
+        await alice.http.post(f"/api/v1/sessions/{child_id}/wait", json={"timeout": 60})
+    ).json()
+    assert waited["result"] == "bash child done"
+    await alice.stop(root["id"])
