@@ -37,6 +37,18 @@ class Settings(BaseSettings):
     )
     database_pool_size: int = Field(default=10, ge=1, description="Connections kept open.")
     redis_url: str = Field(default="redis://localhost:6379/0", description="Redis for events.")
+    s3_endpoint: str = Field(
+        default="localhost:9000", description="S3 API host:port of MinIO (no scheme)."
+    )
+    s3_access_key: SecretStr = Field(default=SecretStr("minioadmin"), description="S3 key id.")
+    s3_secret_key: SecretStr = Field(default=SecretStr("minioadmin"), description="S3 secret.")
+    s3_bucket: str = Field(
+        default="workspaces",
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="Bucket for workspaces and transcripts; created at start-up if missing.",
+    )
+    s3_secure: bool = Field(default=False, description="Use HTTPS for the S3 API.")
+    s3_region: str | None = Field(default=None, description="S3 region (MinIO ignores it).")
 
     # -- auth ----------------------------------------------------------------------------------
     jwt_secret: SecretStr = Field(
@@ -126,6 +138,17 @@ class Settings(BaseSettings):
     )
     reconcile_interval: float = Field(
         default=15.0, gt=0, description="Seconds between runtime/database reconciliations."
+    )
+
+    # -- workspaces ----------------------------------------------------------------------------
+    workspace_max_bytes: int = Field(
+        default=1024**3, ge=1, description="Largest workspace saved or uploaded, in bytes."
+    )
+    workspace_max_files: int = Field(
+        default=100_000, ge=1, description="Most entries (files, dirs, links) in a workspace."
+    )
+    workspace_snapshot_interval: float = Field(
+        default=300.0, ge=0, description="Seconds between saves of running sessions; 0: off."
     )
 
     # -- events --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from gateway.events.hub import EventHub
 from gateway.runtime import SessionRuntime
 from gateway.security import Principal, authenticate_token, bearer_token
 from gateway.services.sessions import SessionService
+from gateway.services.termination import Terminator
 from gateway.services.trees import TreeService
 from gateway.services.turns import TurnService
 
@@ -31,6 +32,7 @@ class Services:
     bus: EventBus
     hub: EventHub
     sessions: SessionService
+    terminator: Terminator
     turns: TurnService
     trees: TreeService
 

@@ -23,6 +23,7 @@ from gateway.runtime.docker import DockerRuntime
 from gateway.services.reconciler import Reconciler
 from gateway.services.recorder import Recorder
 from gateway.services.sessions import SessionService
+from gateway.services.termination import Terminator
 from gateway.services.trees import TreeService
 from gateway.services.turns import TurnService
 
@@ -38,7 +39,9 @@ def create_app(settings: Settings) -> FastAPI:
             engine = create_engine(settings)
             stack.push_async_callback(engine.dispose)
             db = create_session_factory(engine)
-            redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+            redis = aioredis.Redis.from_url(
+                settings.redis_url, decode_responses=True, socket_connect_timeout=5
+            )
             stack.push_async_callback(redis.aclose)
             # The hub blocks in XREAD on its own connections, so it gets its own client, with
             # a socket timeout longer than its blocking reads.
@@ -46,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
                 settings.redis_url,
                 decode_responses=True,
                 socket_timeout=HUB_BLOCK_SECONDS + 10,
+                socket_connect_timeout=5,
             )
             stack.push_async_callback(hub_redis.aclose)
             runtime = DockerRuntime(settings.instance_name, settings.docker_host)
@@ -54,10 +58,12 @@ def create_app(settings: Settings) -> FastAPI:
             bus = EventBus(redis, settings.event_stream_maxlen)
             hub = EventHub(hub_redis, bus, block_ms=int(HUB_BLOCK_SECONDS * 1000))
             turns = TurnService(db, bus, hub)
-            sessions = SessionService(settings, db, runtime, bus, hub, turns)
+            terminator = Terminator(settings, db, runtime, bus, hub)
+            stack.push_async_callback(terminator.close)
+            sessions = SessionService(settings, db, runtime, bus, hub, turns, terminator)
             stack.push_async_callback(sessions.close)
-            recorder = Recorder(sessions, turns, hub)
-            reconciler = Reconciler(settings, db, runtime, sessions, hub)
+            recorder = Recorder(sessions, turns, terminator, hub)
+            reconciler = Reconciler(settings, db, runtime, terminator, hub)
             app.state.services = Services(
                 settings=settings,
                 db=db,
@@ -65,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
                 bus=bus,
                 hub=hub,
                 sessions=sessions,
+                terminator=terminator,
                 turns=turns,
                 trees=TreeService(db),
             )

@@ -188,7 +188,7 @@ async def session_token(
 async def stop_session(session: OwnedSession, services: ServicesDep) -> SessionOut:
     """Stop the session and its whole subtree, deepest first: interrupt, SIGTERM, SIGKILL after
     the grace period; containers are removed. Stopping an ended session returns it unchanged."""
-    return SessionOut.of(await services.sessions.stop(session.id))
+    return SessionOut.of(await services.terminator.stop(session.id))
 
 
 @router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND)
@@ -197,5 +197,5 @@ async def delete_session(
 ) -> Response:
     """Stop the session and its subtree if needed and remove their records and events.
     Needs a user token."""
-    await services.sessions.delete(session.id)
+    await services.terminator.delete(session.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    false,
     func,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -79,6 +81,21 @@ class SessionRow(Base):
     path: Mapped[list[uuid.UUID]] = mapped_column(
         ARRAY(Uuid()), default=list, comment="Ancestors, root first: descendant checks."
     )
+    workspace_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="SET NULL"), index=True
+    )
+    workspace_mode: Mapped[str] = mapped_column(
+        String(8),
+        default="rw",
+        server_default="rw",
+        comment="rw: saved back; ro: a read-only copy, never saved.",
+    )
+    workspace_dirty: Mapped[bool] = mapped_column(
+        Boolean,
+        default=False,
+        server_default=false(),
+        comment="A save at stop or failure did not succeed: the container is kept for a retry.",
+    )
     status: Mapped[str] = mapped_column(String(16), default=SessionStatus.STARTING)
     image: Mapped[str] = mapped_column(String(500))
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -107,6 +124,54 @@ class SessionRow(Base):
             "status",
             postgresql_where="status IN ('starting', 'ready', 'busy', 'stopping')",
         ),
+    )
+
+
+class WorkspaceKind(StrEnum):
+    PERSISTENT = "persistent"  # named by its owner, outlives sessions
+    EPHEMERAL = "ephemeral"  # one session's own, deleted with it
+
+
+class WorkspaceRow(Base):
+    __tablename__ = "workspaces"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(100), comment="The id users see: my-project.")
+    kind: Mapped[str] = mapped_column(String(16))
+    session_id: Mapped[uuid.UUID | None] = mapped_column(
+        comment="The session an ephemeral workspace belongs to."
+    )
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    file_count: Mapped[int] = mapped_column(Integer, default=0)
+    save_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_saved_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("owner", "name"),
+        CheckConstraint(_in("kind", WorkspaceKind), name="kind"),
+    )
+
+
+class WorkspaceEntryRow(Base):
+    """One path of a workspace's saved state: the manifest a save diffs against."""
+
+    __tablename__ = "workspace_entries"
+
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    path: Mapped[str] = mapped_column(Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    mode: Mapped[int] = mapped_column(Integer)
+    mtime: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    link_target: Mapped[str | None] = mapped_column(Text)
+    object_key: Mapped[str | None] = mapped_column(
+        Text, comment="Where the bytes are: the final key, or a staging key until promoted."
     )
 
 

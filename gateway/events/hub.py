@@ -135,6 +135,11 @@ class EventHub:
                     await self._read_once()
                     backoff = 0.1
                 except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # The client can turn our own cancellation into a connection error;
+                        # swallowing it here would keep a cancelled task alive forever.
+                        raise asyncio.CancelledError from exc
                     log.warning("event hub lost Redis (%s); retrying in %.1fs", exc, backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)

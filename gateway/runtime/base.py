@@ -8,8 +8,9 @@ method that ends something is idempotent: a missing container is not an error.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 
 class RuntimeFailure(Exception):
@@ -47,6 +48,39 @@ class ContainerState:
 
 
 @dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+class ArchiveStream:
+    """A tar stream read from a container: ``chunks`` is a blocking iterator of bytes, to be
+    consumed in a worker thread; ``stat`` describes the path (``name``, ``size``, ``mode``,
+    ``linkTarget``). Close it when done, consumed or not."""
+
+    def __init__(
+        self, chunks: Iterator[bytes], stat: Mapping[str, object], close: Callable[[], None]
+    ) -> None:
+        self.chunks = chunks
+        self.stat = stat
+        self._close = close
+
+    def close(self) -> None:
+        self._close()
+
+    def __enter__(self) -> ArchiveStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class PathMissing(RuntimeFailure):
+    """The path does not exist in the container."""
+
+
+@dataclass(frozen=True)
 class ContainerExit:
     """A managed container stopped running (for whatever reason)."""
 
@@ -57,8 +91,27 @@ class ContainerExit:
 
 class SessionRuntime(abc.ABC):
     @abc.abstractmethod
-    async def start(self, spec: ContainerSpec) -> ContainerState:
-        """Create and start a container; raises ``ImageMissing`` or ``RuntimeFailure``."""
+    async def create(self, spec: ContainerSpec) -> ContainerState:
+        """Create a container without starting it (files can be copied in first); raises
+        ``ImageMissing`` or ``RuntimeFailure``."""
+
+    @abc.abstractmethod
+    async def start(self, container_id: str) -> None:
+        """Start a created container."""
+
+    @abc.abstractmethod
+    async def put_archive(self, container_id: str, path: str, data: BinaryIO) -> None:
+        """Extract the tar read from ``data`` (streamed, read in a worker thread) at ``path``.
+        Works on created and stopped containers too."""
+
+    @abc.abstractmethod
+    async def get_archive(self, container_id: str, path: str) -> ArchiveStream:
+        """A tar of ``path`` (a symlink is archived as the link itself); raises
+        ``PathMissing``. Works on stopped containers too."""
+
+    @abc.abstractmethod
+    async def exec(self, container_id: str, argv: Sequence[str]) -> ExecResult:
+        """Run ``argv`` in the running container as its default user; no shell."""
 
     @abc.abstractmethod
     async def stop(self, container_id: str, grace: float) -> None:

@@ -10,19 +10,22 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import docker
 import docker.errors
 from docker.models.containers import Container
 
 from gateway.runtime.base import (
+    ArchiveStream,
     ContainerExit,
     ContainerSpec,
     ContainerState,
+    ExecResult,
     ImageMissing,
+    PathMissing,
     RuntimeFailure,
     SessionRuntime,
 )
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+_ARCHIVE_CHUNK = 64 * 1024  # bounded memory per archive stream
 
 
 class DockerRuntime(SessionRuntime):
@@ -67,11 +71,44 @@ class DockerRuntime(SessionRuntime):
         except docker.errors.DockerException as exc:
             raise RuntimeFailure(_describe(exc)) from exc
 
-    async def start(self, spec: ContainerSpec) -> ContainerState:
-        container = await self._call(self._create_and_start, spec)
+    async def create(self, spec: ContainerSpec) -> ContainerState:
+        container = await self._call(self._create, spec)
         return _state(container.attrs)
 
-    def _create_and_start(self, spec: ContainerSpec) -> Container:
+    async def start(self, container_id: str) -> None:
+        await self._call(lambda: self._client.api.start(container_id))
+
+    async def put_archive(self, container_id: str, path: str, data: BinaryIO) -> None:
+        def put() -> None:
+            if not self._client.api.put_archive(container_id, path, data):
+                raise RuntimeFailure(f"the engine refused to extract an archive at {path}")
+
+        await self._call(put)
+
+    async def get_archive(self, container_id: str, path: str) -> ArchiveStream:
+        def get() -> ArchiveStream:
+            try:
+                chunks, stat = self._client.api.get_archive(
+                    container_id, path, chunk_size=_ARCHIVE_CHUNK
+                )
+            except docker.errors.NotFound as exc:
+                raise PathMissing(f"{path} does not exist in the container") from exc
+            return ArchiveStream(chunks, stat or {}, chunks.close)
+
+        return await self._call(get)
+
+    async def exec(self, container_id: str, argv: Sequence[str]) -> ExecResult:
+        def run() -> ExecResult:
+            created = self._client.api.exec_create(
+                container_id, list(argv), stdout=True, stderr=True
+            )
+            stdout, stderr = self._client.api.exec_start(created["Id"], demux=True)
+            code = self._client.api.exec_inspect(created["Id"]).get("ExitCode")
+            return ExecResult(int(code or 0), stdout or b"", stderr or b"")
+
+        return await self._call(run)
+
+    def _create(self, spec: ContainerSpec) -> Container:
         options: dict[str, Any] = {
             "name": spec.name,
             "environment": dict(spec.env),
@@ -88,16 +125,8 @@ class DockerRuntime(SessionRuntime):
             options["mem_limit"] = spec.memory
         if spec.pids_limit:
             options["pids_limit"] = spec.pids_limit
-        # create + start rather than run: run would try to pull a missing image.
-        container = self._client.containers.create(spec.image, **options)
-        try:
-            container.start()
-        except docker.errors.DockerException:
-            with contextlib.suppress(docker.errors.DockerException):
-                container.remove(force=True)
-            raise
-        container.reload()
-        return container
+        # create rather than run: run would try to pull a missing image.
+        return self._client.containers.create(spec.image, **options)
 
     async def stop(self, container_id: str, grace: float) -> None:
         def stop() -> None:

@@ -26,7 +26,7 @@ from gateway.db.models import ACTIVE_STATUSES, SessionRow, SessionStatus
 from gateway.events.hub import EventHub
 from gateway.runtime import SessionRuntime
 from gateway.runtime.naming import LABEL_SESSION
-from gateway.services.sessions import SessionService, describe_exit
+from gateway.services.termination import Terminator, describe_exit
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,13 @@ class Reconciler:
         settings: Settings,
         db: async_sessionmaker[AsyncSession],
         runtime: SessionRuntime,
-        sessions: SessionService,
+        terminator: Terminator,
         hub: EventHub,
     ) -> None:
         self._settings = settings
         self._db = db
         self._runtime = runtime
-        self._sessions = sessions
+        self._terminator = terminator
         self._hub = hub
         self._first_pass = True
 
@@ -53,7 +53,7 @@ class Reconciler:
             if session_id is None:
                 continue
             try:
-                await self._sessions.on_container_exit(session_id, exit_.container_id)
+                await self._terminator.on_container_exit(session_id, exit_.container_id)
             except Exception:
                 log.exception("could not handle the exit of session %s", session_id)
 
@@ -94,13 +94,13 @@ class Reconciler:
                     + self._settings.session_interrupt_grace
                     + 60
                 )
-                if not self._sessions.is_stopping_here(row.id) and (first_pass or stale):
-                    await self._sessions.complete_interrupted_stop(row)
+                if not self._terminator.is_stopping_here(row.id) and (first_pass or stale):
+                    await self._terminator.complete_interrupted_stop(row)
                 continue
             if row.container_id is None and now - row.created_at < start_timeout:
                 continue  # its container is being created and started right now
             if state is None or not state.running:
-                await self._sessions.fail(
+                await self._terminator.fail(
                     row.id,
                     describe_exit(state, self._settings),
                     exit_code=state.exit_code if state else None,
@@ -108,7 +108,7 @@ class Reconciler:
                 continue
             await self._hub.track(str(row.id), after=row.event_cursor or "0-0")
             if row.status == SessionStatus.STARTING and now - row.created_at > start_timeout:
-                await self._sessions.fail(
+                await self._terminator.fail(
                     row.id,
                     f"start timeout: the CLI was not ready after "
                     f"{self._settings.session_start_timeout:.0f} s",
@@ -117,7 +117,7 @@ class Reconciler:
                 seconds=self._idle_timeout(row)
             ):
                 log.info("stopping idle session %s", row.id)
-                await self._sessions.stop(row.id, reason="idle timeout")
+                await self._terminator.stop(row.id, reason="idle timeout")
         for session_key, state in containers.items():
             log.info(
                 "removing container %s of ended or unknown session %r", state.name, session_key

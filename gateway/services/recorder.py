@@ -16,6 +16,7 @@ from gateway.db.models import FINAL_STATUSES
 from gateway.events.bus import Event
 from gateway.events.hub import EventHub
 from gateway.services.sessions import SessionService
+from gateway.services.termination import Terminator
 from gateway.services.turns import TurnService
 from wrapper.protocol import GatewayEvent, Source
 
@@ -32,8 +33,15 @@ _RECORDED = frozenset(
 
 
 class Recorder:
-    def __init__(self, sessions: SessionService, turns: TurnService, hub: EventHub) -> None:
+    def __init__(
+        self,
+        sessions: SessionService,
+        turns: TurnService,
+        terminator: Terminator,
+        hub: EventHub,
+    ) -> None:
         self._sessions = sessions
+        self._terminator = terminator
         self._turns = turns
         self._hub = hub
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -72,7 +80,7 @@ class Recorder:
         elif event.type == GatewayEvent.WRAPPER_FATAL:
             reason = str(event.payload.get("reason", "the wrapper gave up"))
             code = event.payload.get("exit_code")
-            await self._sessions.fail(
+            await self._terminator.fail(
                 session_id,
                 f"CLI crashed: {reason}",
                 exit_code=code if isinstance(code, int) else None,

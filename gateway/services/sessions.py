@@ -1,7 +1,6 @@
-"""Session lifecycle policy: the status machine, start timeout, stop, failure and cleanup.
-
-The runtime only starts and stops containers; everything about what that means for a session
-lives here, once:
+"""Session lifecycle policy, beginnings: create, spawn, start the container, start timeout,
+readiness. Endings (stop, fail, delete) are in ``termination``. Together they are the status
+machine; the runtime only starts and stops containers:
 
     starting -> ready <-> busy -> stopping -> stopped
         \\________\\_______\\______________-> failed (with a reason)
@@ -15,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,9 +30,9 @@ from gateway.db.models import (
     SessionRow,
     SessionStatus,
     TurnRow,
-    TurnStatus,
 )
 from gateway.errors import (
+    GatewayError,
     ImageNotFound,
     InvalidRequest,
     RuntimeUnavailable,
@@ -44,16 +42,24 @@ from gateway.errors import (
 )
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
-from gateway.runtime import ContainerState, ImageMissing, RuntimeFailure, SessionRuntime
+from gateway.runtime import ImageMissing, RuntimeFailure, SessionRuntime
 from gateway.security import mint_session_token
 from gateway.services import limits
 from gateway.services.container_spec import build_container_spec
+from gateway.services.termination import Terminator
 from gateway.services.turns import TurnService
-from wrapper.protocol import GatewayEvent, InterruptInput, SessionConfig
+from wrapper.protocol import GatewayEvent, SessionConfig
 
 log = logging.getLogger(__name__)
 
 _LOG_TAIL_LINES = 30
+
+
+class ContainerPreparer(Protocol):
+    """Puts what a session needs into its created, not yet started container (its
+    workspace, its transcript). Raising fails the session's start."""
+
+    async def prepare(self, session: SessionRow, container_id: str) -> None: ...
 
 
 class SessionService:
@@ -65,6 +71,8 @@ class SessionService:
         bus: EventBus,
         hub: EventHub,
         turns: TurnService,
+        terminator: Terminator,
+        preparers: Sequence[ContainerPreparer] = (),
     ) -> None:
         self._settings = settings
         self._db = db
@@ -72,8 +80,9 @@ class SessionService:
         self._bus = bus
         self._hub = hub
         self._turns = turns
+        self._terminator = terminator
+        self._preparers = list(preparers)
         self._background: set[asyncio.Task[Any]] = set()
-        self._stopping: set[uuid.UUID] = set()  # stops this process is carrying out
 
     async def close(self) -> None:
         for task in self._background:
@@ -203,22 +212,33 @@ class SessionService:
         token = mint_session_token(self._settings, row.id, row.root_id, row.owner)
         spec = build_container_spec(self._settings, row, token.token)
         try:
-            state = await self._runtime.start(spec)
+            state = await self._runtime.create(spec)
         except ImageMissing as exc:
             reason = f"session image {row.image!r} is not present on the Docker engine"
-            await self.fail(row.id, reason)
+            await self._terminator.fail(row.id, reason)
             raise ImageNotFound(
                 f"{reason}; build it with scripts/build-container.sh", session_id=str(row.id)
             ) from exc
         except RuntimeFailure as exc:
-            reason = f"the container runtime refused to start the session: {exc}"
-            await self.fail(row.id, reason)
+            reason = f"the container runtime refused to create the container: {exc}"
+            await self._terminator.fail(row.id, reason)
             raise RuntimeUnavailable(reason, session_id=str(row.id)) from exc
         async with self._db() as db, db.begin():
             updated = await queries.set_container(db, row.id, state.id)
-        if updated is None:  # stopped or failed while starting: do not leak the container
+        if updated is None:  # stopped or failed meanwhile: do not leak the container
             await self._runtime.remove(state.id)
             return await self.get(row.id)
+        try:
+            # Files go in before the CLI starts, so its first turn already sees them.
+            for preparer in self._preparers:
+                await preparer.prepare(updated, state.id)
+            await self._runtime.start(state.id)
+        except Exception as exc:
+            reason = f"the session's container could not be prepared or started: {exc}"
+            await self._terminator.fail(row.id, reason)
+            if isinstance(exc, GatewayError):
+                raise
+            raise RuntimeUnavailable(reason, session_id=str(row.id)) from exc
         self._spawn(self._watch_start(row.id), name=f"start-watch-{row.id}")
         return updated
 
@@ -226,7 +246,7 @@ class SessionService:
         await asyncio.sleep(self._settings.session_start_timeout)
         row = await self.get(session_id)
         if row.status == SessionStatus.STARTING:
-            await self.fail(
+            await self._terminator.fail(
                 session_id,
                 f"start timeout: the CLI was not ready after "
                 f"{self._settings.session_start_timeout:.0f} s",
@@ -244,212 +264,6 @@ class SessionService:
             row.event_cursor = cursor
             status = row.status
         await self._bus.publish(str(session_id), GatewayEvent.STATUS, status=status)
-
-    # -- stopping and failing ------------------------------------------------------------------
-
-    async def stop(self, session_id: uuid.UUID, reason: str = "stopped by request") -> SessionRow:
-        """Stop the session and its whole subtree, deepest first: interrupt the running turn,
-        SIGTERM the container, SIGKILL after the grace period, remove it. Idempotent: stopping
-        an ended session returns it unchanged (its running descendants are still stopped)."""
-        await self._stop_subtree(session_id, reason, include_root=True)
-        return await self._await_final(session_id)
-
-    async def _stop_subtree(self, session_id: uuid.UUID, reason: str, include_root: bool) -> None:
-        # One update marks the whole subtree stopping first, so nothing in it can spawn while
-        # the containers are stopped level by level.
-        async with self._db() as db, db.begin():
-            rows = await queries.begin_stopping_subtree(db, session_id, include_root)
-        self._stopping.update(row.id for row in rows)
-        try:
-            for level in _deepest_first(rows):
-                await asyncio.gather(
-                    *(
-                        self._stop_row(
-                            row,
-                            reason
-                            if row.id == session_id
-                            else f"ancestor {session_id} stopped: {reason}",
-                        )
-                        for row in level
-                    )
-                )
-        finally:
-            self._stopping.difference_update(row.id for row in rows)
-
-    async def _stop_row(self, row: SessionRow, reason: str) -> None:
-        """Stop one session already marked ``stopping``."""
-        session_id = row.id
-        await self._bus.publish(
-            str(session_id), GatewayEvent.STATUS, status=SessionStatus.STOPPING, reason=reason
-        )
-        if row.current_turn_id is not None:
-            await self._interrupt_and_wait(row)
-        exit_code = None
-        if row.container_id:
-            await self._runtime.stop(row.container_id, self._settings.session_stop_grace)
-            state = await self._runtime.inspect(row.container_id)
-            exit_code = state.exit_code if state else None
-            await self._runtime.remove(row.container_id)
-        stopped = await self._finish_stop(session_id, reason, exit_code)
-        if stopped.parent_id is not None and stopped.status == SessionStatus.STOPPED:
-            await self._bus.publish(
-                str(stopped.parent_id),
-                GatewayEvent.CHILD_STOPPED,
-                child_id=str(session_id),
-                reason=reason,
-            )
-
-    async def complete_interrupted_stop(self, row: SessionRow) -> SessionRow:
-        """Finish a stop that a previous gateway process began but did not end."""
-        self._stopping.add(row.id)
-        try:
-            if row.container_id:
-                await self._runtime.remove(row.container_id)
-            return await self._finish_stop(row.id, "stopped (completed after a gateway restart)")
-        finally:
-            self._stopping.discard(row.id)
-
-    async def _finish_stop(
-        self, session_id: uuid.UUID, reason: str, exit_code: int | None = None
-    ) -> SessionRow:
-        async with self._db() as db, db.begin():
-            await queries.end_running_turns(db, session_id, TurnStatus.INTERRUPTED, reason)
-            stopped = await queries.transition(
-                db,
-                session_id,
-                [SessionStatus.STOPPING],
-                SessionStatus.STOPPED,
-                stopped_at=queries.utcnow(),
-                exit_code=exit_code,
-                current_turn_id=None,
-            )
-        if stopped is None:
-            return await self.get(session_id)
-        await self._bus.publish(
-            str(session_id), GatewayEvent.STATUS, status=SessionStatus.STOPPED, reason=reason
-        )
-        return stopped
-
-    async def _interrupt_and_wait(self, row: SessionRow) -> None:
-        """Give a running turn the chance to end cleanly before the container is stopped."""
-        turn_id = row.current_turn_id
-        assert turn_id is not None
-        after = await self._bus.last_id(str(row.id))
-        await self._bus.send_input(str(row.id), InterruptInput(turn_id=str(turn_id)))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._settings.session_interrupt_grace):
-                async with contextlib.aclosing(self._hub.follow(str(row.id), after)) as events:
-                    async for event in events:
-                        if event.turn_id == str(turn_id) and event.type in (
-                            "result",
-                            GatewayEvent.TURN_FAILED,
-                        ):
-                            return
-
-    async def _await_final(self, session_id: uuid.UUID) -> SessionRow:
-        """A stop that lost the race: wait (bounded) for the winner to finish its stop."""
-        deadline = self._settings.session_stop_grace + self._settings.session_interrupt_grace + 10
-        loop = asyncio.get_running_loop()
-        end = loop.time() + deadline
-        while True:
-            row = await self.get(session_id)
-            if row.status != SessionStatus.STOPPING or loop.time() > end:
-                return row
-            await asyncio.sleep(0.1)
-
-    async def fail(
-        self, session_id: uuid.UUID, reason: str, exit_code: int | None = None
-    ) -> SessionRow | None:
-        """Mark an active session failed, end its turns, remove its container. Idempotent:
-        ``None`` when the session had already ended (or is being stopped)."""
-        async with self._db() as db, db.begin():
-            row = await queries.transition(
-                db,
-                session_id,
-                ACTIVE_STATUSES,
-                SessionStatus.FAILED,
-                failure_reason=reason,
-                exit_code=exit_code,
-                stopped_at=queries.utcnow(),
-                current_turn_id=None,
-            )
-            if row is None:
-                return None
-            await queries.end_running_turns(db, session_id, TurnStatus.FAILED, reason)
-        # Its descendants cannot report to it any more: stop them.
-        self._spawn(
-            self._stop_subtree(session_id, f"parent failed: {reason}", include_root=False),
-            name=f"stop-descendants-{session_id}",
-        )
-        logs = ""
-        if row.container_id:
-            logs = await self._safe_logs(row.container_id)
-            with contextlib.suppress(RuntimeFailure):
-                await self._runtime.remove(row.container_id)
-        log.warning("session %s failed: %s", session_id, reason)
-        await self._bus.publish(
-            str(session_id),
-            GatewayEvent.STATUS,
-            status=SessionStatus.FAILED,
-            reason=reason,
-            exit_code=exit_code,
-            logs=logs,
-        )
-        if row.parent_id is not None:
-            await self._bus.publish(
-                str(row.parent_id),
-                GatewayEvent.CHILD_FAILED,
-                child_id=str(session_id),
-                reason=reason,
-            )
-        return row
-
-    async def _safe_logs(self, container_id: str) -> str:
-        try:
-            return await self._runtime.logs_tail(container_id, _LOG_TAIL_LINES)
-        except RuntimeFailure:
-            return ""
-
-    async def on_container_exit(self, session_id: uuid.UUID, container_id: str) -> None:
-        """A container stopped. Expected during a stop; otherwise the session failed."""
-        if session_id in self._stopping:
-            return
-        state = await self._runtime.inspect(container_id)
-        code = state.exit_code if state is not None else None
-        await self.fail(session_id, describe_exit(state, self._settings), exit_code=code)
-
-    async def delete(self, session_id: uuid.UUID) -> None:
-        """Stop the session and its subtree if needed, then remove their rows and streams."""
-        await self._stop_subtree(session_id, "deleted", include_root=True)
-        await self._await_final(session_id)
-        async with self._db() as db, db.begin():
-            deleted = await queries.delete_subtree(db, session_id)
-        for gone in deleted:
-            self._hub.close_session(str(gone))
-            await self._bus.delete(str(gone))
-
-    def is_stopping_here(self, session_id: uuid.UUID) -> bool:
-        return session_id in self._stopping
-
-
-def _deepest_first(rows: Sequence[SessionRow]) -> list[list[SessionRow]]:
-    levels: dict[int, list[SessionRow]] = {}
-    for row in rows:
-        levels.setdefault(row.depth, []).append(row)
-    return [levels[depth] for depth in sorted(levels, reverse=True)]
-
-
-def describe_exit(state: ContainerState | None, settings: Settings) -> str:
-    """Why a session's container is no longer running, in words for its failure reason."""
-    if state is None:
-        return "container disappeared"
-    if state.oom_killed:
-        return f"container ran out of memory (limit {settings.session_memory})"
-    if state.exit_code == 137:
-        return "container exited with code 137 (killed)"
-    if state.error:
-        return f"container exited with code {state.exit_code}: {state.error}"
-    return f"container exited with code {state.exit_code}"
 
 
 def _encode_cursor(row: SessionRow) -> str:

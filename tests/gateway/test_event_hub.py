@@ -18,16 +18,21 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture
 async def hub_and_bus(infra) -> AsyncIterator[tuple[EventHub, EventBus]]:
-    client = aioredis.Redis.from_url(infra.redis_url, decode_responses=True)
-    reader = aioredis.Redis.from_url(infra.redis_url, decode_responses=True, socket_timeout=10)
+    client = aioredis.Redis.from_url(
+        infra.redis_url, decode_responses=True, socket_connect_timeout=5
+    )
+    reader = aioredis.Redis.from_url(
+        infra.redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5
+    )
     bus = EventBus(client, maxlen=100_000)
     hub = EventHub(reader, bus, block_ms=2000, batch=50, subscriber_queue=5)
     task = asyncio.create_task(hub.run())
     yield hub, bus
     task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await client.aclose()
-    await reader.aclose()
+    async with asyncio.timeout(15):  # a hang here is a bug; fail rather than stall the run
+        await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()
+        await reader.aclose()
 
 
 async def publish(bus: EventBus, session_id: str, count: int) -> list[str]:

@@ -1,0 +1,268 @@
+"""Ending sessions: stop (whole subtrees, deepest first), fail, delete, and container exits.
+
+Policy that ends a session lives here once. Every end is a conditional status update (so racing
+actors cannot both win) followed by a ``status`` event, and leaves no container behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.config import Settings
+from gateway.db import queries
+from gateway.db.models import ACTIVE_STATUSES, SessionRow, SessionStatus, TurnStatus
+from gateway.errors import SessionNotFound
+from gateway.events.bus import EventBus
+from gateway.events.hub import EventHub
+from gateway.runtime import ContainerState, RuntimeFailure, SessionRuntime
+from wrapper.protocol import GatewayEvent, InterruptInput
+
+log = logging.getLogger(__name__)
+
+_LOG_TAIL_LINES = 30
+
+
+class Terminator:
+    def __init__(
+        self,
+        settings: Settings,
+        db: async_sessionmaker[AsyncSession],
+        runtime: SessionRuntime,
+        bus: EventBus,
+        hub: EventHub,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._runtime = runtime
+        self._bus = bus
+        self._hub = hub
+        self._background: set[asyncio.Task[Any]] = set()
+        self._stopping: set[uuid.UUID] = set()  # stops this process is carrying out
+
+    async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def get(self, session_id: uuid.UUID) -> SessionRow:
+        async with self._db() as db:
+            row = await db.get(SessionRow, session_id)
+        if row is None:
+            raise SessionNotFound(session_id)
+        return row
+
+    async def stop(self, session_id: uuid.UUID, reason: str = "stopped by request") -> SessionRow:
+        """Stop the session and its whole subtree, deepest first: interrupt the running turn,
+        SIGTERM the container, SIGKILL after the grace period, remove it. Idempotent: stopping
+        an ended session returns it unchanged (its running descendants are still stopped)."""
+        await self._stop_subtree(session_id, reason, include_root=True)
+        return await self._await_final(session_id)
+
+    async def _stop_subtree(self, session_id: uuid.UUID, reason: str, include_root: bool) -> None:
+        # One update marks the whole subtree stopping first, so nothing in it can spawn while
+        # the containers are stopped level by level.
+        async with self._db() as db, db.begin():
+            rows = await queries.begin_stopping_subtree(db, session_id, include_root)
+        self._stopping.update(row.id for row in rows)
+        try:
+            for level in _deepest_first(rows):
+                await asyncio.gather(
+                    *(
+                        self._stop_row(
+                            row,
+                            reason
+                            if row.id == session_id
+                            else f"ancestor {session_id} stopped: {reason}",
+                        )
+                        for row in level
+                    )
+                )
+        finally:
+            self._stopping.difference_update(row.id for row in rows)
+
+    async def _stop_row(self, row: SessionRow, reason: str) -> None:
+        """Stop one session already marked ``stopping``."""
+        session_id = row.id
+        await self._bus.publish(
+            str(session_id), GatewayEvent.STATUS, status=SessionStatus.STOPPING, reason=reason
+        )
+        if row.current_turn_id is not None:
+            await self._interrupt_and_wait(row)
+        exit_code = None
+        if row.container_id:
+            await self._runtime.stop(row.container_id, self._settings.session_stop_grace)
+            state = await self._runtime.inspect(row.container_id)
+            exit_code = state.exit_code if state else None
+            await self._runtime.remove(row.container_id)
+        stopped = await self._finish_stop(session_id, reason, exit_code)
+        if stopped.parent_id is not None and stopped.status == SessionStatus.STOPPED:
+            await self._bus.publish(
+                str(stopped.parent_id),
+                GatewayEvent.CHILD_STOPPED,
+                child_id=str(session_id),
+                reason=reason,
+            )
+
+    async def complete_interrupted_stop(self, row: SessionRow) -> SessionRow:
+        """Finish a stop that a previous gateway process began but did not end."""
+        self._stopping.add(row.id)
+        try:
+            if row.container_id:
+                await self._runtime.remove(row.container_id)
+            return await self._finish_stop(row.id, "stopped (completed after a gateway restart)")
+        finally:
+            self._stopping.discard(row.id)
+
+    async def _finish_stop(
+        self, session_id: uuid.UUID, reason: str, exit_code: int | None = None
+    ) -> SessionRow:
+        async with self._db() as db, db.begin():
+            await queries.end_running_turns(db, session_id, TurnStatus.INTERRUPTED, reason)
+            stopped = await queries.transition(
+                db,
+                session_id,
+                [SessionStatus.STOPPING],
+                SessionStatus.STOPPED,
+                stopped_at=queries.utcnow(),
+                exit_code=exit_code,
+                current_turn_id=None,
+            )
+        if stopped is None:
+            return await self.get(session_id)
+        await self._bus.publish(
+            str(session_id), GatewayEvent.STATUS, status=SessionStatus.STOPPED, reason=reason
+        )
+        return stopped
+
+    async def _interrupt_and_wait(self, row: SessionRow) -> None:
+        """Give a running turn the chance to end cleanly before the container is stopped."""
+        turn_id = row.current_turn_id
+        assert turn_id is not None
+        after = await self._bus.last_id(str(row.id))
+        await self._bus.send_input(str(row.id), InterruptInput(turn_id=str(turn_id)))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._settings.session_interrupt_grace):
+                async with contextlib.aclosing(self._hub.follow(str(row.id), after)) as events:
+                    async for event in events:
+                        if event.turn_id == str(turn_id) and event.type in (
+                            "result",
+                            GatewayEvent.TURN_FAILED,
+                        ):
+                            return
+
+    async def _await_final(self, session_id: uuid.UUID) -> SessionRow:
+        """A stop that lost the race: wait (bounded) for the winner to finish its stop."""
+        deadline = self._settings.session_stop_grace + self._settings.session_interrupt_grace + 10
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+        while True:
+            row = await self.get(session_id)
+            if row.status != SessionStatus.STOPPING or loop.time() > end:
+                return row
+            await asyncio.sleep(0.1)
+
+    async def fail(
+        self, session_id: uuid.UUID, reason: str, exit_code: int | None = None
+    ) -> SessionRow | None:
+        """Mark an active session failed, end its turns, remove its container. Idempotent:
+        ``None`` when the session had already ended (or is being stopped)."""
+        async with self._db() as db, db.begin():
+            row = await queries.transition(
+                db,
+                session_id,
+                ACTIVE_STATUSES,
+                SessionStatus.FAILED,
+                failure_reason=reason,
+                exit_code=exit_code,
+                stopped_at=queries.utcnow(),
+                current_turn_id=None,
+            )
+            if row is None:
+                return None
+            await queries.end_running_turns(db, session_id, TurnStatus.FAILED, reason)
+        # Its descendants cannot report to it any more: stop them.
+        self._spawn(
+            self._stop_subtree(session_id, f"parent failed: {reason}", include_root=False),
+            name=f"stop-descendants-{session_id}",
+        )
+        logs = ""
+        if row.container_id:
+            logs = await self._safe_logs(row.container_id)
+            with contextlib.suppress(RuntimeFailure):
+                await self._runtime.remove(row.container_id)
+        log.warning("session %s failed: %s", session_id, reason)
+        await self._bus.publish(
+            str(session_id),
+            GatewayEvent.STATUS,
+            status=SessionStatus.FAILED,
+            reason=reason,
+            exit_code=exit_code,
+            logs=logs,
+        )
+        if row.parent_id is not None:
+            await self._bus.publish(
+                str(row.parent_id),
+                GatewayEvent.CHILD_FAILED,
+                child_id=str(session_id),
+                reason=reason,
+            )
+        return row
+
+    async def _safe_logs(self, container_id: str) -> str:
+        try:
+            return await self._runtime.logs_tail(container_id, _LOG_TAIL_LINES)
+        except RuntimeFailure:
+            return ""
+
+    async def on_container_exit(self, session_id: uuid.UUID, container_id: str) -> None:
+        """A container stopped. Expected during a stop; otherwise the session failed."""
+        if session_id in self._stopping:
+            return
+        state = await self._runtime.inspect(container_id)
+        code = state.exit_code if state is not None else None
+        await self.fail(session_id, describe_exit(state, self._settings), exit_code=code)
+
+    async def delete(self, session_id: uuid.UUID) -> None:
+        """Stop the session and its subtree if needed, then remove their rows and streams."""
+        await self._stop_subtree(session_id, "deleted", include_root=True)
+        await self._await_final(session_id)
+        async with self._db() as db, db.begin():
+            deleted = await queries.delete_subtree(db, session_id)
+        for gone in deleted:
+            self._hub.close_session(str(gone))
+            await self._bus.delete(str(gone))
+
+    def is_stopping_here(self, session_id: uuid.UUID) -> bool:
+        return session_id in self._stopping
+
+
+def _deepest_first(rows: Sequence[SessionRow]) -> list[list[SessionRow]]:
+    levels: dict[int, list[SessionRow]] = {}
+    for row in rows:
+        levels.setdefault(row.depth, []).append(row)
+    return [levels[depth] for depth in sorted(levels, reverse=True)]
+
+
+def describe_exit(state: ContainerState | None, settings: Settings) -> str:
+    """Why a session's container is no longer running, in words for its failure reason."""
+    if state is None:
+        return "container disappeared"
+    if state.oom_killed:
+        return f"container ran out of memory (limit {settings.session_memory})"
+    if state.exit_code == 137:
+        return "container exited with code 137 (killed)"
+    if state.error:
+        return f"container exited with code {state.exit_code}: {state.error}"
+    return f"container exited with code {state.exit_code}"
