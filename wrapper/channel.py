@@ -34,6 +34,7 @@ def connect(url: str) -> aioredis.Redis:
         health_check_interval=30,
         # Longer than the blocking input read, which would otherwise time out client-side.
         socket_timeout=INPUT_BLOCK_MS / 1000 + 10,
+        socket_connect_timeout=10,
     )
 
 
