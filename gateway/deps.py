@@ -16,10 +16,13 @@ from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
 from gateway.runtime import SessionRuntime
 from gateway.security import Principal, authenticate_token, bearer_token
+from gateway.services.session_files import LiveFiles
 from gateway.services.sessions import SessionService
 from gateway.services.termination import Terminator
 from gateway.services.trees import TreeService
 from gateway.services.turns import TurnService
+from gateway.services.workspace_files import StoredFiles
+from gateway.services.workspaces import WorkspaceService
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class Services:
     terminator: Terminator
     turns: TurnService
     trees: TreeService
+    workspaces: WorkspaceService
+    files: StoredFiles
+    live_files: LiveFiles
 
 
 def get_services(request: Request) -> Services:

@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.runtime.base import RuntimeFailure
+from gateway.store.objects import ObjectMissing, StoreError, StoreUnavailable
+from gateway.workspaces.manifest import WorkspaceError, WorkspaceTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,26 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("%s %s -> container runtime failed: %s", request.method, request.url.path, exc)
         error = RuntimeUnavailable(f"the container runtime failed: {exc}")
         return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(WorkspaceError)
+    async def _workspace_error(request: Request, exc: WorkspaceError) -> JSONResponse:
+        status = 413 if isinstance(exc, WorkspaceTooLarge) else 422
+        log.info(
+            "%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code, exc.message
+        )
+        body = {"error": {"code": exc.code, "message": exc.message}}
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+        status = (
+            404
+            if isinstance(exc, ObjectMissing)
+            else (503 if isinstance(exc, StoreUnavailable) else 502)
+        )
+        log.warning("%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code, exc)
+        body = {"error": {"code": exc.code, "message": f"object storage: {exc}"}}
+        return JSONResponse(body, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -22,10 +22,14 @@ from gateway.events.hub import EventHub
 from gateway.runtime.docker import DockerRuntime
 from gateway.services.reconciler import Reconciler
 from gateway.services.recorder import Recorder
+from gateway.services.session_files import LiveFiles
 from gateway.services.sessions import SessionService
 from gateway.services.termination import Terminator
 from gateway.services.trees import TreeService
 from gateway.services.turns import TurnService
+from gateway.services.workspace_files import StoredFiles
+from gateway.services.workspaces import WorkspaceService
+from gateway.store.objects import ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +58,29 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(hub_redis.aclose)
             runtime = DockerRuntime(settings.instance_name, settings.docker_host)
             stack.push_async_callback(runtime.close)
+            store = ObjectStore(
+                settings.s3_endpoint,
+                settings.s3_access_key.get_secret_value(),
+                settings.s3_secret_key.get_secret_value(),
+                settings.s3_bucket,
+                secure=settings.s3_secure,
+                region=settings.s3_region,
+            )
+            stack.callback(store.close)
+            await _ensure_bucket(store, settings.s3_bucket)
 
             bus = EventBus(redis, settings.event_stream_maxlen)
             hub = EventHub(hub_redis, bus, block_ms=int(HUB_BLOCK_SECONDS * 1000))
             turns = TurnService(db, bus, hub)
-            terminator = Terminator(settings, db, runtime, bus, hub)
+            workspaces = WorkspaceService(settings, db, runtime, store, bus)
+            stack.push_async_callback(workspaces.close)
+            terminator = Terminator(settings, db, runtime, bus, hub, workspaces)
             stack.push_async_callback(terminator.close)
-            sessions = SessionService(settings, db, runtime, bus, hub, turns, terminator)
+            sessions = SessionService(
+                settings, db, runtime, bus, hub, turns, terminator, workspaces
+            )
             stack.push_async_callback(sessions.close)
-            recorder = Recorder(sessions, turns, terminator, hub)
+            recorder = Recorder(sessions, turns, terminator, hub, workspaces)
             reconciler = Reconciler(settings, db, runtime, terminator, hub)
             app.state.services = Services(
                 settings=settings,
@@ -74,12 +92,16 @@ def create_app(settings: Settings) -> FastAPI:
                 terminator=terminator,
                 turns=turns,
                 trees=TreeService(db),
+                workspaces=workspaces,
+                files=StoredFiles(settings, db, workspaces),
+                live_files=LiveFiles(runtime, settings.workspace_max_bytes),
             )
             tasks = [
                 _background(hub.run(), "event-hub"),
                 _background(recorder.run(), "recorder"),
                 _background(reconciler.watch_exits(), "container-exits"),
                 _background(reconciler.run(), "reconciler"),
+                _background(workspaces.run_snapshots(), "workspace-snapshots"),
             ]
             stack.push_async_callback(_cancel, tasks)
             log.info("gateway %s ready (instance %s)", __version__, settings.instance_name)
@@ -94,6 +116,15 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(build_router())
     return app
+
+
+async def _ensure_bucket(store: ObjectStore, bucket: str) -> None:
+    """Create the bucket when missing. The gateway still starts if the store is down (``/ready``
+    says so); workspace operations then fail with 503 until it is back."""
+    try:
+        await asyncio.to_thread(store.ensure_bucket)
+    except StoreError as exc:
+        log.warning("could not check or create bucket %s: %s", bucket, exc)
 
 
 def _background(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:

@@ -6,10 +6,18 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.db.models import SessionRow, SessionStatus, TurnRow, TurnStatus
+from gateway.db.models import (
+    SessionRow,
+    SessionStatus,
+    TurnRow,
+    TurnStatus,
+    WorkspaceKind,
+    WorkspaceRow,
+)
 from gateway.services.trees import TreeNode
+from gateway.services.workspaces import WorkspaceChoice
 from wrapper.protocol import SessionConfig
 
 MAX_PROMPT_CHARS = 1_000_000
@@ -19,8 +27,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+WORKSPACE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+RESERVED_WORKSPACE_PREFIX = "session-"  # sessions' own workspaces are named session-<id>
+
+
+class WorkspaceSpec(_Strict):
+    """``ephemeral``: the session's own files, kept until it is deleted; ``persistent``: a named
+    workspace of the caller's, created on first use and outliving sessions; ``inherit`` (spawn
+    only): the session's own, starting as a copy of the parent's current files."""
+
+    type: Literal["ephemeral", "persistent", "inherit"] = "ephemeral"
+    id: str | None = Field(
+        default=None, pattern=WORKSPACE_NAME, description="The persistent workspace's name."
+    )
+    read_only: bool = Field(
+        default=False,
+        description="persistent only: a copy that is never saved back (may run beside a "
+        "session that writes the workspace).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WorkspaceSpec:
+        if self.type == "persistent" and not self.id:
+            raise ValueError('a persistent workspace needs an "id"')
+        if self.id is not None and self.id.startswith(RESERVED_WORKSPACE_PREFIX):
+            raise ValueError(f'workspace ids starting "{RESERVED_WORKSPACE_PREFIX}" are reserved')
+        if self.type != "persistent" and (self.id is not None or self.read_only):
+            raise ValueError('"id" and "read_only" are only for persistent workspaces')
+        return self
+
+    def choice(self) -> WorkspaceChoice:
+        return WorkspaceChoice(type=self.type, name=self.id, read_only=self.read_only)
+
+
 class CreateSessionRequest(_Strict):
     config: SessionConfig = Field(default_factory=SessionConfig)
+    workspace: WorkspaceSpec = Field(default_factory=WorkspaceSpec)
     prompt: str | None = Field(
         default=None,
         min_length=1,
@@ -37,6 +79,7 @@ class SpawnRequest(_Strict):
         default_factory=SessionConfig,
         description="Overrides of the parent's config; unset fields are inherited.",
     )
+    workspace: WorkspaceSpec = Field(default_factory=WorkspaceSpec)
 
 
 class ChatRequest(_Strict):
@@ -62,6 +105,27 @@ class WaitRequest(_Strict):
     )
 
 
+class SessionWorkspace(BaseModel):
+    id: str
+    type: Literal["ephemeral", "persistent"]
+    read_only: bool
+    unsaved: bool = Field(
+        description="A save at stop or failure failed; its container is kept and retried."
+    )
+
+    @classmethod
+    def of(cls, row: SessionRow) -> SessionWorkspace | None:
+        if row.workspace_name is None:
+            return None
+        own = row.workspace_name.startswith("session-")
+        return cls(
+            id=row.workspace_name,
+            type="ephemeral" if own else "persistent",
+            read_only=row.workspace_mode == "ro",
+            unsaved=row.workspace_dirty,
+        )
+
+
 class SessionOut(BaseModel):
     id: uuid.UUID
     owner: str
@@ -71,6 +135,7 @@ class SessionOut(BaseModel):
     status: SessionStatus
     image: str
     config: dict[str, Any]
+    workspace: SessionWorkspace | None
     container_id: str | None
     current_turn_id: uuid.UUID | None
     exit_code: int | None
@@ -91,6 +156,7 @@ class SessionOut(BaseModel):
             status=SessionStatus(row.status),
             image=row.image,
             config=row.config,
+            workspace=SessionWorkspace.of(row),
             container_id=row.container_id,
             current_turn_id=row.current_turn_id,
             exit_code=row.exit_code,
@@ -201,3 +267,60 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class WorkspaceOut(BaseModel):
+    id: str = Field(description="The workspace's name.")
+    type: Literal["ephemeral", "persistent"]
+    size_bytes: int
+    file_count: int = Field(description="Entries: files, directories and links.")
+    save_count: int
+    last_saved_at: datetime | None
+    created_at: datetime
+    sessions: list[uuid.UUID] = Field(description="Sessions using it now.")
+
+    @classmethod
+    def of(cls, row: WorkspaceRow, sessions: list[uuid.UUID]) -> WorkspaceOut:
+        return cls(
+            id=row.name,
+            type="ephemeral" if row.kind == WorkspaceKind.EPHEMERAL else "persistent",
+            size_bytes=row.size_bytes,
+            file_count=row.file_count,
+            save_count=row.save_count,
+            last_saved_at=row.last_saved_at,
+            created_at=row.created_at,
+            sessions=sessions,
+        )
+
+
+class WorkspaceList(BaseModel):
+    workspaces: list[WorkspaceOut]
+
+
+class FileEntry(BaseModel):
+    path: str
+    type: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mode: str = Field(description="Permission bits in octal, e.g. 0644.")
+    mtime: int = Field(description="Seconds since the epoch.")
+    link_target: str | None = None
+    sha256: str | None = None
+
+
+class FileList(BaseModel):
+    files: list[FileEntry]
+    next_after: str | None = Field(
+        default=None, description="More entries follow: pass as `after` (stored workspaces)."
+    )
+    truncated: bool = Field(default=False, description="More entries than `limit` (live).")
+
+
+class SaveOut(BaseModel):
+    workspace: str
+    uploaded: int = Field(description="Files whose bytes were uploaded by this save.")
+    unchanged: int
+    deleted: int
+    skipped: int = Field(description="Entries left out: links leading outside, devices, ...")
+    bytes_uploaded: int
+    files: int
+    bytes: int

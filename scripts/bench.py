@@ -39,7 +39,7 @@ import redis.asyncio as aioredis  # noqa: E402
 
 from tests.client import Api, mint_token  # noqa: E402
 from tests.fake_anthropic import FakeAnthropic, text  # noqa: E402
-from tests.stack import SESSION_IMAGE, run_gateway, start_infra  # noqa: E402
+from tests.stack import SESSION_IMAGE, run_gateway, start_infra, start_s3  # noqa: E402
 from wrapper.channel import Channel  # noqa: E402
 
 INITIALIZE = {"type": "control_request", "request_id": "b1", "request": {"subtype": "initialize"}}
@@ -192,7 +192,8 @@ async def main(args: argparse.Namespace) -> None:
         fake.on("bench", text("hi"))
         with (
             tempfile.TemporaryDirectory() as logs,
-            run_gateway(infra, fake.base_url, Path(logs), LOG_LEVEL="WARNING") as gateway,
+            start_s3(Path(logs)) as s3,
+            run_gateway(infra, fake.base_url, s3, Path(logs), LOG_LEVEL="WARNING") as gateway,
         ):
             bare = [bare_run(infra.network_name, fake.base_url) for _ in range(args.runs)]
             api = Api(gateway.url, mint_token(gateway.jwt_secret, "bench"))

@@ -44,13 +44,23 @@ def fake_api(infra: object) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of an S3 server (moto) for the whole run."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (the test extra)")
+    from tests.stack import start_s3
+
+    with start_s3(tmp_path_factory.mktemp("s3")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
 def gateway(
-    infra: object, fake_api: object, tmp_path_factory: pytest.TempPathFactory
+    infra: object, fake_api: object, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[object]:
     from tests.stack import run_gateway
 
     logs = tmp_path_factory.mktemp("gateway-logs")
-    with run_gateway(infra, fake_api.base_url, logs) as running:  # type: ignore[arg-type, attr-defined]
+    with run_gateway(infra, fake_api.base_url, s3_endpoint, logs) as running:  # type: ignore[arg-type, attr-defined]
         yield running
 
 

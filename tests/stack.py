@@ -137,6 +137,43 @@ def start_infra(client: docker.DockerClient) -> Iterator[Infra]:
             )
 
 
+S3_ACCESS_KEY = "test-access"
+S3_SECRET_KEY = "test-secret-key"
+
+
+@contextlib.contextmanager
+def start_s3(log_dir: Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """An S3 server (moto's server mode, from PyPI) in a subprocess: ``host:port``. No MinIO
+    server can be installed here; the gateway speaks only the S3 API, which moto serves."""
+    port = free_port(host)
+    log_path = log_dir / "s3.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://{host}:{port}/", timeout=1)
+                break
+            except httpx.HTTPError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    tail = log_path.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"S3 server did not start:\n{tail}") from None
+                time.sleep(0.1)
+        yield f"{host}:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class Gateway:
     """A running ``python -m gateway`` process."""
@@ -156,7 +193,14 @@ class Gateway:
 
 
 def gateway_env(
-    infra: Infra, *, api_base_url: str, port: int, instance: str, jwt_secret: str, **overrides: str
+    infra: Infra,
+    *,
+    api_base_url: str,
+    s3_endpoint: str,
+    port: int,
+    instance: str,
+    jwt_secret: str,
+    **overrides: str,
 ) -> dict[str, str]:
     env = {
         key: value
@@ -174,6 +218,11 @@ def gateway_env(
         SESSION_NETWORK=infra.network_name,
         SESSION_REDIS_URL=infra.session_redis_url,
         SESSION_GATEWAY_URL=f"http://{infra.gateway_ip}:{port}",
+        S3_ENDPOINT=s3_endpoint,
+        S3_ACCESS_KEY=S3_ACCESS_KEY,
+        S3_SECRET_KEY=S3_SECRET_KEY,
+        S3_BUCKET=f"ccd-{instance}".lower(),
+        S3_REGION="us-east-1",
         ANTHROPIC_BASE_URL=api_base_url,
         ANTHROPIC_API_KEY="sk-test-not-a-real-key",
         CLAUDE_CODE_MAX_RETRIES="0",
@@ -189,7 +238,7 @@ def gateway_env(
 
 @contextlib.contextmanager
 def run_gateway(
-    infra: Infra, api_base_url: str, log_dir: Path, **overrides: str
+    infra: Infra, api_base_url: str, s3_endpoint: str, log_dir: Path, **overrides: str
 ) -> Iterator[Gateway]:
     port = free_port()
     instance = f"test-{infra.run_id}-{secrets.token_hex(2)}"
@@ -197,6 +246,7 @@ def run_gateway(
     env = gateway_env(
         infra,
         api_base_url=api_base_url,
+        s3_endpoint=s3_endpoint,
         port=port,
         instance=instance,
         jwt_secret=secret,

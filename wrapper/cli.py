@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import TypeVar
 
 from wrapper.protocol import ENV_GATEWAY_URL, ENV_SESSION_ID, ContainerEnv
 
@@ -80,7 +81,10 @@ def claude_config_dir(environ: Mapping[str, str]) -> Path:
     return Path(environ.get("HOME", "/root")) / ".claude"
 
 
-def transcript_path(config_dir: Path, cwd: Path, claude_session_id: str) -> Path:
+P = TypeVar("P", bound=PurePath)
+
+
+def transcript_path(config_dir: P, cwd: PurePath, claude_session_id: str) -> P:
     """Where the CLI keeps a conversation; ``--resume`` works only when this file exists."""
     project = re.sub(r"[^A-Za-z0-9]", "-", str(cwd))
     return config_dir / "projects" / project / f"{claude_session_id}.jsonl"

@@ -70,6 +70,8 @@ class GatewayEvent(StrEnum):
     CLI_OUTPUT_INVALID = "cli_output_invalid"  # {"line"}: a stdout line that is not JSON
     WRAPPER_FATAL = "wrapper_fatal"  # {"reason"}: the wrapper gives up; the container will exit
     ERROR = "error"  # {"code", "message"}: anything else that went wrong
+    WORKSPACE_SAVED = "workspace_saved"  # {"reason", "uploaded", "deleted", ...}: files stored
+    WORKSPACE_SAVE_FAILED = "workspace_save_failed"  # {"reason", "error", "kept_container"}
     # On a parent's stream, about its direct children:
     CHILD_SPAWNED = "child_spawned"  # {"child_id", "depth", "prompt"}
     CHILD_FINISHED = "child_finished"  # {"child_id", "turn_id", "status", "result", "is_error"}
@@ -239,6 +241,13 @@ class ContainerEnv(BaseModel):
             stream_maxlen=int(env.get(ENV_STREAM_MAXLEN, "10000")),
         )
 
+
+# What the session image promises (container/Dockerfile): the user the CLI runs as, its home,
+# and the working directory whose files are the session's workspace.
+CONTAINER_UID = 10001
+CONTAINER_GID = 10001
+CONTAINER_HOME = "/home/claude"
+WORKSPACE_DIR = "/workspace"
 
 # Fixed CLI variables for headless use in a container (see CLAUDE_CLI.md).
 HEADLESS_CLI_VARIABLES = {

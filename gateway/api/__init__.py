@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from gateway.api import health, sessions, stream, tree
+from gateway.api import health, session_files, sessions, stream, tree, workspaces
 
 API_PREFIX = "/api/v1"
 
@@ -12,5 +12,7 @@ def build_router() -> APIRouter:
     router.include_router(health.router)
     router.include_router(sessions.router, prefix=API_PREFIX)
     router.include_router(tree.router, prefix=API_PREFIX)
+    router.include_router(session_files.router, prefix=API_PREFIX)
+    router.include_router(workspaces.router, prefix=API_PREFIX)
     router.include_router(stream.router, prefix=API_PREFIX)
     return router

@@ -34,6 +34,7 @@ async def ready(services: ServicesDep) -> JSONResponse:
         "database": database(),
         "redis": services.bus.ping(),
         "docker": services.runtime.ping(),
+        "storage": asyncio.to_thread(services.workspaces.store.ping),
     }
     outcomes = await asyncio.gather(
         *(asyncio.wait_for(check, _CHECK_TIMEOUT) for check in checks.values()),

@@ -12,7 +12,7 @@ from sse_starlette import EventSourceResponse
 
 from gateway.db.models import SessionStatus
 from gateway.deps import CurrentPrincipal, CurrentUser, OwnedSession, ServicesDep
-from gateway.errors import Conflict, GatewayError, SessionTokenNotAllowed
+from gateway.errors import Conflict, GatewayError, InvalidRequest, SessionTokenNotAllowed
 from gateway.schemas import (
     ChatAccepted,
     ChatRequest,
@@ -52,7 +52,13 @@ async def create_session(
 ) -> SessionOut:
     """Start a session in its own container. It is ``starting`` until the CLI is ready; a
     ``prompt`` given here (or sent by chat meanwhile) runs as soon as it is."""
-    row = await services.sessions.create(principal.owner, body.config, body.prompt)
+    if body.workspace.type == "inherit":
+        raise InvalidRequest(
+            'workspace "inherit" is only for spawned sessions', code="invalid_workspace"
+        )
+    row = await services.sessions.create(
+        principal.owner, body.config, body.prompt, body.workspace.choice()
+    )
     return SessionOut.of(row)
 
 
@@ -182,6 +188,22 @@ async def session_token(
     return SessionToken(
         token=issued.token, expires_at=issued.expires_at, expires_in=issued.expires_in
     )
+
+
+@router.post(
+    "/{session_id}/resume",
+    response_model=SessionOut,
+    responses={
+        **_NOT_FOUND,
+        403: {"model": ErrorResponse, "description": "owner_limit_reached"},
+        409: {"model": ErrorResponse, "description": "session_not_resumable, workspace_in_use"},
+        503: {"model": ErrorResponse, "description": "workspace_unsaved, image_not_found"},
+    },
+)
+async def resume_session(session: OwnedSession, services: ServicesDep) -> SessionOut:
+    """Start a stopped or failed session again in a fresh container, with its workspace and
+    its conversation restored: the model sees the earlier turns; the stream's cursor goes on."""
+    return SessionOut.of(await services.sessions.resume(session.id))
 
 
 @router.post("/{session_id}/stop", response_model=SessionOut, responses=_NOT_FOUND)

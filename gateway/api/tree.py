@@ -35,7 +35,9 @@ router = APIRouter(
 async def spawn(body: SpawnRequest, session: OwnedSession, services: ServicesDep) -> SessionOut:
     """Start a child session running ``prompt``: same owner, one level deeper, the parent's
     config unless overridden. With a user token (the owner) or the session's own token."""
-    child = await services.sessions.spawn(session.id, body.prompt, body.config)
+    child = await services.sessions.spawn(
+        session.id, body.prompt, body.config, body.workspace.choice()
+    )
     return SessionOut.of(child)
 
 

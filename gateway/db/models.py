@@ -84,6 +84,9 @@ class SessionRow(Base):
     workspace_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("workspaces.id", ondelete="SET NULL"), index=True
     )
+    workspace_name: Mapped[str | None] = mapped_column(
+        String(100), comment="Its workspace's id as users see it (session-<id>: its own)."
+    )
     workspace_mode: Mapped[str] = mapped_column(
         String(8),
         default="rw",
@@ -110,6 +113,9 @@ class SessionRow(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
     last_activity_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    started_at: Mapped[datetime] = mapped_column(
+        server_default=func.now(), comment="When its current container was asked for."
+    )
     stopped_at: Mapped[datetime | None]
 
     __table_args__ = (

@@ -74,8 +74,9 @@ async def begin_stopping_subtree(
     return list((await db.execute(statement)).scalars())
 
 
-async def delete_subtree(db: AsyncSession, session_id: uuid.UUID) -> Sequence[uuid.UUID]:
-    statement = delete(SessionRow).where(in_subtree(session_id)).returning(SessionRow.id)
+async def delete_subtree(db: AsyncSession, session_id: uuid.UUID) -> Sequence[SessionRow]:
+    """Delete the session and its descendants; returns what they were."""
+    statement = delete(SessionRow).where(in_subtree(session_id)).returning(SessionRow)
     return list((await db.execute(statement)).scalars())
 
 

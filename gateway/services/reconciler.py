@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
 from gateway.db import queries
-from gateway.db.models import ACTIVE_STATUSES, SessionRow, SessionStatus
+from gateway.db.models import ACTIVE_STATUSES, FINAL_STATUSES, SessionRow, SessionStatus
 from gateway.events.hub import EventHub
 from gateway.runtime import SessionRuntime
 from gateway.runtime.naming import LABEL_SESSION
@@ -83,6 +83,19 @@ class Reconciler:
                     )
                 )
             ).all()
+            unsaved = (
+                await db.scalars(
+                    select(SessionRow).where(
+                        SessionRow.instance == self._settings.instance_name,
+                        SessionRow.status.in_(FINAL_STATUSES),
+                        SessionRow.workspace_dirty.is_(True),
+                    )
+                )
+            ).all()
+        for row in unsaved:  # their containers are kept until their files are saved
+            containers.pop(str(row.id), None)
+            if not self._terminator.is_stopping_here(row.id):
+                await self._terminator.retry_unsaved(row)
         first_pass, self._first_pass = self._first_pass, False
         now = queries.utcnow()
         start_timeout = timedelta(seconds=self._settings.session_start_timeout)
@@ -97,8 +110,11 @@ class Reconciler:
                 if not self._terminator.is_stopping_here(row.id) and (first_pass or stale):
                     await self._terminator.complete_interrupted_stop(row)
                 continue
-            if row.container_id is None and now - row.created_at < start_timeout:
-                continue  # its container is being created and started right now
+            preparing = row.container_id is None or (
+                state is not None and state.status == "created"
+            )
+            if preparing and now - row.started_at < start_timeout:
+                continue  # its container is being created, filled and started right now
             if state is None or not state.running:
                 await self._terminator.fail(
                     row.id,
@@ -107,7 +123,7 @@ class Reconciler:
                 )
                 continue
             await self._hub.track(str(row.id), after=row.event_cursor or "0-0")
-            if row.status == SessionStatus.STARTING and now - row.created_at > start_timeout:
+            if row.status == SessionStatus.STARTING and now - row.started_at > start_timeout:
                 await self._terminator.fail(
                     row.id,
                     f"start timeout: the CLI was not ready after "

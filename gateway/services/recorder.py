@@ -18,6 +18,7 @@ from gateway.events.hub import EventHub
 from gateway.services.sessions import SessionService
 from gateway.services.termination import Terminator
 from gateway.services.turns import TurnService
+from gateway.services.workspaces import WorkspaceService
 from wrapper.protocol import GatewayEvent, Source
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,9 @@ class Recorder:
         turns: TurnService,
         terminator: Terminator,
         hub: EventHub,
+        workspaces: WorkspaceService | None = None,
     ) -> None:
+        self._workspaces = workspaces
         self._sessions = sessions
         self._terminator = terminator
         self._turns = turns
@@ -70,6 +73,8 @@ class Recorder:
                 await self._turns.finish(
                     session_id, turn_id, event.payload, event.id, event.turn_cost
                 )
+                if self._workspaces is not None:  # the conversation grew: keep it portable
+                    self._workspaces.schedule_transcript_save(await self._sessions.get(session_id))
             return
         if event.type == GatewayEvent.CLI_READY:
             await self._sessions.mark_ready(session_id, event.id)

@@ -18,20 +18,22 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
 from gateway.db import queries
 from gateway.db.models import (
     ACTIVE_STATUSES,
+    FINAL_STATUSES,
     SessionRow,
     SessionStatus,
     TurnRow,
 )
 from gateway.errors import (
+    Conflict,
     GatewayError,
     ImageNotFound,
     InvalidRequest,
@@ -39,6 +41,7 @@ from gateway.errors import (
     SessionNotFound,
     SessionNotRunning,
     Unauthorized,
+    Unavailable,
 )
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
@@ -48,18 +51,14 @@ from gateway.services import limits
 from gateway.services.container_spec import build_container_spec
 from gateway.services.termination import Terminator
 from gateway.services.turns import TurnService
+from gateway.services.workspaces import WorkspaceChoice, WorkspaceInUse, WorkspaceService
 from wrapper.protocol import GatewayEvent, SessionConfig
 
 log = logging.getLogger(__name__)
 
+EPHEMERAL = WorkspaceChoice()
+
 _LOG_TAIL_LINES = 30
-
-
-class ContainerPreparer(Protocol):
-    """Puts what a session needs into its created, not yet started container (its
-    workspace, its transcript). Raising fails the session's start."""
-
-    async def prepare(self, session: SessionRow, container_id: str) -> None: ...
 
 
 class SessionService:
@@ -72,7 +71,7 @@ class SessionService:
         hub: EventHub,
         turns: TurnService,
         terminator: Terminator,
-        preparers: Sequence[ContainerPreparer] = (),
+        workspaces: WorkspaceService | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
@@ -81,7 +80,7 @@ class SessionService:
         self._hub = hub
         self._turns = turns
         self._terminator = terminator
-        self._preparers = list(preparers)
+        self._workspaces = workspaces
         self._background: set[asyncio.Task[Any]] = set()
 
     async def close(self) -> None:
@@ -140,24 +139,34 @@ class SessionService:
     # -- creating ------------------------------------------------------------------------------
 
     async def create(
-        self, owner: str, config: SessionConfig, prompt: str | None = None
+        self,
+        owner: str,
+        config: SessionConfig,
+        prompt: str | None = None,
+        workspace: WorkspaceChoice = EPHEMERAL,
     ) -> SessionRow:
         """Insert a root session, queue its first prompt if any, start its container. The
         session is ``starting`` until its CLI answers the handshake; prompts sent meanwhile are
         queued, not refused. Raises ``LimitExceeded`` (nothing is created), or
         ``ImageNotFound``/``RuntimeUnavailable`` (the session is then recorded as failed)."""
-        row = await self._insert(owner, config.model_dump(exclude_none=True), parent_id=None)
+        row = await self._insert(
+            owner, config.model_dump(exclude_none=True), parent_id=None, workspace=workspace
+        )
         return await self._launch(row, prompt)
 
     async def spawn(
-        self, parent_id: uuid.UUID, prompt: str, overrides: SessionConfig
+        self,
+        parent_id: uuid.UUID,
+        prompt: str,
+        overrides: SessionConfig,
+        workspace: WorkspaceChoice = EPHEMERAL,
     ) -> SessionRow:
         """Start a child of ``parent_id``: same owner, the parent's config with ``overrides``
         applied, one level deeper. The recursion limits are checked atomically with the
         insert; the parent's stream gets ``child_spawned``."""
         parent = await self.get(parent_id)
         config = {**parent.config, **overrides.model_dump(exclude_none=True)}
-        row = await self._insert(parent.owner, config, parent_id=parent_id)
+        row = await self._insert(parent.owner, config, parent_id=parent_id, workspace=workspace)
         await self._bus.publish(
             str(parent_id),
             GatewayEvent.CHILD_SPAWNED,
@@ -168,7 +177,11 @@ class SessionService:
         return await self._launch(row, prompt)
 
     async def _insert(
-        self, owner: str, config: dict[str, Any], parent_id: uuid.UUID | None
+        self,
+        owner: str,
+        config: dict[str, Any],
+        parent_id: uuid.UUID | None,
+        workspace: WorkspaceChoice,
     ) -> SessionRow:
         session_id = uuid.uuid4()
         async with self._db() as db, db.begin():
@@ -196,10 +209,65 @@ class SessionService:
                 depth=parent.depth + 1 if parent else 0,
                 path=[*parent.path, parent.id] if parent else [],
             )
+            if self._workspaces is not None:
+                await self._workspaces.attach(db, row, workspace, parent)
             db.add(row)
         await self._hub.track(str(session_id), after="0-0")
         await self._bus.publish(str(session_id), GatewayEvent.STATUS, status=SessionStatus.STARTING)
         return row
+
+    async def resume(self, session_id: uuid.UUID) -> SessionRow:
+        """Start a stopped or failed session again, in a fresh container with its workspace
+        and conversation transcript restored: the CLI continues the same conversation
+        (``--resume``) and the stream's cursor continues. Raises ``Conflict`` unless the
+        session has ended, ``WorkspaceInUse``, ``LimitExceeded``."""
+        row = await self.get(session_id)
+        if row.status not in FINAL_STATUSES:
+            raise Conflict(
+                f"session {session_id} is {row.status}; only a stopped or failed session "
+                "can be resumed",
+                code="session_not_resumable",
+            )
+        if row.workspace_dirty and not await self._terminator.retry_unsaved(row):
+            raise Unavailable(
+                f"the files of session {session_id} could not be saved yet from its last "
+                "container; try again when the store is reachable",
+                code="workspace_unsaved",
+            )
+        async with self._db() as db, db.begin():
+            await limits.lock_owner(db, row.owner)
+            await limits.check_limits(db, self._settings, row.owner, parent=None)
+            if (
+                self._workspaces is not None
+                and row.workspace_id is not None
+                and row.workspace_mode == "rw"
+            ):
+                holders = await self._workspaces.holders(db, row.workspace_id, writers_only=True)
+                if holders:
+                    raise WorkspaceInUse(
+                        f"its workspace is in use by session {holders[0]}",
+                        sessions=[str(h) for h in holders],
+                    )
+            resumed = await queries.transition(
+                db,
+                session_id,
+                FINAL_STATUSES,
+                SessionStatus.STARTING,
+                container_id=None,
+                exit_code=None,
+                failure_reason=None,
+                stopped_at=None,
+                current_turn_id=None,
+                started_at=func.now(),
+                last_activity_at=func.now(),
+            )
+            if resumed is None:
+                raise Conflict(f"session {session_id} changed meanwhile", code="conflict")
+        await self._hub.track(str(session_id))
+        await self._bus.publish(
+            str(session_id), GatewayEvent.STATUS, status=SessionStatus.STARTING, reason="resumed"
+        )
+        return await self._start_container(resumed)
 
     async def _launch(self, row: SessionRow, prompt: str | None) -> SessionRow:
         if prompt is not None:
@@ -230,8 +298,8 @@ class SessionService:
             return await self.get(row.id)
         try:
             # Files go in before the CLI starts, so its first turn already sees them.
-            for preparer in self._preparers:
-                await preparer.prepare(updated, state.id)
+            if self._workspaces is not None:
+                await self._workspaces.prepare(updated, state.id)
             await self._runtime.start(state.id)
         except Exception as exc:
             reason = f"the session's container could not be prepared or started: {exc}"

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
@@ -22,6 +23,8 @@ from gateway.errors import SessionNotFound
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
 from gateway.runtime import ContainerState, RuntimeFailure, SessionRuntime
+from gateway.services.workspaces import WorkspaceService
+from gateway.workspaces.manifest import WorkspaceTooLarge
 from wrapper.protocol import GatewayEvent, InterruptInput
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,9 @@ class Terminator:
         runtime: SessionRuntime,
         bus: EventBus,
         hub: EventHub,
+        workspaces: WorkspaceService | None = None,
     ) -> None:
+        self._workspaces = workspaces
         self._settings = settings
         self._db = db
         self._runtime = runtime
@@ -101,12 +106,13 @@ class Terminator:
         if row.current_turn_id is not None:
             await self._interrupt_and_wait(row)
         exit_code = None
+        kept = False
         if row.container_id:
             await self._runtime.stop(row.container_id, self._settings.session_stop_grace)
             state = await self._runtime.inspect(row.container_id)
             exit_code = state.exit_code if state else None
-            await self._runtime.remove(row.container_id)
-        stopped = await self._finish_stop(session_id, reason, exit_code)
+            kept = not await self._save_then_remove(row, "stop")
+        stopped = await self._finish_stop(session_id, reason, exit_code, unsaved=kept)
         if stopped.parent_id is not None and stopped.status == SessionStatus.STOPPED:
             await self._bus.publish(
                 str(stopped.parent_id),
@@ -119,14 +125,19 @@ class Terminator:
         """Finish a stop that a previous gateway process began but did not end."""
         self._stopping.add(row.id)
         try:
-            if row.container_id:
-                await self._runtime.remove(row.container_id)
-            return await self._finish_stop(row.id, "stopped (completed after a gateway restart)")
+            kept = bool(row.container_id) and not await self._save_then_remove(row, "stop")
+            return await self._finish_stop(
+                row.id, "stopped (completed after a gateway restart)", unsaved=kept
+            )
         finally:
             self._stopping.discard(row.id)
 
     async def _finish_stop(
-        self, session_id: uuid.UUID, reason: str, exit_code: int | None = None
+        self,
+        session_id: uuid.UUID,
+        reason: str,
+        exit_code: int | None = None,
+        unsaved: bool = False,
     ) -> SessionRow:
         async with self._db() as db, db.begin():
             await queries.end_running_turns(db, session_id, TurnStatus.INTERRUPTED, reason)
@@ -138,6 +149,7 @@ class Terminator:
                 stopped_at=queries.utcnow(),
                 exit_code=exit_code,
                 current_turn_id=None,
+                workspace_dirty=unsaved,
             )
         if stopped is None:
             return await self.get(session_id)
@@ -200,8 +212,9 @@ class Terminator:
         logs = ""
         if row.container_id:
             logs = await self._safe_logs(row.container_id)
-            with contextlib.suppress(RuntimeFailure):
-                await self._runtime.remove(row.container_id)
+            # A dead container's files can still be read: save them before removing it.
+            if not await self._save_then_remove(row, "failure"):
+                await self._mark_unsaved(session_id)
         log.warning("session %s failed: %s", session_id, reason)
         await self._bus.publish(
             str(session_id),
@@ -219,6 +232,60 @@ class Terminator:
                 reason=reason,
             )
         return row
+
+    async def _save_then_remove(self, row: SessionRow, reason: str) -> bool:
+        """Save what the (stopped or dead) container holds, then remove it. ``False`` when a
+        save that may succeed later failed: the container is then kept for a retry, so no
+        work is lost to a storage outage."""
+        assert row.container_id is not None
+        if self._workspaces is not None:
+            try:
+                await self._workspaces.save(row, reason)
+            except WorkspaceTooLarge as exc:  # retrying cannot help; the last save stays
+                await self._report_unsaved(row, reason, exc, kept=False)
+            except Exception as exc:
+                await self._report_unsaved(row, reason, exc, kept=True)
+                return False
+            try:
+                await self._workspaces.save_transcript(row)
+            except Exception as exc:  # costs only the ability to resume
+                log.warning("could not save the transcript of %s: %s", row.id, exc)
+        with contextlib.suppress(RuntimeFailure):
+            await self._runtime.remove(row.container_id)
+        return True
+
+    async def _report_unsaved(
+        self, row: SessionRow, reason: str, exc: Exception, kept: bool
+    ) -> None:
+        log.warning("workspace of %s not saved at %s: %s", row.id, reason, exc)
+        await self._bus.publish(
+            str(row.id),
+            GatewayEvent.WORKSPACE_SAVE_FAILED,
+            reason=reason,
+            error=f"{type(exc).__name__}: {exc}"[:500],
+            kept_container=kept,
+        )
+
+    async def _mark_unsaved(self, session_id: uuid.UUID) -> None:
+        async with self._db() as db, db.begin():
+            await db.execute(
+                update(SessionRow).where(SessionRow.id == session_id).values(workspace_dirty=True)
+            )
+
+    async def retry_unsaved(self, row: SessionRow) -> bool:
+        """Save the workspace of an ended session whose save failed, from its kept container,
+        then remove the container. ``True`` when nothing is left to save."""
+        if not row.workspace_dirty:
+            return True
+        if row.container_id and not await self._save_then_remove(row, "retry"):
+            return False
+        async with self._db() as db, db.begin():
+            await db.execute(
+                update(SessionRow)
+                .where(SessionRow.id == row.id)
+                .values(workspace_dirty=False, container_id=None)
+            )
+        return True
 
     async def _safe_logs(self, container_id: str) -> str:
         try:
@@ -241,8 +308,13 @@ class Terminator:
         async with self._db() as db, db.begin():
             deleted = await queries.delete_subtree(db, session_id)
         for gone in deleted:
-            self._hub.close_session(str(gone))
-            await self._bus.delete(str(gone))
+            if gone.container_id:  # kept after a failed save: deleting gives it up
+                with contextlib.suppress(RuntimeFailure):
+                    await self._runtime.remove(gone.container_id)
+            self._hub.close_session(str(gone.id))
+            await self._bus.delete(str(gone.id))
+            if self._workspaces is not None:
+                await self._workspaces.forget_session(gone.id, gone.owner)
 
     def is_stopping_here(self, session_id: uuid.UUID) -> bool:
         return session_id in self._stopping

@@ -93,8 +93,10 @@ async def test_killed_container_fails_the_session(api_for, docker_client) -> Non
     await _until_gone(docker_client, session["container_id"])
 
 
-async def test_missing_image_is_a_clear_error(infra, fake_api, tmp_path, api_for) -> None:
-    with run_gateway(infra, fake_api.base_url, tmp_path, SESSION_IMAGE="cc-docker/nope:0") as gw:
+async def test_missing_image_is_a_clear_error(infra, fake_api, s3_endpoint, tmp_path) -> None:
+    with run_gateway(
+        infra, fake_api.base_url, s3_endpoint, tmp_path, SESSION_IMAGE="cc-docker/nope:0"
+    ) as gw:
         from tests.client import Api, mint_token
 
         client = Api(gw.url, mint_token(gw.jwt_secret, "alice"))
@@ -111,14 +113,14 @@ async def test_missing_image_is_a_clear_error(infra, fake_api, tmp_path, api_for
             await client.aclose()
 
 
-async def test_gateway_restart_loses_no_result(infra, fake_api, tmp_path) -> None:
+async def test_gateway_restart_loses_no_result(infra, fake_api, s3_endpoint, tmp_path) -> None:
     """A turn that ends while the gateway is down is recorded when it comes back."""
     from tests.client import Api, mint_token
     from tests.fake_anthropic import slow_text
 
     tag = marker()
     fake_api.on(tag, slow_text(["done ", "while ", "away"], delay=1.0))
-    with run_gateway(infra, fake_api.base_url, tmp_path) as first:
+    with run_gateway(infra, fake_api.base_url, s3_endpoint, tmp_path) as first:
         client = Api(first.url, mint_token(first.jwt_secret, "alice"))
         session = await client.create(prompt=f"work {tag}")
         await client.wait_status(session["id"], "busy")
@@ -128,7 +130,12 @@ async def test_gateway_restart_loses_no_result(infra, fake_api, tmp_path) -> Non
         first.process.wait(10)  # type: ignore[union-attr]
         await asyncio.sleep(4)  # the turn ends meanwhile
         with run_gateway(
-            infra, fake_api.base_url, tmp_path, INSTANCE_NAME=instance, JWT_SECRET=secret
+            infra,
+            fake_api.base_url,
+            s3_endpoint,
+            tmp_path,
+            INSTANCE_NAME=instance,
+            JWT_SECRET=secret,
         ) as second:
             client = Api(second.url, mint_token(secret, "alice"))
             try:
@@ -156,13 +163,14 @@ async def _until_gone(docker_client, container_id: str, timeout: float = 20) -> 
 
 
 async def test_a_session_that_never_gets_ready_fails_with_start_timeout(
-    infra, fake_api, tmp_path, docker_client
+    infra, fake_api, s3_endpoint, tmp_path, docker_client
 ) -> None:
     from tests.client import Api, mint_token
 
     with run_gateway(
         infra,
         fake_api.base_url,
+        s3_endpoint,
         tmp_path,
         SESSION_REDIS_URL="redis://redis-that-does-not-exist:6379/0",
         SESSION_START_TIMEOUT="3",

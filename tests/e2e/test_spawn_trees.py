@@ -226,8 +226,10 @@ LIMITS = {
 
 
 @pytest.fixture(scope="module")
-def limited_gateway(infra, fake_api, tmp_path_factory) -> Iterator[Gateway]:
-    with run_gateway(infra, fake_api.base_url, tmp_path_factory.mktemp("limited"), **LIMITS) as gw:
+def limited_gateway(infra, fake_api, s3_endpoint, tmp_path_factory) -> Iterator[Gateway]:
+    with run_gateway(
+        infra, fake_api.base_url, s3_endpoint, tmp_path_factory.mktemp("limited"), **LIMITS
+    ) as gw:
         yield gw
 
 

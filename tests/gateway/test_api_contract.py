@@ -31,7 +31,12 @@ async def test_health_needs_no_token_and_ready_checks_dependencies(gateway) -> N
         assert health.status_code == 200 and health.json() == {"status": "ok"}
         ready = await anonymous.get("/ready")
         assert ready.status_code == 200
-        assert ready.json()["checks"] == {"database": "ok", "redis": "ok", "docker": "ok"}
+        assert ready.json()["checks"] == {
+            "database": "ok",
+            "redis": "ok",
+            "docker": "ok",
+            "storage": "ok",
+        }
 
 
 @pytest.mark.parametrize(

@@ -97,6 +97,26 @@ def upgrade() -> None:
             comment="A save at stop or failure did not succeed: the container is kept for a retry.",
         ),
     )
+    op.add_column(
+        "sessions",
+        sa.Column(
+            "workspace_name",
+            sa.String(length=100),
+            nullable=True,
+            comment="Its workspace's id as users see it (session-<id>: its own).",
+        ),
+    )
+    op.add_column(
+        "sessions",
+        sa.Column(
+            "started_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+            comment="When its current container was asked for.",
+        ),
+    )
+    op.execute("UPDATE sessions SET started_at = created_at")
     op.create_index(op.f("ix_sessions_workspace_id"), "sessions", ["workspace_id"], unique=False)
     op.create_foreign_key(
         op.f("fk_sessions_workspace_id_workspaces"),
@@ -111,6 +131,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_constraint(op.f("fk_sessions_workspace_id_workspaces"), "sessions", type_="foreignkey")
     op.drop_index(op.f("ix_sessions_workspace_id"), table_name="sessions")
+    op.drop_column("sessions", "started_at")
+    op.drop_column("sessions", "workspace_name")
     op.drop_column("sessions", "workspace_dirty")
     op.drop_column("sessions", "workspace_mode")
     op.drop_column("sessions", "workspace_id")

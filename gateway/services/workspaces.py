@@ -1,0 +1,497 @@
+"""Stored workspaces: attach one to each session, restore it into the container before the CLI
+starts, save it back (on stop, on failure, on request, periodically), keep transcripts.
+
+A save is atomic at the manifest level: changed files are staged, the new manifest is committed
+in PostgreSQL, then the store is brought in line (``promote``). Until the commit the previous
+saved state is untouched; after it, ``promote`` can be repeated until it succeeds. Every
+blocking step (tar, hashing, S3, Docker archives) runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, BinaryIO, TypeVar, cast
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.config import Settings
+from gateway.db import manifests
+from gateway.db.models import SessionRow, SessionStatus, WorkspaceKind, WorkspaceRow
+from gateway.errors import Conflict, InvalidRequest
+from gateway.events.bus import EventBus
+from gateway.runtime import PathMissing, SessionRuntime
+from gateway.store import layout
+from gateway.store.objects import ObjectMissing, ObjectStore
+from gateway.workspaces import tarstream
+from gateway.workspaces.manifest import Entry, Limits, SaveResult
+from gateway.workspaces.promote import promote
+from gateway.workspaces.streams import IteratorReader, pipe
+from wrapper.cli import transcript_path
+from wrapper.protocol import CONTAINER_HOME, WORKSPACE_DIR, GatewayEvent
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A workspace is "in use" while a session that may still write it back holds it.
+IN_USE_STATUSES = (
+    SessionStatus.STARTING,
+    SessionStatus.READY,
+    SessionStatus.BUSY,
+    SessionStatus.STOPPING,
+)
+MODE_RW, MODE_RO = "rw", "ro"
+_CONTAINER_TRANSCRIPTS = PurePosixPath(CONTAINER_HOME) / ".claude"
+
+
+class WorkspaceInUse(Conflict):
+    code = "workspace_in_use"
+
+
+@dataclass(frozen=True)
+class WorkspaceChoice:
+    """What a new session asked for: ``ephemeral`` (its own), ``persistent`` (named, shared
+    over time), or ``inherit`` (its own, starting as a copy of its parent's files)."""
+
+    type: str = "ephemeral"
+    name: str | None = None
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class SaveStats:
+    workspace: str
+    uploaded: int
+    unchanged: int
+    deleted: int
+    skipped: int
+    bytes_uploaded: int
+    files: int
+    bytes: int
+
+    @classmethod
+    def of(cls, name: str, result: SaveResult) -> SaveStats:
+        return cls(
+            workspace=name,
+            uploaded=len(result.uploaded),
+            unchanged=result.unchanged,
+            deleted=len(result.deleted),
+            skipped=len(result.skipped),
+            bytes_uploaded=result.bytes_uploaded,
+            files=result.file_count,
+            bytes=result.total_bytes,
+        )
+
+
+class WorkspaceService:
+    def __init__(
+        self,
+        settings: Settings,
+        db: async_sessionmaker[AsyncSession],
+        runtime: SessionRuntime,
+        store: ObjectStore,
+        bus: EventBus,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._runtime = runtime
+        self._store = store
+        self._bus = bus
+        self._limits = Limits(settings.workspace_max_bytes, settings.workspace_max_files)
+        self._locks: dict[uuid.UUID, asyncio.Lock] = {}
+        self._inherit: dict[uuid.UUID, str] = {}  # new session -> parent container to copy
+        self._transcripts: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._transcript_again: set[uuid.UUID] = set()
+
+    @property
+    def store(self) -> ObjectStore:
+        return self._store
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # S3, tar and hashing block: keep them off the event loop.
+        return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+
+    async def close(self) -> None:
+        tasks = list(self._transcripts.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- attaching (inside the transaction that inserts the session) -----------------------------
+
+    async def attach(
+        self,
+        db: AsyncSession,
+        session: SessionRow,
+        choice: WorkspaceChoice,
+        parent: SessionRow | None,
+    ) -> None:
+        """Give ``session`` its workspace. Runs under the owner's lock, so the in-use check
+        and the claim are atomic. Raises ``WorkspaceInUse`` or ``InvalidRequest``."""
+        if choice.type == "persistent":
+            assert choice.name is not None
+            workspace = await self._named(db, session.owner, choice.name)
+            if not choice.read_only:
+                holders = await self.holders(db, workspace.id, writers_only=True)
+                if holders:
+                    raise WorkspaceInUse(
+                        f"workspace {choice.name!r} is in use by session {holders[0]}; ask for "
+                        '"read_only": true to get a copy that is never saved back',
+                        sessions=[str(holder) for holder in holders],
+                    )
+            session.workspace_id = workspace.id
+            session.workspace_name = workspace.name
+            session.workspace_mode = MODE_RO if choice.read_only else MODE_RW
+            return
+        if choice.type == "inherit":
+            if parent is None:
+                raise InvalidRequest(
+                    'workspace "inherit" is only for spawned sessions', code="invalid_workspace"
+                )
+            if not parent.container_id:
+                raise Conflict(
+                    f"parent session {parent.id} has no container to copy files from yet",
+                    code="parent_not_ready",
+                )
+            self._inherit[session.id] = parent.container_id
+        workspace = WorkspaceRow(
+            id=uuid.uuid4(),
+            owner=session.owner,
+            name=f"session-{session.id}",
+            kind=WorkspaceKind.EPHEMERAL,
+            session_id=session.id,
+        )
+        db.add(workspace)
+        await db.flush()
+        session.workspace_id = workspace.id
+        session.workspace_name = workspace.name
+        session.workspace_mode = MODE_RW
+
+    async def _named(self, db: AsyncSession, owner: str, name: str) -> WorkspaceRow:
+        existing = await db.scalar(
+            select(WorkspaceRow).where(WorkspaceRow.owner == owner, WorkspaceRow.name == name)
+        )
+        if existing is not None:
+            if existing.kind != WorkspaceKind.PERSISTENT:
+                raise InvalidRequest(
+                    f"{name!r} is a session's own workspace", code="invalid_workspace"
+                )
+            return existing
+        workspace = WorkspaceRow(
+            id=uuid.uuid4(), owner=owner, name=name, kind=WorkspaceKind.PERSISTENT
+        )
+        db.add(workspace)
+        await db.flush()
+        return workspace
+
+    @staticmethod
+    async def holders(
+        db: AsyncSession, workspace_id: uuid.UUID, *, writers_only: bool = False
+    ) -> list[uuid.UUID]:
+        """Sessions that hold the workspace now (running or stopping)."""
+        statement = select(SessionRow.id).where(
+            SessionRow.workspace_id == workspace_id, SessionRow.status.in_(IN_USE_STATUSES)
+        )
+        if writers_only:
+            statement = statement.where(SessionRow.workspace_mode == MODE_RW)
+        return list((await db.scalars(statement.order_by(SessionRow.created_at))).all())
+
+    # -- restoring (a ContainerPreparer: between create and start) -------------------------------
+
+    async def prepare(self, session: SessionRow, container_id: str) -> None:
+        """Copy the session's files (and its transcript, when resuming) into its created
+        container, so the CLI's first turn sees them."""
+        parent_container = self._inherit.pop(session.id, None)
+        if parent_container is not None:
+            await self._copy_between(parent_container, container_id)
+        elif session.workspace_id is not None:
+            async with self._db() as db:
+                manifest = await manifests.load(db, session.workspace_id)
+                workspace = await db.get(WorkspaceRow, session.workspace_id)
+            if manifest and workspace is not None:
+                manifest = await self._finish_promotion(workspace, manifest)
+                await self._write_into(container_id, "/", manifest, prefix="workspace/")
+        await self._restore_transcript(session, container_id)
+
+    async def _copy_between(self, source_container: str, target_container: str) -> None:
+        archive = await self._runtime.get_archive(source_container, WORKSPACE_DIR)
+        with archive:
+            await self._runtime.put_archive(
+                target_container, "/", cast(BinaryIO, IteratorReader(archive.chunks))
+            )
+
+    def open_entry(self, entry: Entry) -> contextlib.AbstractContextManager[Any]:
+        if entry.object_key is None:
+            raise ObjectMissing(f"{entry.path} has no stored object")
+        return self._store.open(entry.object_key)
+
+    async def _write_into(
+        self, container_id: str, path: str, entries: Mapping[str, Entry], prefix: str
+    ) -> None:
+        """Stream a tar of ``entries`` from the store into the container: a producer thread
+        writes the tar into a bounded pipe, the engine reads the other end."""
+        reader, writer = pipe()
+
+        def produce() -> None:
+            with writer:
+                tarstream.write_tar(entries, self.open_entry, writer, prefix=prefix)
+
+        producer = asyncio.create_task(self._blocking(produce))
+        try:
+            await self._runtime.put_archive(container_id, path, cast(BinaryIO, reader))
+        finally:
+            reader.close()
+            await producer
+
+    # -- saving ----------------------------------------------------------------------------------
+
+    async def save(self, session: SessionRow, reason: str) -> SaveStats | None:
+        """Save the session's workspace from its container (running or stopped). ``None`` when
+        it has nothing to save (no container, a read-only copy). Raises ``WorkspaceTooLarge``,
+        ``StoreError``, ``RuntimeFailure``; the previous saved state is then intact."""
+        if session.workspace_id is None or session.workspace_mode != MODE_RW:
+            return None
+        if not session.container_id:
+            return None
+        async with self._lock(session.workspace_id):
+            async with self._db() as db:
+                workspace = await db.get(WorkspaceRow, session.workspace_id)
+                previous = await manifests.load(db, session.workspace_id)
+            if workspace is None:
+                return None
+            previous = await self._finish_promotion(workspace, previous)
+            staging = layout.staging_prefix(workspace.owner, workspace.name, uuid.uuid4().hex)
+            try:
+                archive = await self._runtime.get_archive(session.container_id, WORKSPACE_DIR)
+            except PathMissing:
+                return None
+            with archive:
+                result = await self._blocking(
+                    tarstream.stage_from_container,
+                    archive.chunks,
+                    previous,
+                    self._store,
+                    staging,
+                    self._limits,
+                )
+            await self._commit(workspace, result.entries, previous, counted=True)
+            await self._promote(workspace, result, previous)
+        stats = SaveStats.of(workspace.name, result)
+        log.info(
+            "saved workspace %s of session %s (%s): %s", workspace.name, session.id, reason, stats
+        )
+        await self._bus.publish(
+            str(session.id), GatewayEvent.WORKSPACE_SAVED, reason=reason, **vars(stats)
+        )
+        return stats
+
+    async def commit_staged(
+        self, workspace: WorkspaceRow, result: SaveResult, previous: Mapping[str, Entry]
+    ) -> None:
+        """Commit a manifest staged elsewhere (an upload, a deletion) over ``previous``, then
+        promote. The caller holds ``lock(workspace.id)``."""
+        await self._commit(workspace, result.entries, previous, counted=True)
+        await self._promote(workspace, result, previous)
+
+    def lock(self, workspace_id: uuid.UUID) -> asyncio.Lock:
+        return self._lock(workspace_id)
+
+    def _lock(self, workspace_id: uuid.UUID) -> asyncio.Lock:
+        return self._locks.setdefault(workspace_id, asyncio.Lock())
+
+    async def _commit(
+        self,
+        workspace: WorkspaceRow,
+        entries: Mapping[str, Entry],
+        previous: Mapping[str, Entry],
+        *,
+        counted: bool,
+    ) -> None:
+        async with self._db() as db, db.begin():
+            await manifests.write_changes(db, workspace.id, entries, previous)
+            values: dict[str, Any] = {
+                "size_bytes": sum(e.size for e in entries.values() if e.kind == "file"),
+                "file_count": len(entries),
+                "updated_at": func.now(),
+            }
+            if counted:
+                values.update(last_saved_at=func.now(), save_count=WorkspaceRow.save_count + 1)
+            await db.execute(
+                update(WorkspaceRow).where(WorkspaceRow.id == workspace.id).values(**values)
+            )
+
+    async def _promote(
+        self, workspace: WorkspaceRow, result: SaveResult, previous: Mapping[str, Entry]
+    ) -> None:
+        final_key = functools.partial(layout.file_key, workspace.owner, workspace.name)
+        promoted = await self._blocking(promote, self._store, result, previous, final_key)
+        async with self._db() as db, db.begin():
+            await manifests.write_changes(db, workspace.id, promoted, result.entries)
+
+    async def _finish_promotion(
+        self, workspace: WorkspaceRow, manifest: dict[str, Entry]
+    ) -> dict[str, Entry]:
+        """A committed manifest may still point at staging keys (a save stopped between commit
+        and promote): bring the store in line first."""
+        staging_root = layout.staging_root(workspace.owner, workspace.name)
+        if not any((e.object_key or "").startswith(staging_root) for e in manifest.values()):
+            return manifest
+        final_key = functools.partial(layout.file_key, workspace.owner, workspace.name)
+        promoted = await self._blocking(
+            promote,
+            self._store,
+            manifest,
+            None,
+            final_key,
+            sweep_prefix=layout.workspace_prefix(workspace.owner, workspace.name),
+        )
+        async with self._db() as db, db.begin():
+            await manifests.write_changes(db, workspace.id, promoted, manifest)
+        return promoted
+
+    # -- transcripts -----------------------------------------------------------------------------
+
+    def _transcript_in_container(self, session: SessionRow) -> PurePosixPath:
+        path = transcript_path(
+            _CONTAINER_TRANSCRIPTS, PurePosixPath(WORKSPACE_DIR), str(session.claude_session_id)
+        )
+        return PurePosixPath(str(path))
+
+    def _transcript_key(self, session: SessionRow) -> str:
+        return layout.transcript_key(session.owner, str(session.id), str(session.claude_session_id))
+
+    def schedule_transcript_save(self, session: SessionRow) -> None:
+        """Save the conversation after a turn, in the background; saves of one session never
+        overlap, and a request during a save runs once more after it."""
+        running = self._transcripts.get(session.id)
+        if running is not None and not running.done():
+            self._transcript_again.add(session.id)
+            return
+
+        async def loop() -> None:
+            while True:
+                self._transcript_again.discard(session.id)
+                try:
+                    await self.save_transcript(session)
+                except Exception as exc:
+                    log.warning("could not save the transcript of %s: %s", session.id, exc)
+                if session.id not in self._transcript_again:
+                    return
+
+        task = asyncio.create_task(loop(), name=f"transcript-{session.id}")
+        self._transcripts[session.id] = task
+        task.add_done_callback(lambda _: self._transcripts.pop(session.id, None))
+
+    async def save_transcript(self, session: SessionRow) -> bool:
+        """Copy the CLI's transcript out of the container into the store. ``False`` when the
+        container has none yet."""
+        if not session.container_id:
+            return False
+        try:
+            archive = await self._runtime.get_archive(
+                session.container_id, str(self._transcript_in_container(session))
+            )
+        except PathMissing:
+            return False
+        key = self._transcript_key(session)
+
+        def copy() -> None:
+            with tarstream.extract_single(archive.chunks) as (member, data):
+                self._store.put_stream(key, data, member.size)
+
+        with archive:
+            await self._blocking(copy)
+        return True
+
+    async def _restore_transcript(self, session: SessionRow, container_id: str) -> None:
+        key = self._transcript_key(session)
+        try:
+            info = await self._blocking(self._store.stat, key)
+        except ObjectMissing:
+            return
+        path = self._transcript_in_container(session).relative_to(CONTAINER_HOME)
+        entries = {
+            str(parent): Entry(str(parent), "dir", mode=0o700)
+            for parent in path.parents
+            if str(parent) != "."
+        }
+        entries[str(path)] = Entry(str(path), "file", size=info.size, mode=0o600, object_key=key)
+        await self._write_into(container_id, "/", entries, prefix=CONTAINER_HOME.strip("/") + "/")
+
+    # -- ending ----------------------------------------------------------------------------------
+
+    async def forget_session(self, session_id: uuid.UUID, owner: str) -> None:
+        """A deleted session: its own workspace and its transcripts go too."""
+        async with self._db() as db, db.begin():
+            own = (
+                await db.scalars(
+                    select(WorkspaceRow).where(
+                        WorkspaceRow.session_id == session_id,
+                        WorkspaceRow.kind == WorkspaceKind.EPHEMERAL,
+                    )
+                )
+            ).all()
+            for workspace in own:
+                await db.delete(workspace)
+        for workspace in own:
+            await self._blocking(
+                self._store.delete_prefix, layout.workspace_prefix(owner, workspace.name) + "/"
+            )
+            await self._blocking(
+                self._store.delete_prefix, layout.staging_root(owner, workspace.name) + "/"
+            )
+        await self._blocking(
+            self._store.delete_prefix,
+            layout.join(layout.sessions_prefix(owner), str(session_id)) + "/",
+        )
+
+    async def delete_workspace(self, workspace: WorkspaceRow) -> None:
+        """Remove a workspace's rows and objects; the caller checked it is not in use."""
+        async with self._lock(workspace.id), self._db() as db, db.begin():
+            await db.execute(delete(WorkspaceRow).where(WorkspaceRow.id == workspace.id))
+        for prefix in (
+            layout.workspace_prefix(workspace.owner, workspace.name),
+            layout.staging_root(workspace.owner, workspace.name),
+        ):
+            await self._blocking(self._store.delete_prefix, prefix + "/")
+
+    # -- periodic snapshots ----------------------------------------------------------------------
+
+    async def run_snapshots(self) -> None:
+        """Every ``WORKSPACE_SNAPSHOT_INTERVAL`` seconds, save each running session's writable
+        workspace (so a dead container loses at most one interval)."""
+        interval = self._settings.workspace_snapshot_interval
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            async with self._db() as db:
+                running = (
+                    await db.scalars(
+                        select(SessionRow).where(
+                            SessionRow.instance == self._settings.instance_name,
+                            SessionRow.status.in_([SessionStatus.READY, SessionStatus.BUSY]),
+                            SessionRow.workspace_mode == MODE_RW,
+                            SessionRow.container_id.is_not(None),
+                        )
+                    )
+                ).all()
+            for session in running:
+                try:
+                    await self.save(session, "periodic")
+                except Exception as exc:  # one bad session must not stop the others' saves
+                    log.warning("periodic save of %s failed: %s", session.id, exc)
+                    await self._bus.publish(
+                        str(session.id),
+                        GatewayEvent.WORKSPACE_SAVE_FAILED,
+                        reason="periodic",
+                        error=str(exc)[:500],
+                    )
