@@ -74,7 +74,8 @@ class Recorder:
                     session_id, turn_id, event.payload, event.id, event.turn_cost
                 )
                 if self._workspaces is not None:  # the conversation grew: keep it portable
-                    self._workspaces.schedule_transcript_save(await self._sessions.get(session_id))
+                    session = await self._sessions.get(session_id)
+                    self._workspaces.transcripts.schedule_save(session)
             return
         if event.type == GatewayEvent.CLI_READY:
             await self._sessions.mark_ready(session_id, event.id)

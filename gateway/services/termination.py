@@ -247,7 +247,7 @@ class Terminator:
                 await self._report_unsaved(row, reason, exc, kept=True)
                 return False
             try:
-                await self._workspaces.save_transcript(row)
+                await self._workspaces.transcripts.save(row)
             except Exception as exc:  # costs only the ability to resume
                 log.warning("could not save the transcript of %s: %s", row.id, exc)
         with contextlib.suppress(RuntimeFailure):

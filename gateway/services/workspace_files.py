@@ -8,9 +8,12 @@ workspace back holds it (its next save would silently undo them).
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
+import tarfile
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from typing import IO, cast
@@ -22,7 +25,7 @@ from starlette.concurrency import iterate_in_threadpool
 from gateway.config import Settings
 from gateway.db import manifests
 from gateway.db.models import WorkspaceKind, WorkspaceRow
-from gateway.errors import Conflict, NotFound
+from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.services.workspaces import WorkspaceInUse, WorkspaceService
 from gateway.store import layout
 from gateway.workspaces import paths, tarstream
@@ -281,6 +284,10 @@ class StoredFiles:
             await asyncio.to_thread(writer.close)
             try:
                 result = await stage
+            except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError) as exc:
+                raise InvalidRequest(
+                    f"the body is not a valid tar.gz archive: {exc}", code="invalid_archive"
+                ) from None
             finally:
                 reader.close()
             result.deleted = sorted(set(previous) - set(result.entries))

@@ -16,7 +16,6 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any, BinaryIO, TypeVar, cast
 
 from sqlalchemy import delete, func, select, update
@@ -28,14 +27,15 @@ from gateway.db.models import SessionRow, SessionStatus, WorkspaceKind, Workspac
 from gateway.errors import Conflict, InvalidRequest
 from gateway.events.bus import EventBus
 from gateway.runtime import PathMissing, SessionRuntime
+from gateway.services.container_files import open_entry, write_entries
+from gateway.services.transcripts import TranscriptKeeper
 from gateway.store import layout
-from gateway.store.objects import ObjectMissing, ObjectStore
+from gateway.store.objects import ObjectStore
 from gateway.workspaces import tarstream
 from gateway.workspaces.manifest import Entry, Limits, SaveResult
 from gateway.workspaces.promote import promote
-from gateway.workspaces.streams import IteratorReader, pipe
-from wrapper.cli import transcript_path
-from wrapper.protocol import CONTAINER_HOME, WORKSPACE_DIR, GatewayEvent
+from gateway.workspaces.streams import IteratorReader
+from wrapper.protocol import WORKSPACE_DIR, GatewayEvent
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ IN_USE_STATUSES = (
     SessionStatus.STOPPING,
 )
 MODE_RW, MODE_RO = "rw", "ro"
-_CONTAINER_TRANSCRIPTS = PurePosixPath(CONTAINER_HOME) / ".claude"
 
 
 class WorkspaceInUse(Conflict):
@@ -108,8 +107,7 @@ class WorkspaceService:
         self._limits = Limits(settings.workspace_max_bytes, settings.workspace_max_files)
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._inherit: dict[uuid.UUID, str] = {}  # new session -> parent container to copy
-        self._transcripts: dict[uuid.UUID, asyncio.Task[None]] = {}
-        self._transcript_again: set[uuid.UUID] = set()
+        self._transcripts = TranscriptKeeper(runtime, store)
 
     @property
     def store(self) -> ObjectStore:
@@ -119,11 +117,12 @@ class WorkspaceService:
         # S3, tar and hashing block: keep them off the event loop.
         return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
 
+    @property
+    def transcripts(self) -> TranscriptKeeper:
+        return self._transcripts
+
     async def close(self) -> None:
-        tasks = list(self._transcripts.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._transcripts.close()
 
     # -- attaching (inside the transaction that inserts the session) -----------------------------
 
@@ -218,8 +217,10 @@ class WorkspaceService:
                 workspace = await db.get(WorkspaceRow, session.workspace_id)
             if manifest and workspace is not None:
                 manifest = await self._finish_promotion(workspace, manifest)
-                await self._write_into(container_id, "/", manifest, prefix="workspace/")
-        await self._restore_transcript(session, container_id)
+                await write_entries(
+                    self._runtime, self._store, container_id, manifest, prefix="workspace/"
+                )
+        await self._transcripts.restore(session, container_id)
 
     async def _copy_between(self, source_container: str, target_container: str) -> None:
         archive = await self._runtime.get_archive(source_container, WORKSPACE_DIR)
@@ -229,27 +230,7 @@ class WorkspaceService:
             )
 
     def open_entry(self, entry: Entry) -> contextlib.AbstractContextManager[Any]:
-        if entry.object_key is None:
-            raise ObjectMissing(f"{entry.path} has no stored object")
-        return self._store.open(entry.object_key)
-
-    async def _write_into(
-        self, container_id: str, path: str, entries: Mapping[str, Entry], prefix: str
-    ) -> None:
-        """Stream a tar of ``entries`` from the store into the container: a producer thread
-        writes the tar into a bounded pipe, the engine reads the other end."""
-        reader, writer = pipe()
-
-        def produce() -> None:
-            with writer:
-                tarstream.write_tar(entries, self.open_entry, writer, prefix=prefix)
-
-        producer = asyncio.create_task(self._blocking(produce))
-        try:
-            await self._runtime.put_archive(container_id, path, cast(BinaryIO, reader))
-        finally:
-            reader.close()
-            await producer
+        return open_entry(self._store, entry)
 
     # -- saving ----------------------------------------------------------------------------------
 
@@ -356,75 +337,6 @@ class WorkspaceService:
         async with self._db() as db, db.begin():
             await manifests.write_changes(db, workspace.id, promoted, manifest)
         return promoted
-
-    # -- transcripts -----------------------------------------------------------------------------
-
-    def _transcript_in_container(self, session: SessionRow) -> PurePosixPath:
-        path = transcript_path(
-            _CONTAINER_TRANSCRIPTS, PurePosixPath(WORKSPACE_DIR), str(session.claude_session_id)
-        )
-        return PurePosixPath(str(path))
-
-    def _transcript_key(self, session: SessionRow) -> str:
-        return layout.transcript_key(session.owner, str(session.id), str(session.claude_session_id))
-
-    def schedule_transcript_save(self, session: SessionRow) -> None:
-        """Save the conversation after a turn, in the background; saves of one session never
-        overlap, and a request during a save runs once more after it."""
-        running = self._transcripts.get(session.id)
-        if running is not None and not running.done():
-            self._transcript_again.add(session.id)
-            return
-
-        async def loop() -> None:
-            while True:
-                self._transcript_again.discard(session.id)
-                try:
-                    await self.save_transcript(session)
-                except Exception as exc:
-                    log.warning("could not save the transcript of %s: %s", session.id, exc)
-                if session.id not in self._transcript_again:
-                    return
-
-        task = asyncio.create_task(loop(), name=f"transcript-{session.id}")
-        self._transcripts[session.id] = task
-        task.add_done_callback(lambda _: self._transcripts.pop(session.id, None))
-
-    async def save_transcript(self, session: SessionRow) -> bool:
-        """Copy the CLI's transcript out of the container into the store. ``False`` when the
-        container has none yet."""
-        if not session.container_id:
-            return False
-        try:
-            archive = await self._runtime.get_archive(
-                session.container_id, str(self._transcript_in_container(session))
-            )
-        except PathMissing:
-            return False
-        key = self._transcript_key(session)
-
-        def copy() -> None:
-            with tarstream.extract_single(archive.chunks) as (member, data):
-                self._store.put_stream(key, data, member.size)
-
-        with archive:
-            await self._blocking(copy)
-        return True
-
-    async def _restore_transcript(self, session: SessionRow, container_id: str) -> None:
-        key = self._transcript_key(session)
-        try:
-            info = await self._blocking(self._store.stat, key)
-        except ObjectMissing:
-            return
-        path = self._transcript_in_container(session).relative_to(CONTAINER_HOME)
-        entries = {
-            str(parent): Entry(str(parent), "dir", mode=0o700)
-            for parent in path.parents
-            if str(parent) != "."
-        }
-        entries[str(path)] = Entry(str(path), "file", size=info.size, mode=0o600, object_key=key)
-        await self._write_into(container_id, "/", entries, prefix=CONTAINER_HOME.strip("/") + "/")
 
     # -- ending ----------------------------------------------------------------------------------
 

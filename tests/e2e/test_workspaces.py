@@ -446,3 +446,15 @@ async def test_a_storage_outage_at_stop_keeps_the_container_until_saved(
                 docker_client.containers.get(session["container_id"])
         finally:
             await alice.aclose()
+
+
+@pytest.mark.parametrize("body", [b"", b"not a tarball at all", b"\x1f\x8b\x08\x00garbage"])
+async def test_a_corrupt_archive_is_refused_and_changes_nothing(api_for, body) -> None:
+    alice = api_for(f"ws-{marker()}")
+    base = f"/api/v1/workspaces/bad-{uuid.uuid4().hex[:6]}"
+    assert (await alice.http.put(f"{base}/files/keep.txt", content=b"safe")).status_code == 201
+    response = await alice.http.post(f"{base}/archive", content=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_archive"
+    files = [f["path"] for f in (await alice.http.get(f"{base}/files")).json()["files"]]
+    assert files == ["keep.txt"]
