@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -53,6 +54,11 @@ class Settings(BaseSettings):
     # -- auth ----------------------------------------------------------------------------------
     jwt_secret: SecretStr = Field(
         default=SecretStr(""), description="Key that signs user tokens. Required."
+    )
+    jwt_secret_file: Path | None = Field(
+        default=None,
+        description="File holding JWT_SECRET, read when JWT_SECRET is not set (the compose "
+        "stack generates one on first start).",
     )
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = Field(
         default="HS256", description="The only algorithm accepted for user tokens."
@@ -190,6 +196,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _require_secret(self) -> Settings:
+        if not self.jwt_secret.get_secret_value() and self.jwt_secret_file is not None:
+            try:
+                self.jwt_secret = SecretStr(self.jwt_secret_file.read_text().strip())
+            except OSError as exc:
+                raise ValueError(f"JWT_SECRET_FILE {self.jwt_secret_file}: {exc}") from None
         if len(self.jwt_secret.get_secret_value()) < 32:
             raise ValueError(
                 "JWT_SECRET must be set to at least 32 characters "

@@ -18,16 +18,7 @@ main() {
     cd "$REPO_ROOT"
     require_docker
 
-    if [[ -n ${EXTRA_CA_CERTS:-} ]]; then
-        [[ -f $EXTRA_CA_CERTS && -r $EXTRA_CA_CERTS ]] \
-            || die "EXTRA_CA_CERTS=$EXTRA_CA_CERTS is not a readable file"
-        grep -q -- '-----BEGIN CERTIFICATE-----' "$EXTRA_CA_CERTS" \
-            || die "EXTRA_CA_CERTS=$EXTRA_CA_CERTS holds no PEM certificate"
-        # The name must end in .crt or update-ca-certificates ignores it. cp keeps the
-        # build cache valid when the content is unchanged (the cache keys on content).
-        cp "$EXTRA_CA_CERTS" container/ca-certificates/extra-ca.crt
-        log "added $EXTRA_CA_CERTS as container/ca-certificates/extra-ca.crt"
-    fi
+    install_extra_ca_certs
 
     local build_args=()
     if [[ -n ${CLAUDE_CODE_VERSION:-} ]]; then

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Build the stand-in infrastructure images the tests use where no registry is reachable:
-# PostgreSQL 15 and Redis 7 from Debian's packages, with the official images' environment
-# contract (see tests/standins/*/Dockerfile). Idempotent; a cached rebuild takes seconds.
+# PostgreSQL 15 and Redis 7 from Debian's packages, and MinIO's contract over moto's S3 server
+# from PyPI, with the official images' environment and command contract (see
+# tests/standins/*/Dockerfile). Idempotent; a cached rebuild takes seconds.
 #
 # Environment:
 #   STANDIN_POSTGRES_IMAGE  tag for the PostgreSQL stand-in (default cc-docker/standin-postgres:15)
 #   STANDIN_REDIS_IMAGE     tag for the Redis stand-in (default cc-docker/standin-redis:7)
+#   STANDIN_S3_IMAGE        tag for the MinIO stand-in (default cc-docker/standin-minio:latest)
+#   EXTRA_CA_CERTS          a PEM file or bundle of CA certificates for the MinIO stand-in's
+#                           pip install; copied to tests/standins/s3/ca-certificates/extra-ca.crt
+#                           (gitignored)
 # Extra arguments are passed to each `docker build` (e.g. --no-cache).
 set -euo pipefail
 
@@ -14,6 +19,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 STANDIN_POSTGRES_IMAGE="${STANDIN_POSTGRES_IMAGE:-cc-docker/standin-postgres:15}"
 STANDIN_REDIS_IMAGE="${STANDIN_REDIS_IMAGE:-cc-docker/standin-redis:7}"
+STANDIN_S3_IMAGE="${STANDIN_S3_IMAGE:-cc-docker/standin-minio:latest}"
+S3_CONTEXT="$REPO_ROOT/tests/standins/s3"
 
 build_one() {
     local image=$1 context=$2
@@ -25,14 +32,42 @@ build_one() {
     log "built $image $(docker image inspect -f '{{.Id}}' "$image") in $((SECONDS - start)) s"
 }
 
+# The MinIO stand-in pip-installs from PyPI, which fails certificate checks behind a proxy that
+# re-signs TLS unless its CA is trusted in the build (as in scripts/build-container.sh).
+add_extra_ca_certs() {
+    [[ -n ${EXTRA_CA_CERTS:-} ]] || return 0
+    [[ -f $EXTRA_CA_CERTS && -r $EXTRA_CA_CERTS ]] \
+        || die "EXTRA_CA_CERTS=$EXTRA_CA_CERTS is not a readable file"
+    grep -q -- '-----BEGIN CERTIFICATE-----' "$EXTRA_CA_CERTS" \
+        || die "EXTRA_CA_CERTS=$EXTRA_CA_CERTS holds no PEM certificate"
+    # The name must end in .crt or update-ca-certificates ignores it. cp keeps the build
+    # cache valid when the content is unchanged (the cache keys on content).
+    cp "$EXTRA_CA_CERTS" "$S3_CONTEXT/ca-certificates/extra-ca.crt"
+    log "added $EXTRA_CA_CERTS as tests/standins/s3/ca-certificates/extra-ca.crt"
+}
+
+# The moto version the project pins (pyproject.toml), so that the image serves what the tests
+# use on the host; empty if not found (the Dockerfile's default applies).
+pinned_moto_version() {
+    sed -n 's/^[[:space:]]*"moto\[server\]==\([^"]*\)".*/\1/p' "$REPO_ROOT/pyproject.toml" \
+        | head -n 1
+}
+
 main() {
     require_docker
-    # Both Dockerfiles start FROM debian:bookworm-slim, which may need making first.
+    add_extra_ca_certs
+    # The Dockerfiles start FROM debian:bookworm-slim, which may need making first.
     "$REPO_ROOT/scripts/make-base-image.sh"
     choose_builder
 
     build_one "$STANDIN_POSTGRES_IMAGE" "$REPO_ROOT/tests/standins/postgres" "$@"
     build_one "$STANDIN_REDIS_IMAGE" "$REPO_ROOT/tests/standins/redis" "$@"
+    local moto_version moto_args=()
+    moto_version=$(pinned_moto_version)
+    if [[ -n $moto_version ]]; then
+        moto_args=(--build-arg "MOTO_VERSION=$moto_version")
+    fi
+    build_one "$STANDIN_S3_IMAGE" "$S3_CONTEXT" "${moto_args[@]}" "$@"
 }
 
 main "$@"

@@ -46,3 +46,19 @@ docker_build() {
         docker build "$@"
     fi
 }
+
+# Copy EXTRA_CA_CERTS (a PEM file or bundle) to container/ca-certificates/extra-ca.crt, which
+# the session and gateway images trust (see container/ca-certificates/README.md).
+install_extra_ca_certs() {
+    if [[ -z ${EXTRA_CA_CERTS:-} ]]; then
+        return
+    fi
+    [[ -f $EXTRA_CA_CERTS && -r $EXTRA_CA_CERTS ]] \
+        || die "EXTRA_CA_CERTS=$EXTRA_CA_CERTS is not a readable file"
+    grep -q -- '-----BEGIN CERTIFICATE-----' "$EXTRA_CA_CERTS" \
+        || die "EXTRA_CA_CERTS=$EXTRA_CA_CERTS holds no PEM certificate"
+    # The name must end in .crt or update-ca-certificates ignores it. cp keeps the build
+    # cache valid when the content is unchanged (the cache keys on content).
+    cp "$EXTRA_CA_CERTS" "$REPO_ROOT/container/ca-certificates/extra-ca.crt"
+    log "added $EXTRA_CA_CERTS as container/ca-certificates/extra-ca.crt"
+}

@@ -71,7 +71,7 @@ class Infra:
         return str(self.network.name)
 
 
-def sweep_stale_runs(client: docker.DockerClient, max_age: float = 2 * 3600) -> None:
+def sweep_stale_runs(client: docker.DockerClient, max_age: float = 3600) -> None:
     """Remove what killed test runs left behind (Ryuk, which would, cannot run here). Only
     things older than ``max_age``, so a concurrent run on the same engine is left alone."""
     cutoff = time.time() - max_age
