@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
@@ -20,6 +19,7 @@ from gateway.errors import install_error_handlers
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
 from gateway.runtime.docker import DockerRuntime
+from gateway.services.background import TaskSet
 from gateway.services.reconciler import Reconciler
 from gateway.services.recorder import Recorder
 from gateway.services.session_files import LiveFiles
@@ -96,14 +96,13 @@ def create_app(settings: Settings) -> FastAPI:
                 files=StoredFiles(settings, db, workspaces),
                 live_files=LiveFiles(runtime, settings.workspace_max_bytes),
             )
-            tasks = [
-                _background(hub.run(), "event-hub"),
-                _background(recorder.run(), "recorder"),
-                _background(reconciler.watch_exits(), "container-exits"),
-                _background(reconciler.run(), "reconciler"),
-                _background(workspaces.run_snapshots(), "workspace-snapshots"),
-            ]
-            stack.push_async_callback(_cancel, tasks)
+            tasks = TaskSet()  # the loops that run for the gateway's whole life
+            stack.push_async_callback(tasks.close)
+            tasks.spawn(hub.run(), "event-hub")
+            tasks.spawn(recorder.run(), "recorder")
+            tasks.spawn(reconciler.watch_exits(), "container-exits")
+            tasks.spawn(reconciler.run(), "reconciler")
+            tasks.spawn(workspaces.run_snapshots(), "workspace-snapshots")
             log.info("gateway %s ready (instance %s)", __version__, settings.instance_name)
             yield
 
@@ -125,20 +124,3 @@ async def _ensure_bucket(store: ObjectStore, bucket: str) -> None:
         await asyncio.to_thread(store.ensure_bucket)
     except StoreError as exc:
         log.warning("could not check or create bucket %s: %s", bucket, exc)
-
-
-def _background(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-    task = asyncio.create_task(coro, name=name)
-
-    def report(done: asyncio.Task[None]) -> None:
-        if not done.cancelled() and done.exception() is not None:
-            log.error("background task %s died", name, exc_info=done.exception())
-
-    task.add_done_callback(report)
-    return task
-
-
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)

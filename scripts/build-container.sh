@@ -18,7 +18,7 @@ main() {
     cd "$REPO_ROOT"
     require_docker
 
-    install_extra_ca_certs
+    install_extra_ca_certs "$REPO_ROOT/container/ca-certificates"
 
     local build_args=()
     if [[ -n ${CLAUDE_CODE_VERSION:-} ]]; then

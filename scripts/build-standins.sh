@@ -32,20 +32,6 @@ build_one() {
     log "built $image $(docker image inspect -f '{{.Id}}' "$image") in $((SECONDS - start)) s"
 }
 
-# The MinIO stand-in pip-installs from PyPI, which fails certificate checks behind a proxy that
-# re-signs TLS unless its CA is trusted in the build (as in scripts/build-container.sh).
-add_extra_ca_certs() {
-    [[ -n ${EXTRA_CA_CERTS:-} ]] || return 0
-    [[ -f $EXTRA_CA_CERTS && -r $EXTRA_CA_CERTS ]] \
-        || die "EXTRA_CA_CERTS=$EXTRA_CA_CERTS is not a readable file"
-    grep -q -- '-----BEGIN CERTIFICATE-----' "$EXTRA_CA_CERTS" \
-        || die "EXTRA_CA_CERTS=$EXTRA_CA_CERTS holds no PEM certificate"
-    # The name must end in .crt or update-ca-certificates ignores it. cp keeps the build
-    # cache valid when the content is unchanged (the cache keys on content).
-    cp "$EXTRA_CA_CERTS" "$S3_CONTEXT/ca-certificates/extra-ca.crt"
-    log "added $EXTRA_CA_CERTS as tests/standins/s3/ca-certificates/extra-ca.crt"
-}
-
 # The moto version the project pins (pyproject.toml), so that the image serves what the tests
 # use on the host; empty if not found (the Dockerfile's default applies).
 pinned_moto_version() {
@@ -55,7 +41,8 @@ pinned_moto_version() {
 
 main() {
     require_docker
-    add_extra_ca_certs
+    # The MinIO stand-in pip-installs from PyPI: behind a TLS-re-signing proxy it needs the CA.
+    install_extra_ca_certs "$S3_CONTEXT/ca-certificates"
     # The Dockerfiles start FROM debian:bookworm-slim, which may need making first.
     "$REPO_ROOT/scripts/make-base-image.sh"
     choose_builder

@@ -47,9 +47,10 @@ docker_build() {
     fi
 }
 
-# Copy EXTRA_CA_CERTS (a PEM file or bundle) to container/ca-certificates/extra-ca.crt, which
-# the session and gateway images trust (see container/ca-certificates/README.md).
+# Copy EXTRA_CA_CERTS (a PEM file or bundle) to DIR/extra-ca.crt: the images trust the .crt files
+# of their build context (container/ca-certificates/README.md).
 install_extra_ca_certs() {
+    local target=$1
     if [[ -z ${EXTRA_CA_CERTS:-} ]]; then
         return
     fi
@@ -59,6 +60,6 @@ install_extra_ca_certs() {
         || die "EXTRA_CA_CERTS=$EXTRA_CA_CERTS holds no PEM certificate"
     # The name must end in .crt or update-ca-certificates ignores it. cp keeps the build
     # cache valid when the content is unchanged (the cache keys on content).
-    cp "$EXTRA_CA_CERTS" "$REPO_ROOT/container/ca-certificates/extra-ca.crt"
-    log "added $EXTRA_CA_CERTS as container/ca-certificates/extra-ca.crt"
+    cp "$EXTRA_CA_CERTS" "$target/extra-ca.crt"
+    log "added $EXTRA_CA_CERTS as ${target#"$REPO_ROOT"/}/extra-ca.crt"
 }

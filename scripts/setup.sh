@@ -64,7 +64,7 @@ wait_ready() {
 up() {
     require_docker
     "$REPO_ROOT/scripts/make-base-image.sh"
-    install_extra_ca_certs
+    install_extra_ca_certs "$REPO_ROOT/container/ca-certificates"
     choose_builder
     NEED_STANDINS=0
     pick_image POSTGRES_IMAGE postgres:15 "${STANDIN_POSTGRES_IMAGE:-cc-docker/standin-postgres:15}"

@@ -10,6 +10,21 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# Some tests run the real CLI on the host: use exactly the binary the session image carries.
+copy_claude_cli() {
+    local image="${SESSION_IMAGE:-cc-docker/session:latest}" stamp=.venv/.claude-image-id
+    local image_id container
+    image_id=$(docker image inspect -f '{{.Id}}' "$image")
+    if [[ ! -x .venv/bin/claude || $(cat "$stamp" 2>/dev/null) != "$image_id" ]]; then
+        container=$(docker create "$image")
+        docker cp "$container:/usr/local/bin/claude" .venv/bin/claude
+        docker rm "$container" >/dev/null
+        printf '%s\n' "$image_id" >"$stamp"
+        log "copied the Claude Code CLI out of $image into .venv/bin/claude"
+    fi
+    export CLAUDE_BIN="$REPO_ROOT/.venv/bin/claude"
+}
+
 main() {
     cd "$REPO_ROOT"
     require_docker
@@ -23,6 +38,7 @@ main() {
 
     "$REPO_ROOT/scripts/build-container.sh"
     "$REPO_ROOT/scripts/build-standins.sh"
+    copy_claude_cli
 
     log "running pytest"
     local status=0

@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import jwt
 from websockets.asyncio.client import ClientConnection, connect
+
+
+def marker(prefix: str = "m") -> str:
+    """A unique word for a prompt: the fake API picks its script by it, so tests sharing one
+    fake never answer each other's turns."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def mint_token(secret: str, sub: str, ttl: int = 3600, **claims: Any) -> str:

@@ -166,12 +166,7 @@ def start_s3(log_dir: Path, host: str = "127.0.0.1") -> Iterator[str]:
                 time.sleep(0.1)
         yield f"{host}:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _terminate(process)
 
 
 @dataclass

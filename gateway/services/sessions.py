@@ -48,6 +48,7 @@ from gateway.events.hub import EventHub
 from gateway.runtime import ImageMissing, RuntimeFailure, SessionRuntime
 from gateway.security import mint_session_token
 from gateway.services import limits
+from gateway.services.background import TaskSet
 from gateway.services.container_spec import build_container_spec
 from gateway.services.termination import Terminator
 from gateway.services.turns import TurnService
@@ -81,17 +82,10 @@ class SessionService:
         self._turns = turns
         self._terminator = terminator
         self._workspaces = workspaces
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = TaskSet()
 
     async def close(self) -> None:
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        await self._background.close()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -307,7 +301,7 @@ class SessionService:
             if isinstance(exc, GatewayError):
                 raise
             raise RuntimeUnavailable(reason, session_id=str(row.id)) from exc
-        self._spawn(self._watch_start(row.id), name=f"start-watch-{row.id}")
+        self._background.spawn(self._watch_start(row.id), name=f"start-watch-{row.id}")
         return updated
 
     async def _watch_start(self, session_id: uuid.UUID) -> None:

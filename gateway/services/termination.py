@@ -11,7 +11,6 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -23,6 +22,7 @@ from gateway.errors import SessionNotFound
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
 from gateway.runtime import ContainerState, RuntimeFailure, SessionRuntime
+from gateway.services.background import TaskSet
 from gateway.services.workspaces import WorkspaceService
 from gateway.workspaces.manifest import WorkspaceTooLarge
 from wrapper.protocol import GatewayEvent, InterruptInput
@@ -48,18 +48,11 @@ class Terminator:
         self._runtime = runtime
         self._bus = bus
         self._hub = hub
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = TaskSet()
         self._stopping: set[uuid.UUID] = set()  # stops this process is carrying out
 
     async def close(self) -> None:
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        await self._background.close()
 
     async def get(self, session_id: uuid.UUID) -> SessionRow:
         async with self._db() as db:
@@ -205,7 +198,7 @@ class Terminator:
                 return None
             await queries.end_running_turns(db, session_id, TurnStatus.FAILED, reason)
         # Its descendants cannot report to it any more: stop them.
-        self._spawn(
+        self._background.spawn(
             self._stop_subtree(session_id, f"parent failed: {reason}", include_root=False),
             name=f"stop-descendants-{session_id}",
         )

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 
-from tests.client import is_claude, is_status, read_until
+from tests.client import is_claude, is_status, marker, read_until
 from tests.fake_anthropic import all_text, text
 from tests.stack import run_gateway
 
 pytestmark = pytest.mark.docker
-
-
-def marker() -> str:
-    return f"m-{uuid.uuid4().hex[:10]}"
 
 
 async def test_websocket_reconnect_with_after_loses_nothing(api_for, fake_api) -> None:

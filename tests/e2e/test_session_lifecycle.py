@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
 import docker.errors
 import pytest
 import websockets
 
-from tests.client import is_claude, is_status, read_until
+from tests.client import is_claude, is_status, marker, read_until
 from tests.fake_anthropic import all_text, slow_text, text, tool_use
 
 pytestmark = pytest.mark.docker
-
-
-def marker() -> str:
-    return f"m-{uuid.uuid4().hex[:10]}"
 
 
 async def test_create_stream_chat(api_for, fake_api) -> None:

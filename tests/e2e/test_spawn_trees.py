@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.client import Api, is_status, mint_token, read_until
+from tests.client import Api, is_status, marker, mint_token, read_until
 from tests.fake_anthropic import all_text, slow_text, text, tool_use
 from tests.stack import Gateway, run_gateway
 
 pytestmark = pytest.mark.docker
-
-
-def marker() -> str:
-    return f"t-{uuid.uuid4().hex[:10]}"
 
 
 def is_gateway(kind: str):
@@ -49,7 +44,7 @@ def containers_of(docker_client, session_ids) -> list:
 
 async def test_spawn_inherits_config_and_reports_to_the_parent(api_for, fake_api) -> None:
     alice = api_for("alice")
-    tag = marker()
+    tag = marker("t")
     fake_api.on(tag, text(f"child says {tag}"))
     root = await alice.create(config={"model": "root-model", "append_system_prompt": "be terse"})
     async with alice.stream(root["id"]) as ws:
@@ -82,7 +77,7 @@ async def test_spawn_inherits_config_and_reports_to_the_parent(api_for, fake_api
 
 async def test_wait_times_out_and_chat_can_return_at_once(api_for, fake_api) -> None:
     alice = api_for("alice")
-    tag = marker()
+    tag = marker("t")
     fake_api.on(tag, slow_text(["a ", "b ", "c"], delay=1.5))
     root = await alice.create()
     await alice.wait_status(root["id"], "ready")
@@ -102,7 +97,7 @@ async def test_wait_times_out_and_chat_can_return_at_once(api_for, fake_api) -> 
 
 async def test_stopping_the_root_stops_the_whole_tree(api_for, fake_api, docker_client) -> None:
     alice = api_for("alice")
-    tag = marker()
+    tag = marker("t")
     fake_api.on(tag, text("ok"))
     root = await alice.create()
     child = await spawn(alice, root["id"], f"level one {tag}")
@@ -132,7 +127,7 @@ async def test_stopping_the_root_stops_the_whole_tree(api_for, fake_api, docker_
 
 async def test_a_failed_parent_takes_its_children_down(api_for, fake_api, docker_client) -> None:
     alice = api_for("alice")
-    tag = marker()
+    tag = marker("t")
     fake_api.on(tag, text("ok"))
     root = await alice.create()
     child = await spawn(alice, root["id"], f"child {tag}")
@@ -155,7 +150,7 @@ async def test_capability_tokens_reach_only_their_own_subtree(
     api_for, fake_api, docker_client, gateway
 ) -> None:
     alice, mallory = api_for("alice"), api_for("mallory")
-    tag = marker()
+    tag = marker("t")
     fake_api.on(tag, text("ok"))
     root = await alice.create()
     child = await spawn(alice, root["id"], f"child {tag}")
@@ -235,13 +230,13 @@ def limited_gateway(infra, fake_api, s3_endpoint, tmp_path_factory) -> Iterator[
 
 @pytest.fixture
 async def limited(limited_gateway) -> AsyncIterator[Api]:
-    api = Api(limited_gateway.url, mint_token(limited_gateway.jwt_secret, f"o-{marker()}"))
+    api = Api(limited_gateway.url, mint_token(limited_gateway.jwt_secret, f"o-{marker('t')}"))
     yield api
     await api.aclose()
 
 
 async def test_limits_are_refused_with_their_own_codes(limited, fake_api, docker_client) -> None:
-    tag = marker()
+    tag = marker("t")
     fake_api.on(tag, text("ok"))
     root = await limited.create()
 
@@ -312,7 +307,7 @@ def child_id_from(body: dict) -> str:
 
 async def test_root_spawns_a_child_and_gets_its_result(api_for, fake_api) -> None:
     alice = api_for("alice")
-    root_tag, child_tag = marker(), marker()
+    root_tag, child_tag = marker("t"), marker("t")
     fake_api.on(child_tag, text(f"the child computed {child_tag}-42"))
     fake_api.on(
         root_tag,
@@ -336,7 +331,7 @@ async def test_root_spawns_a_child_and_gets_its_result(api_for, fake_api) -> Non
 
 
 async def test_a_runaway_chain_stops_at_max_spawn_depth(limited, fake_api) -> None:
-    tag = marker()
+    tag = marker("t")
 
     def after_spawn(body: dict):
         outcome = last_tool_result(body)
@@ -375,7 +370,7 @@ async def test_a_runaway_chain_stops_at_max_spawn_depth(limited, fake_api) -> No
 
 async def test_ccd_agent_spawns_from_bash(api_for, fake_api) -> None:
     alice = api_for("alice")
-    tag, child_tag = marker(), marker()
+    tag, child_tag = marker("t"), marker("t")
     fake_api.on(child_tag, text("bash child done"))
     fake_api.on(
         tag,

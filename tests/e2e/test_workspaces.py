@@ -12,15 +12,11 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.store.objects import ObjectStore
-from tests.client import Api, is_claude, mint_token, read_until
+from tests.client import Api, is_claude, marker, mint_token, read_until
 from tests.fake_anthropic import all_text, text, tool_use
 from tests.stack import S3_ACCESS_KEY, S3_SECRET_KEY, Gateway, run_gateway
 
 pytestmark = pytest.mark.docker
-
-
-def marker() -> str:
-    return f"w-{uuid.uuid4().hex[:10]}"
 
 
 def bucket_of(gateway: Gateway, s3_endpoint: str) -> ObjectStore:
@@ -46,7 +42,7 @@ def exec_in(docker_client, container_id: str, script: str) -> str:
 
 async def run_bash(api: Api, fake_api, session_id: str, command: str) -> str:
     """Have the real CLI run ``command`` with its Bash tool; returns what the tool printed."""
-    tag = marker()
+    tag = marker("w")
     fake_api.on(tag, tool_use("Bash", {"command": command}), text(f"done {tag}"))
     reply = await api.chat(session_id, f"please run it {tag}", timeout=120)
     assert reply["result"]["result"] == f"done {tag}", reply
@@ -70,7 +66,7 @@ FINGERPRINT = (
 async def test_files_survive_the_container_byte_for_byte(
     api_for, fake_api, docker_client, gateway, s3_endpoint
 ) -> None:
-    owner = f"ws-{marker()}"
+    owner = f"ws-{marker('w')}"
     alice = api_for(owner)
     project = f"proj-{uuid.uuid4().hex[:8]}"
     first = await alice.create(workspace={"type": "persistent", "id": project})
@@ -105,7 +101,7 @@ async def test_files_survive_the_container_byte_for_byte(
 
 
 async def test_saves_upload_only_what_changed(api_for, fake_api, gateway, s3_endpoint) -> None:
-    owner = f"ws-{marker()}"
+    owner = f"ws-{marker('w')}"
     alice = api_for(owner)
     project = f"proj-{uuid.uuid4().hex[:8]}"
     session = await alice.create(workspace={"type": "persistent", "id": project})
@@ -133,7 +129,7 @@ async def test_resume_continues_the_conversation_in_a_new_container(
     api_for, fake_api, docker_client, gateway, s3_endpoint
 ) -> None:
     alice = api_for("alice")
-    first_tag, later_tag = marker(), marker()
+    first_tag, later_tag = marker("w"), marker("w")
     fake_api.on(first_tag, text(f"I will remember {first_tag}"))
     fake_api.on(later_tag, text("I remember"))
     session = await alice.create(prompt=f"remember {first_tag}")
@@ -179,7 +175,7 @@ async def test_resume_continues_the_conversation_in_a_new_container(
 
 
 async def test_one_writer_per_workspace_and_read_only_copies(api_for, fake_api) -> None:
-    alice = api_for(f"ws-{marker()}")
+    alice = api_for(f"ws-{marker('w')}")
     project = f"proj-{uuid.uuid4().hex[:8]}"
     writer = await alice.create(workspace={"type": "persistent", "id": project})
     refused = await alice.create(expect=409, workspace={"type": "persistent", "id": project})
@@ -202,7 +198,7 @@ async def test_a_child_inherits_a_copy_of_its_parents_files(
     api_for, fake_api, docker_client
 ) -> None:
     alice = api_for("alice")
-    child_tag = marker()
+    child_tag = marker("w")
     fake_api.on(child_tag, text("child here"))
     parent = await alice.create()
     await run_bash(alice, fake_api, parent["id"], "mkdir -p data && echo from-parent > data/x")
@@ -224,7 +220,7 @@ async def test_a_child_inherits_a_copy_of_its_parents_files(
 
 
 async def test_file_api_of_stored_workspaces(api_for) -> None:
-    alice = api_for(f"ws-{marker()}")
+    alice = api_for(f"ws-{marker('w')}")
     name = f"docs-{uuid.uuid4().hex[:8]}"
     base = f"/api/v1/workspaces/{name}"
     put = await alice.http.put(f"{base}/files/a/b/readme.md", content=b"# hello\n")
@@ -270,7 +266,7 @@ async def test_file_api_of_stored_workspaces(api_for) -> None:
     "path", ["..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "a%2F..%2F..%2Fx", "a%00b"]
 )
 async def test_traversal_in_stored_paths_is_refused(api_for, path) -> None:
-    alice = api_for(f"ws-{marker()}")
+    alice = api_for(f"ws-{marker('w')}")
     base = f"/api/v1/workspaces/trav-{uuid.uuid4().hex[:6]}/files/"
     for method in ("PUT", "GET", "DELETE"):  # PUT creates the workspace; then all look
         response = await alice.http.request(method, base + path, content=b"x")
@@ -293,7 +289,7 @@ async def test_traversal_in_stored_paths_is_refused(api_for, path) -> None:
 async def test_archives_that_escape_are_refused_and_change_nothing(
     api_for, name, kind, target
 ) -> None:
-    alice = api_for(f"ws-{marker()}")
+    alice = api_for(f"ws-{marker('w')}")
     base = f"/api/v1/workspaces/arc-{uuid.uuid4().hex[:6]}"
     assert (await alice.http.put(f"{base}/files/keep.txt", content=b"safe")).status_code == 201
     buffer = io.BytesIO()
@@ -450,7 +446,7 @@ async def test_a_storage_outage_at_stop_keeps_the_container_until_saved(
 
 @pytest.mark.parametrize("body", [b"", b"not a tarball at all", b"\x1f\x8b\x08\x00garbage"])
 async def test_a_corrupt_archive_is_refused_and_changes_nothing(api_for, body) -> None:
-    alice = api_for(f"ws-{marker()}")
+    alice = api_for(f"ws-{marker('w')}")
     base = f"/api/v1/workspaces/bad-{uuid.uuid4().hex[:6]}"
     assert (await alice.http.put(f"{base}/files/keep.txt", content=b"safe")).status_code == 201
     response = await alice.http.post(f"{base}/archive", content=body)

@@ -33,12 +33,12 @@ def client() -> Iterator[Any]:
         client = docker.from_env()
         client.ping()
     except docker.errors.DockerException as exc:
-        pytest.skip(f"the Docker engine does not answer: {exc}")
+        pytest.fail(f"the Docker engine does not answer: {exc}")
     try:
         client.images.get(IMAGE)
     except docker.errors.ImageNotFound:
         client.close()
-        pytest.skip(f"image {IMAGE} is missing: run scripts/build-standins.sh")
+        pytest.fail(f"image {IMAGE} is missing: run scripts/build-standins.sh")
     yield client
     client.close()
 

@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import queue
-import shutil
 import subprocess
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.claude_cli import claude_binary
 from tests.fake_anthropic import (
     FakeAnthropic,
     all_text,
@@ -154,25 +154,6 @@ def test_slow_stream_does_not_block_other_requests(fake: FakeAnthropic) -> None:
 # --------------------------------------------------------------------------- real CLI
 
 
-def _find_claude() -> str | None:
-    for candidate in (
-        os.environ.get("CLAUDE_BIN"),
-        shutil.which("claude"),
-        "/tmp/cc/node_modules/.bin/claude",
-    ):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-CLAUDE = _find_claude()
-needs_cli = pytest.mark.skipif(
-    CLAUDE is None,
-    reason="Claude Code CLI not found: set CLAUDE_BIN, put `claude` on PATH, or "
-    "`npm install --prefix /tmp/cc @anthropic-ai/claude-code`",
-)
-
-
 class Cli:
     """One long-lived `claude -p` stream-json process, read by a thread into a queue."""
 
@@ -282,17 +263,15 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def cli(fake: FakeAnthropic, tmp_path: Path, workdir: Path) -> Iterator[Cli]:
-    assert CLAUDE is not None
     home = tmp_path / "home"
     home.mkdir()
-    process = Cli(CLAUDE, fake.base_url, home, workdir)
+    process = Cli(claude_binary(), fake.base_url, home, workdir)
     try:
         yield process
     finally:
         process.close()
 
 
-@needs_cli
 def test_cli_text_reply_reaches_result(fake: FakeAnthropic, cli: Cli) -> None:
     fake.on("ping-1", text("pong-1"))
     cli.user("please ping-1")
@@ -307,7 +286,6 @@ def test_cli_text_reply_reaches_result(fake: FakeAnthropic, cli: Cli) -> None:
     assert "POST /v1/messages?beta=true" in fake.log
 
 
-@needs_cli
 def test_cli_two_turns_share_history(fake: FakeAnthropic, cli: Cli) -> None:
     fake.on("turn-one", text("reply-one"))
     fake.on("turn-two", text("reply-two"))
@@ -323,7 +301,6 @@ def test_cli_two_turns_share_history(fake: FakeAnthropic, cli: Cli) -> None:
     assert "this is turn-one" in all_text(second) and "reply-one" in all_text(second)
 
 
-@needs_cli
 def test_cli_runs_scripted_bash_tool(fake: FakeAnthropic, cli: Cli, workdir: Path) -> None:
     command = "echo marker-$((6*7)) > out.txt && cat out.txt"
     fake.on(
@@ -349,7 +326,6 @@ def test_cli_runs_scripted_bash_tool(fake: FakeAnthropic, cli: Cli, workdir: Pat
     assert tool_results[0]["is_error"] is False
 
 
-@needs_cli
 def test_cli_interrupt_mid_stream(fake: FakeAnthropic, cli: Cli) -> None:
     fake.on("go-slow", slow_text(["partial-start "] + ["tick "] * 200, 0.05))
     fake.on("after-stop", text("still alive"))
@@ -377,7 +353,6 @@ def test_cli_interrupt_mid_stream(fake: FakeAnthropic, cli: Cli) -> None:
     assert "partial-start" in all_text(request)  # the cut reply stays in the history
 
 
-@needs_cli
 def test_cli_messages_sent_during_a_turn(fake: FakeAnthropic, cli: Cli) -> None:
     """Pins CLI behaviour the wrapper relies on: mid-turn messages never get one result each.
 

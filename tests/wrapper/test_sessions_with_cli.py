@@ -10,10 +10,7 @@ import json
 import logging
 import os
 import re
-import shutil
-import socket
 import stat
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +20,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from tests.claude_cli import claude_binary
 from tests.fake_anthropic import FakeAnthropic, Step, text, tool_use
 from tests.wrapper.stub_gateway import Reply, StubGateway, error, make_jwt
 from wrapper import protocol
@@ -31,61 +29,17 @@ from wrapper.config import WrapperSettings
 from wrapper.protocol import ContainerEnv, InterruptInput, PromptInput, SessionConfig
 from wrapper.supervisor import Supervisor
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.docker]  # Redis runs in a container
 
 Json = dict[str, Any]
 READ_TIMEOUT = 15.0
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _find_claude() -> str | None:
-    for candidate in (
-        os.environ.get("CLAUDE_BIN"),
-        shutil.which("claude"),
-        "/tmp/cc/node_modules/.bin/claude",
-    ):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-CLAUDE = _find_claude()
-if CLAUDE is None:
-    pytest.skip("Claude Code CLI not found (set CLAUDE_BIN)", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A throwaway redis-server for this module."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 5
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            assert server.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(timeout=5)
+@pytest.fixture
+def redis_url(infra: Any) -> str:
+    """The tests' real Redis (a container; see tests/stack.py)."""
+    return str(infra.redis_url)
 
 
 @pytest.fixture
@@ -143,7 +97,7 @@ def settings(
             permission_mode="bypassPermissions",
             stream_maxlen=1000,
         ),
-        claude_bin=str(CLAUDE),
+        claude_bin=claude_binary(),
         workdir=work,
         config_dir=home / ".claude",
         handshake_timeout=20,
