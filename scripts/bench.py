@@ -8,7 +8,9 @@ It starts the same real stack as the tests (stand-in PostgreSQL and Redis contai
 scripted fake Anthropic API, ``python -m gateway``) and prints, in one run:
 
 - bare: ``docker run`` of the session image until the CLI answers ``initialize`` (the floor
-  for create -> ready), and the CLI's own time from a prompt to its first output line;
+  for create -> ready), with the same CPU, memory and process limits as a session (and once
+  without limits, for reference), and the CLI's own time from a prompt to its first output
+  line;
 - ours: ``POST /sessions`` -> ``ready`` seen on the WebSocket, and prompt -> first event of
   the turn on the WebSocket, each with its ratio to the bare figure;
 - relay: events published with the wrapper's own publisher (``wrapper.channel.Channel``) at
@@ -54,10 +56,11 @@ def user_turn(prompt: str) -> dict[str, Any]:
     }
 
 
-def bare_run(network: str, api_url: str) -> tuple[float, float]:
-    """(docker run -> initialize answered, prompt -> first stdout line), in seconds."""
+def bare_run(network: str, api_url: str, limits: list[str]) -> tuple[float, float]:
+    """(docker run -> initialize answered, prompt -> first stdout line), in seconds. ``limits``
+    are extra ``docker run`` options (the sessions' CPU, memory and process limits)."""
     argv = [
-        "docker", "run", "--rm", "-i", "--network", network,
+        "docker", "run", "--rm", "-i", "--network", network, *limits,
         "-e", f"ANTHROPIC_BASE_URL={api_url}", "-e", "ANTHROPIC_API_KEY=bench",
         "-e", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1", "-e", "CLAUDE_CODE_MAX_RETRIES=0",
         SESSION_IMAGE,
@@ -193,14 +196,33 @@ async def main(args: argparse.Namespace) -> None:
         with (
             tempfile.TemporaryDirectory() as logs,
             start_s3(Path(logs)) as s3,
-            run_gateway(infra, fake.base_url, s3, Path(logs), LOG_LEVEL="WARNING") as gateway,
+            run_gateway(
+                infra,
+                fake.base_url,
+                s3,
+                Path(logs),
+                LOG_LEVEL="WARNING",
+                **dict(item.split("=", 1) for item in args.gateway_env),
+            ) as gateway,
         ):
-            bare = [bare_run(infra.network_name, fake.base_url) for _ in range(args.runs)]
+            # The fair floor runs the container as the gateway does: the same limits (a session
+            # gets SESSION_CPUS, 1 by default; the CLI boots slower on one CPU than on two).
+            settings = dict(item.split("=", 1) for item in args.gateway_env)
+            limits = [
+                f"--cpus={settings.get('SESSION_CPUS', '1.0')}",
+                f"--memory={settings.get('SESSION_MEMORY', '2g')}",
+                f"--pids-limit={settings.get('SESSION_PIDS_LIMIT', '512')}",
+                "--cap-drop=ALL",
+                "--security-opt=no-new-privileges",
+            ]
+            unlimited = [bare_run(infra.network_name, fake.base_url, []) for _ in range(args.runs)]
+            bare = [bare_run(infra.network_name, fake.base_url, limits) for _ in range(args.runs)]
             api = Api(gateway.url, mint_token(gateway.jwt_secret, "bench"))
             ours = [await ours_run(api) for _ in range(args.runs)]
             print(f"session image {SESSION_IMAGE}, {args.runs} runs each (first run included)")
             bare_ready = [r for r, _ in bare]
             bare_first = [f for _, f in bare]
+            print(summary("bare, no limits: docker run -> initialize", [r for r, _ in unlimited]))
             print(summary("bare: docker run -> CLI initialize answered", bare_ready))
             print(
                 summary(
@@ -228,4 +250,11 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=int, default=1000, help="relay events per second")
     parser.add_argument("--seconds", type=float, default=5.0, help="relay duration")
     parser.add_argument("--clients", type=int, default=1, help="WebSocket clients in the relay")
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a gateway setting for this run, e.g. SESSION_CPUS=2",
+    )
     asyncio.run(main(parser.parse_args()))

@@ -1,4 +1,9 @@
-"""``python -m wrapper``: the session container's main process (PID 1's only child, under tini)."""
+"""``python -m wrapper``: the session container's main process (PID 1's only child, under tini).
+
+Start-up order matters for how fast a session is ready: the CLI takes about half a second to
+boot, so it is started first, and the rest of the wrapper (Redis, HTTP, MCP) is imported and
+wired while it boots.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,12 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
-from wrapper.channel import Channel, connect
 from wrapper.config import WrapperSettings
-from wrapper.gateway_client import GatewayClient
-from wrapper.mcp_sessions import SessionsServer
-from wrapper.session_token import SessionToken
-from wrapper.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from wrapper.supervisor import Supervisor
 
 log = logging.getLogger("wrapper")
 
@@ -23,6 +27,13 @@ log = logging.getLogger("wrapper")
 async def assemble(settings: WrapperSettings) -> AsyncIterator[Supervisor]:
     """Everything around the supervisor: Redis, the gateway client with the session token and
     its refresher, the ``sessions`` MCP server. Run the supervisor inside; all is closed after."""
+    # Imported here, not at the top: these take a fifth of a second the CLI's boot can hide.
+    from wrapper.channel import Channel, connect
+    from wrapper.gateway_client import GatewayClient
+    from wrapper.mcp_sessions import SessionsServer
+    from wrapper.session_token import SessionToken
+    from wrapper.supervisor import Supervisor
+
     contract = settings.contract
     token = SessionToken(settings.session_token, settings.token_file)
     if settings.session_token is None:
@@ -42,9 +53,6 @@ async def assemble(settings: WrapperSettings) -> AsyncIterator[Supervisor]:
         sessions = SessionsServer(gateway)
         refresher = asyncio.create_task(token.refresh_forever(gateway), name="token-refresh")
         stack.push_async_callback(_cancel, refresher)
-        # The CLI's first request is ``initialize`` for the sessions server, about 0.4 s after
-        # it starts: have mcp_types imported by then, in a thread, while the CLI boots.
-        sessions.preload()
         yield Supervisor(settings, channel, {"mcp_message": sessions.handle_control})
 
 
@@ -55,11 +63,18 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 async def run(settings: WrapperSettings) -> int:
-    async with assemble(settings) as supervisor:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, supervisor.stop)
-        return await supervisor.run()
+    from wrapper.claude_process import has_transcript, spawn_cli
+
+    first = await spawn_cli(settings, resume=has_transcript(settings))
+    try:
+        async with assemble(settings) as supervisor:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, supervisor.stop)
+            return await supervisor.run(first)
+    finally:
+        if first.returncode is None:  # assembling failed before the supervisor took it over
+            await first.terminate(settings.terminate_grace)
 
 
 def main() -> int:

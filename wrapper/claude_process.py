@@ -13,6 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from wrapper.cli import build_argv, cli_environment, transcript_path
+from wrapper.config import WrapperSettings
+
 log = logging.getLogger(__name__)
 
 _request_ids = itertools.count(1)
@@ -161,3 +164,17 @@ class ClaudeProcess:
 
 def _strip(line: bytes) -> bytes | None:
     return line.rstrip(b"\r\n") if line else None
+
+
+def has_transcript(settings: WrapperSettings) -> bool:
+    """Whether the CLI can ``--resume`` this session's conversation (its file is here)."""
+    return transcript_path(
+        settings.config_dir, settings.workdir, settings.contract.claude_session_id
+    ).exists()
+
+
+async def spawn_cli(settings: WrapperSettings, resume: bool) -> ClaudeProcess:
+    argv = build_argv(settings.claude_bin, settings.contract, resume=resume)
+    return await ClaudeProcess.spawn(
+        argv, cli_environment(os.environ), settings.workdir, settings.max_line_bytes
+    )

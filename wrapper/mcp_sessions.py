@@ -5,11 +5,13 @@ it sends every MCP message for that server as a ``control_request`` of subtype `
 on stdout; ``SessionsServer.handle_control`` answers it (``{"mcp_response": <JSON-RPC>}``, or
 ``{}`` for a notification). The model sees the tools as ``mcp__sessions__<tool>``.
 
-Wire messages are built and checked with ``mcp_types``. Importing it costs about 0.3 s of
-pydantic model building, and the CLI's first ``initialize`` for this server comes about 0.45 s
-after it starts (its first turn waits for the answer), so the import runs in a background
-thread started by ``preload`` as the CLI is launched, and handlers await it rather than import
-on the event loop. Measured: the first turn then starts about 160 ms sooner.
+Wire messages are built and checked with ``mcp_types``, except ``initialize``. Importing
+mcp_types costs about 0.3 s of CPU, and the CLI waits for this server's ``initialize`` answer
+before it answers its own handshake: in a one-CPU session container that import, run while
+the CLI boots, delayed readiness by about 170 ms. So ``initialize`` is answered by hand (the
+same checks, a test keeps its versions equal to mcp_types'), the import starts in a background
+thread at that moment, and every later message awaits it (the first ``tools/list`` comes after
+the handshake).
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ INSTRUCTIONS = (
     "Tools to delegate work to child sessions: other Claude Code agents, each in its own "
     "container. Spawn a child with a complete task, wait for its result, stop it when done."
 )
+
+
+# MCP versions with an ``initialize`` handshake, newest first (a test checks this against
+# mcp_types.version.HANDSHAKE_PROTOCOL_VERSIONS).
+HANDSHAKE_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 
 
 class _InvalidParams(Exception):
@@ -116,6 +123,12 @@ class SessionsServer:
             if message["method"] == "notifications/cancelled":
                 await self._cancel(message.get("params"))
             return None  # no answer to any notification, known or not
+        if isinstance(message, dict) and message.get("method") == "initialize":
+            # Answered without mcp_types: this answer gates the CLI's readiness, and importing
+            # mcp_types (0.3 s of CPU) would compete with the CLI's own start in a one-CPU
+            # container. The import starts now, to be done before the first tool is listed.
+            self._wire.start()
+            return self._quick_initialize(message)
         await self._wire.ready()
         import mcp_types as mt
 
@@ -163,6 +176,41 @@ class SessionsServer:
             task.cancel()
 
     # -- methods (called after ``ready``) ----------------------------------------------------
+
+    def _quick_initialize(self, message: dict[str, Any]) -> dict[str, Any]:
+        """``initialize`` by hand: the same checks and answer as through mcp_types."""
+        ident = _request_id(message)
+        params = message.get("params")
+        client = params.get("clientInfo") if isinstance(params, dict) else None
+        if not (
+            isinstance(params, dict)
+            and isinstance(params.get("protocolVersion"), str)
+            and isinstance(params.get("capabilities"), dict)
+            and isinstance(client, dict)
+            and isinstance(client.get("name"), str)
+            and isinstance(client.get("version"), str)
+        ):
+            return {
+                "jsonrpc": "2.0",
+                "id": ident,
+                "error": {
+                    "code": -32602,
+                    "message": "invalid initialize params: protocolVersion, capabilities and "
+                    "clientInfo (name, version) are required",
+                },
+            }
+        asked = params["protocolVersion"]
+        self._version = asked if asked in HANDSHAKE_VERSIONS else HANDSHAKE_VERSIONS[0]
+        return {
+            "jsonrpc": "2.0",
+            "id": ident,
+            "result": {
+                "protocolVersion": self._version,
+                "capabilities": {"tools": {"listChanged": False}},
+                "serverInfo": {"name": SERVER_NAME, "version": SERVER_VERSION},
+                "instructions": INSTRUCTIONS,
+            },
+        }
 
     def _serialize(self, method: str, result: BaseModel) -> dict[str, Any]:
         """``result`` in the exact wire shape of the negotiated version (fields that version

@@ -12,15 +12,19 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections import deque
 from typing import Any, Protocol
 
 from wrapper import protocol
 from wrapper.channel import Channel
-from wrapper.claude_process import ClaudeProcess, ControlError, RefuseControl
-from wrapper.cli import build_argv, cli_environment, transcript_path
+from wrapper.claude_process import (
+    ClaudeProcess,
+    ControlError,
+    RefuseControl,
+    has_transcript,
+    spawn_cli,
+)
 from wrapper.config import WrapperSettings
 from wrapper.protocol import GatewayEvent, PromptInput, Source
 
@@ -63,12 +67,14 @@ class Supervisor:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def run(self) -> int:
-        """Run until stopped (returns 0) or until the CLI keeps crashing (returns 1)."""
+    async def run(self, first: ClaudeProcess | None = None) -> int:
+        """Run until stopped (returns 0) or until the CLI keeps crashing (returns 1). ``first``
+        is a CLI already started with ``spawn_cli`` (the wrapper starts it before loading the
+        rest of itself, so the CLI's boot overlaps with that)."""
         inputs = asyncio.create_task(self._consume_inputs(), name="inputs")
         feeder = asyncio.create_task(self._feed_prompts(), name="feeder")
         try:
-            return await self._supervise()
+            return await self._supervise(first)
         finally:
             for task in (inputs, feeder, *self._background):
                 task.cancel()
@@ -89,10 +95,11 @@ class Supervisor:
         task.add_done_callback(self._background.discard)
         return task
 
-    async def _supervise(self) -> int:
-        resume = self._has_transcript()
+    async def _supervise(self, first: ClaudeProcess | None) -> int:
+        resume = has_transcript(self._settings)
         while not self._stopping.is_set():
-            exit_code = await self._run_once(resume)
+            exit_code = await self._run_once(resume, first)
+            first = None
             self._ready.clear()
             self._proc = None
             expected = self._stopping.is_set()
@@ -113,19 +120,15 @@ class Supervisor:
                     exit_code=exit_code,
                 )
                 return 1
-            resume = self._has_transcript()
+            resume = has_transcript(self._settings)
             await asyncio.sleep(min(0.2 * len(self._crash_times), 2.0))
         return 0
 
-    async def _run_once(self, resume: bool) -> int:
-        """Start the CLI, handshake, relay until it exits; returns its exit code."""
-        argv = build_argv(self._settings.claude_bin, self._contract, resume=resume)
-        proc = await ClaudeProcess.spawn(
-            argv,
-            cli_environment(os.environ),
-            self._settings.workdir,
-            self._settings.max_line_bytes,
-        )
+    async def _run_once(self, resume: bool, proc: ClaudeProcess | None) -> int:
+        """Start the CLI (unless given), handshake, relay until it exits; returns its exit
+        code."""
+        if proc is None:
+            proc = await spawn_cli(self._settings, resume)
         self._proc = proc
         self._process_cost = 0.0  # the CLI's total_cost_usd counts from its own start
         if self._stopping.is_set():  # SIGTERM arrived while we were spawning
@@ -155,11 +158,6 @@ class Supervisor:
         # Everything the CLI printed is published before its exit is reported.
         await asyncio.gather(stdout, stderr, return_exceptions=True)
         return exit_code
-
-    def _has_transcript(self) -> bool:
-        return transcript_path(
-            self._settings.config_dir, self._settings.workdir, self._contract.claude_session_id
-        ).exists()
 
     def _crashed_too_often(self) -> bool:
         now = time.monotonic()

@@ -242,7 +242,7 @@ class SessionService:
                         f"its workspace is in use by session {holders[0]}",
                         sessions=[str(h) for h in holders],
                     )
-            resumed = await queries.transition(
+            again = await queries.transition(
                 db,
                 session_id,
                 FINAL_STATUSES,
@@ -255,20 +255,20 @@ class SessionService:
                 started_at=func.now(),
                 last_activity_at=func.now(),
             )
-            if resumed is None:
+            if again is None:
                 raise Conflict(f"session {session_id} changed meanwhile", code="conflict")
         await self._hub.track(str(session_id))
         await self._bus.publish(
             str(session_id), GatewayEvent.STATUS, status=SessionStatus.STARTING, reason="resumed"
         )
-        return await self._start_container(resumed)
+        return await self._start_container(again, resumed=True)
 
     async def _launch(self, row: SessionRow, prompt: str | None) -> SessionRow:
         if prompt is not None:
             await self._turns.begin(row.id, prompt)
         return await self._start_container(row)
 
-    async def _start_container(self, row: SessionRow) -> SessionRow:
+    async def _start_container(self, row: SessionRow, resumed: bool = False) -> SessionRow:
         """Start the session's container. On failure the session is failed and the error says
         why: 503 ``image_not_found`` or 503 ``runtime_unavailable``."""
         token = mint_session_token(self._settings, row.id, row.root_id, row.owner)
@@ -293,7 +293,7 @@ class SessionService:
         try:
             # Files go in before the CLI starts, so its first turn already sees them.
             if self._workspaces is not None:
-                await self._workspaces.prepare(updated, state.id)
+                await self._workspaces.prepare(updated, state.id, resumed)
             await self._runtime.start(state.id)
         except Exception as exc:
             reason = f"the session's container could not be prepared or started: {exc}"

@@ -205,7 +205,7 @@ class WorkspaceService:
 
     # -- restoring (a ContainerPreparer: between create and start) -------------------------------
 
-    async def prepare(self, session: SessionRow, container_id: str) -> None:
+    async def prepare(self, session: SessionRow, container_id: str, resumed: bool) -> None:
         """Copy the session's files (and its transcript, when resuming) into its created
         container, so the CLI's first turn sees them."""
         parent_container = self._inherit.pop(session.id, None)
@@ -220,7 +220,8 @@ class WorkspaceService:
                 await write_entries(
                     self._runtime, self._store, container_id, manifest, prefix="workspace/"
                 )
-        await self._transcripts.restore(session, container_id)
+        if resumed:  # a new session has no conversation to restore
+            await self._transcripts.restore(session, container_id)
 
     async def _copy_between(self, source_container: str, target_container: str) -> None:
         archive = await self._runtime.get_archive(source_container, WORKSPACE_DIR)

@@ -295,3 +295,12 @@ async def test_first_request_waits_for_the_background_import(server: SessionsSer
     server.preload()  # idempotent
     result = (await asyncio.wait_for(rpc(server, "initialize", INIT), 5))["result"]
     assert result["serverInfo"]["name"] == "sessions"
+
+
+def test_quick_initialize_knows_the_handshake_versions_of_mcp_types() -> None:
+    from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+
+    from wrapper.mcp_sessions import HANDSHAKE_VERSIONS
+
+    assert set(HANDSHAKE_VERSIONS) == set(HANDSHAKE_PROTOCOL_VERSIONS)
+    assert HANDSHAKE_VERSIONS[0] == LATEST_HANDSHAKE_VERSION
