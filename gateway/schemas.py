@@ -17,7 +17,7 @@ from gateway.db.models import (
     WorkspaceRow,
 )
 from gateway.services.trees import TreeNode
-from gateway.services.workspaces import WorkspaceChoice
+from gateway.services.workspaces import MODE_RO, WorkspaceChoice
 from wrapper.protocol import SessionConfig
 
 MAX_PROMPT_CHARS = 1_000_000
@@ -121,7 +121,7 @@ class SessionWorkspace(BaseModel):
         return cls(
             id=row.workspace_name,
             type="ephemeral" if own else "persistent",
-            read_only=row.workspace_mode == "ro",
+            read_only=row.workspace_mode == MODE_RO,
             unsaved=row.workspace_dirty,
         )
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from wrapper.aio import cancel_and_wait
 from wrapper.config import WrapperSettings
 
 if TYPE_CHECKING:
@@ -52,14 +53,8 @@ async def assemble(settings: WrapperSettings) -> AsyncIterator[Supervisor]:
         )
         sessions = SessionsServer(gateway)
         refresher = asyncio.create_task(token.refresh_forever(gateway), name="token-refresh")
-        stack.push_async_callback(_cancel, refresher)
+        stack.push_async_callback(cancel_and_wait, [refresher])
         yield Supervisor(settings, channel, {"mcp_message": sessions.handle_control})
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def run(settings: WrapperSettings) -> int:

@@ -17,6 +17,7 @@ from collections import deque
 from typing import Any, Protocol
 
 from wrapper import protocol
+from wrapper.aio import cancel_and_wait
 from wrapper.channel import Channel
 from wrapper.claude_process import (
     ClaudeProcess,
@@ -76,9 +77,7 @@ class Supervisor:
         try:
             return await self._supervise(first)
         finally:
-            for task in (inputs, feeder, *self._background):
-                task.cancel()
-            await asyncio.gather(inputs, feeder, *self._background, return_exceptions=True)
+            await cancel_and_wait([inputs, feeder, *self._background])
 
     def stop(self) -> None:
         """Begin a graceful stop (SIGTERM): end the CLI, publish what is left, return 0."""

@@ -13,6 +13,7 @@ from gateway.deps import OwnedSession, ServicesDep
 from gateway.errors import Conflict, SessionNotRunning
 from gateway.schemas import ErrorResponse, FileEntry, FileList, SaveOut
 from gateway.services.session_files import LiveEntry
+from gateway.services.workspaces import MODE_RW
 
 router = APIRouter(
     prefix="/sessions",
@@ -53,7 +54,7 @@ def _entry(entry: LiveEntry) -> FileEntry:
 async def snapshot(session: OwnedSession, services: ServicesDep) -> SaveOut:
     """Save the session's workspace now (only what changed is uploaded)."""
     _container(session)
-    if session.workspace_mode != "rw":
+    if session.workspace_mode != MODE_RW:
         raise Conflict(
             f"session {session.id} has a read-only copy of its workspace; it is never saved",
             code="workspace_read_only",

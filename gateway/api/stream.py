@@ -19,6 +19,7 @@ from gateway.deps import Services, authenticate, may_access
 from gateway.errors import GatewayError, InvalidRequest, SessionNotFound
 from gateway.events.bus import is_stream_id
 from gateway.schemas import MAX_PROMPT_CHARS
+from wrapper.aio import cancel_and_wait
 from wrapper.protocol import Source
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,7 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
             if failure is not None and not isinstance(failure, WebSocketDisconnect | RuntimeError):
                 log.error("stream of %s failed", session.id, exc_info=failure)
     finally:
-        for task in (sender, receiver):
-            task.cancel()
-        await asyncio.gather(sender, receiver, return_exceptions=True)
+        await cancel_and_wait([sender, receiver])
         with contextlib.suppress(Exception):  # the client may be gone already
             await websocket.close()
 

@@ -97,9 +97,6 @@ class EventHub:
         """Called synchronously with every event of every tracked session, in order."""
         self._listeners.append(listener)
 
-    def is_tracked(self, session_id: str) -> bool:
-        return session_id in self._cursors
-
     async def track(self, session_id: str, after: str | None = None) -> None:
         """Start reading a session's stream after ``after`` (default: its current end)."""
         if session_id in self._cursors:

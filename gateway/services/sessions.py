@@ -52,14 +52,12 @@ from gateway.services.background import TaskSet
 from gateway.services.container_spec import build_container_spec
 from gateway.services.termination import Terminator
 from gateway.services.turns import TurnService
-from gateway.services.workspaces import WorkspaceChoice, WorkspaceInUse, WorkspaceService
+from gateway.services.workspaces import MODE_RW, WorkspaceChoice, WorkspaceInUse, WorkspaceService
 from wrapper.protocol import GatewayEvent, SessionConfig
 
 log = logging.getLogger(__name__)
 
 EPHEMERAL = WorkspaceChoice()
-
-_LOG_TAIL_LINES = 30
 
 
 class SessionService:
@@ -234,7 +232,7 @@ class SessionService:
             if (
                 self._workspaces is not None
                 and row.workspace_id is not None
-                and row.workspace_mode == "rw"
+                and row.workspace_mode == MODE_RW
             ):
                 holders = await self._workspaces.holders(db, row.workspace_id, writers_only=True)
                 if holders:

@@ -74,9 +74,10 @@ class Terminator:
         async with self._db() as db, db.begin():
             rows = await queries.begin_stopping_subtree(db, session_id, include_root)
         self._stopping.update(row.id for row in rows)
+        failures: list[BaseException] = []
         try:
             for level in _deepest_first(rows):
-                await asyncio.gather(
+                outcomes = await asyncio.gather(
                     *(
                         self._stop_row(
                             row,
@@ -85,10 +86,19 @@ class Terminator:
                             else f"ancestor {session_id} stopped: {reason}",
                         )
                         for row in level
-                    )
+                    ),
+                    return_exceptions=True,
                 )
+                # One session that cannot be stopped now (the engine is down) must not keep
+                # the others running; it stays "stopping" and the reconciler finishes it.
+                for row, outcome in zip(level, outcomes, strict=True):
+                    if isinstance(outcome, BaseException):
+                        log.warning("could not stop session %s: %s", row.id, outcome)
+                        failures.append(outcome)
         finally:
             self._stopping.difference_update(row.id for row in rows)
+        if failures:
+            raise failures[0]
 
     async def _stop_row(self, row: SessionRow, reason: str) -> None:
         """Stop one session already marked ``stopping``."""
@@ -118,6 +128,8 @@ class Terminator:
         """Finish a stop that a previous gateway process began but did not end."""
         self._stopping.add(row.id)
         try:
+            if row.container_id:  # it may still run: stop it so that its files hold still
+                await self._runtime.stop(row.container_id, self._settings.session_stop_grace)
             kept = bool(row.container_id) and not await self._save_then_remove(row, "stop")
             return await self._finish_stop(
                 row.id, "stopped (completed after a gateway restart)", unsaved=kept

@@ -20,6 +20,7 @@ from gateway.store import layout
 from gateway.store.objects import ObjectMissing, ObjectStore
 from gateway.workspaces import tarstream
 from gateway.workspaces.manifest import Entry
+from wrapper.aio import cancel_and_wait
 from wrapper.cli import transcript_path
 from wrapper.protocol import CONTAINER_HOME, WORKSPACE_DIR
 
@@ -36,10 +37,7 @@ class TranscriptKeeper:
         self._again: set[uuid.UUID] = set()
 
     async def close(self) -> None:
-        tasks = list(self._running.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._running.values()))
 
     @staticmethod
     def _in_container(session: SessionRow) -> PurePosixPath:

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from gateway.events.bus import Event, EventBus
 from gateway.events.hub import EventHub
+from wrapper.aio import cancel_and_wait
 from wrapper.protocol import GatewayEvent
 
 pytestmark = pytest.mark.docker
@@ -28,9 +29,8 @@ async def hub_and_bus(infra) -> AsyncIterator[tuple[EventHub, EventBus]]:
     hub = EventHub(reader, bus, block_ms=2000, batch=50, subscriber_queue=5)
     task = asyncio.create_task(hub.run())
     yield hub, bus
-    task.cancel()
     async with asyncio.timeout(15):  # a hang here is a bug; fail rather than stall the run
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait([task])
         await client.aclose()
         await reader.aclose()
 
