@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,23 +17,47 @@ _BATCH = 1000
 T = TypeVar("T")
 
 
+def _entry(row: WorkspaceEntryRow) -> Entry:
+    return Entry(
+        path=row.path,
+        kind=row.kind,  # type: ignore[arg-type]
+        size=row.size,
+        mode=row.mode,
+        mtime=row.mtime,
+        sha256=row.sha256,
+        link_target=row.link_target,
+        object_key=row.object_key,
+    )
+
+
 async def load(db: AsyncSession, workspace_id: uuid.UUID) -> dict[str, Entry]:
     rows = await db.scalars(
         select(WorkspaceEntryRow).where(WorkspaceEntryRow.workspace_id == workspace_id)
     )
-    return {
-        row.path: Entry(
-            path=row.path,
-            kind=row.kind,  # type: ignore[arg-type]
-            size=row.size,
-            mode=row.mode,
-            mtime=row.mtime,
-            sha256=row.sha256,
-            link_target=row.link_target,
-            object_key=row.object_key,
+    return {row.path: _entry(row) for row in rows}
+
+
+async def get(db: AsyncSession, workspace_id: uuid.UUID, path: str) -> Entry | None:
+    row = await db.get(WorkspaceEntryRow, (workspace_id, path))
+    return None if row is None else _entry(row)
+
+
+async def page(
+    db: AsyncSession, workspace_id: uuid.UUID, prefix: str, after: str | None, limit: int
+) -> list[Entry]:
+    """Up to ``limit`` entries at or below ``prefix`` ("" for all), in byte order of path,
+    strictly after ``after``: one page read from the database, not the whole manifest."""
+    path = WorkspaceEntryRow.path.collate("C")
+    statement = select(WorkspaceEntryRow).where(WorkspaceEntryRow.workspace_id == workspace_id)
+    if prefix:
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        statement = statement.where(
+            or_(WorkspaceEntryRow.path == prefix, path.like(escaped + "/%", escape="\\"))
         )
-        for row in rows
-    }
+    if after is not None:
+        statement = statement.where(path > after)
+    rows = await db.scalars(statement.order_by(path).limit(limit))
+    return [_entry(row) for row in rows]
 
 
 async def write_changes(

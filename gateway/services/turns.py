@@ -185,8 +185,12 @@ class TurnService:
             if ended is None:  # someone else recorded it first
                 return await db.get(TurnRow, turn_id)
             released = await queries.release_turn(db, session_id, turn_id, cursor)
-            parent_id = await db.scalar(
-                select(SessionRow.parent_id).where(SessionRow.id == session_id)
+            parent_id = (
+                released.parent_id
+                if released is not None
+                else await db.scalar(
+                    select(SessionRow.parent_id).where(SessionRow.id == session_id)
+                )
             )
         if released is not None and released.status == SessionStatus.READY:
             await self._bus.publish(str(session_id), GatewayEvent.STATUS, status="ready")

@@ -136,15 +136,8 @@ class StoredFiles:
     ) -> tuple[list[Entry], str | None]:
         """Entries below ``prefix`` in path order, ``limit`` at a time (``after`` the last)."""
         base = paths.normalize(prefix, allow_root=True) if prefix else ""
-        chosen = sorted(
-            (
-                entry
-                for path, entry in (await self._manifest(workspace)).items()
-                if (not base or path == base or path.startswith(base + "/"))
-                and (after is None or path > after)
-            ),
-            key=lambda entry: entry.path,
-        )
+        async with self._db() as db:
+            chosen = await manifests.page(db, workspace.id, base, after, limit + 1)
         page = chosen[:limit]
         return page, page[-1].path if len(chosen) > limit else None
 
@@ -153,7 +146,8 @@ class StoredFiles:
     ) -> tuple[Entry, AsyncIterator[bytes]]:
         """A regular file's entry and its bytes, streamed from the store."""
         clean = paths.normalize(path)
-        entry = (await self._manifest(workspace)).get(clean)
+        async with self._db() as db:
+            entry = await manifests.get(db, workspace.id, clean)
         if entry is None:
             raise FileNotFoundInWorkspace(f"{clean!r} is not in workspace {workspace.name!r}")
         if entry.kind != "file" or entry.object_key is None:

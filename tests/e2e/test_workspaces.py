@@ -236,6 +236,17 @@ async def test_file_api_of_stored_workspaces(api_for) -> None:
         ("bin", "dir"),
         ("bin/go.sh", "file"),
     ]
+    # pages read from the database: a prefix (LIKE wildcards in it are literal) and a cursor
+    for name in ("x_y/f", "xzy/g"):
+        assert (await alice.http.put(f"{base}/files/{name}", content=b"")).status_code == 201
+    only = (await alice.http.get(f"{base}/files?prefix=x_y")).json()["files"]
+    assert [f["path"] for f in only] == ["x_y", "x_y/f"]
+    first = (await alice.http.get(f"{base}/files?limit=2")).json()
+    assert [f["path"] for f in first["files"]] == ["a", "a/b"]
+    rest = (await alice.http.get(f"{base}/files?after={first['next_after']}&limit=2")).json()
+    assert [f["path"] for f in rest["files"]] == ["a/b/readme.md", "bin"]
+    for name in ("x_y", "xzy"):
+        assert (await alice.http.delete(f"{base}/files/{name}")).status_code == 204
     got = await alice.http.get(f"{base}/files/a/b/readme.md")
     assert got.status_code == 200 and got.content == b"# hello\n"
     assert (await alice.http.get(f"{base}/files/a")).json()["error"]["code"] == "not_a_file"
