@@ -10,13 +10,24 @@ import hashlib
 import hmac
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from wrapper.protocol import PermissionMode
+from wrapper.protocol import SESSION_HOST_ALIAS, PermissionMode
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(value: str) -> int:
+    """Bytes of a size in docker units: ``512m``, ``2g``, ``1024`` (the settings' patterns
+    guarantee the form)."""
+    value = value.strip().lower()
+    unit = value[-1] if value[-1:].isalpha() else ""
+    return int(value[: len(value) - len(unit)]) * _UNITS[unit]
 
 
 class Settings(BaseSettings):
@@ -37,7 +48,16 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of PostgreSQL; must use the asyncpg driver.",
     )
     database_pool_size: int = Field(default=10, ge=1, description="Connections kept open.")
-    redis_url: str = Field(default="redis://localhost:6379/0", description="Redis for events.")
+    redis_url: str = Field(
+        default="redis://localhost:6379/0",
+        description="Redis for events, with the gateway's own credentials: a user that may "
+        "manage ACL users (redis://user:password@host:port/db). Never given to a container.",
+    )
+    redis_password_file: Path | None = Field(
+        default=None,
+        description="File holding the password of REDIS_URL's user, used when the URL carries "
+        "none (the compose stack generates one on first start).",
+    )
     s3_endpoint: str = Field(
         default="localhost:9000", description="S3 API host:port of MinIO (no scheme)."
     )
@@ -91,6 +111,36 @@ class Settings(BaseSettings):
     max_sessions_per_owner: int = Field(
         default=100, ge=1, description="Running (starting, ready, busy) sessions per owner."
     )
+    max_sessions_per_engine: int = Field(
+        default=200,
+        ge=1,
+        description="Running sessions one gateway instance keeps on its engine; beyond it "
+        "create and spawn answer 429 with Retry-After.",
+    )
+    capacity_retry_after: int = Field(
+        default=5, ge=1, description="Retry-After seconds of a 429 for a full owner or engine."
+    )
+
+    # -- API abuse -------------------------------------------------------------------------------
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body outside file and archive uploads (which are bounded "
+        "by WORKSPACE_MAX_BYTES); larger ones answer 413 before they are read.",
+    )
+    rate_limit_per_second: float = Field(
+        default=20.0,
+        ge=0,
+        description="Requests per second one owner may make, sustained (0: no limit).",
+    )
+    rate_limit_burst: int = Field(
+        default=100, ge=1, description="Requests one owner may make at once above the rate."
+    )
+    idempotency_ttl: int = Field(
+        default=24 * 3600,
+        ge=24 * 3600,
+        description="Seconds an Idempotency-Key is remembered per owner (at least a day).",
+    )
 
     # -- runtime -------------------------------------------------------------------------------
     docker_host: str | None = Field(
@@ -106,14 +156,20 @@ class Settings(BaseSettings):
         default="cc-docker/session:latest", description="Image every session container runs."
     )
     session_network: str | None = Field(
-        default=None, description="Docker network for session containers (default: bridge)."
+        default=None,
+        description="Docker network for session containers. It must keep containers apart "
+        "(a bridge with enable_icc=false; the gateway creates it so when missing and refuses "
+        "one that does not). Empty: the gateway manages ccd-<INSTANCE_NAME>-sessions.",
     )
     session_redis_url: str | None = Field(
-        default=None, description="Redis URL as seen from a session container (default REDIS_URL)."
+        default=None,
+        description="Where a session container reaches Redis: redis://host:port/db with no "
+        "credentials (each session gets its own Redis user). Default: REDIS_URL's port and "
+        "database on ccd-host, the name under which a container reaches the Docker host.",
     )
     session_gateway_url: str | None = Field(
         default=None,
-        description="Gateway URL as seen from a session container (default http://HOST:PORT).",
+        description="Gateway URL as seen from a session container (default http://ccd-host:PORT).",
     )
     session_cpus: float | None = Field(default=1.0, gt=0, description="CPUs per session.")
     session_memory: str | None = Field(
@@ -122,6 +178,43 @@ class Settings(BaseSettings):
         description="Memory limit per session (docker units).",
     )
     session_pids_limit: int | None = Field(default=512, ge=16, description="Max processes.")
+    session_disk_limit: str = Field(
+        default="10g",
+        pattern=r"^\d+[bkmgBKMG]?$",
+        description="Most bytes a session may keep in /workspace and the CLI's state; checked "
+        "every DISK_CHECK_INTERVAL seconds, a session over it is stopped (reason disk_limit).",
+    )
+    disk_check_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between checks of sessions' disk use."
+    )
+    session_tmp_size: str = Field(
+        default="512m",
+        pattern=r"^\d+[bkmgBKMG]?$",
+        description="Size of the tmpfs at /tmp in a session (the root filesystem is read-only).",
+    )
+    session_home_size: str = Field(
+        default="256m",
+        pattern=r"^\d+[bkmgBKMG]?$",
+        description="Size of the tmpfs holding the session user's home directory.",
+    )
+    session_nofile: int = Field(
+        default=8192, ge=256, description="Open files per process in a session (nofile ulimit)."
+    )
+    session_log_max_size: str = Field(
+        default="10m",
+        pattern=r"^\d+[kmgKMG]$",
+        description="Container log rotation: size of one log file (docker units: 10m).",
+    )
+    session_log_max_files: int = Field(
+        default=3, ge=1, le=100, description="Container log rotation: files kept."
+    )
+    session_oom_score_adj: int = Field(
+        default=500,
+        ge=1,
+        le=1000,
+        description="OOM score adjustment of session containers: positive, so that the kernel "
+        "kills a session before the gateway or the stores.",
+    )
     session_permission_mode: PermissionMode = Field(
         default="bypassPermissions",
         description="Permission mode when a session asks for none; the container is the sandbox.",
@@ -221,13 +314,51 @@ class Settings(BaseSettings):
         )
         return digest.hexdigest()
 
+    @field_validator("session_redis_url")
+    @classmethod
+    def _no_session_credentials(cls, value: str | None) -> str | None:
+        if value and (urlsplit(value).username or urlsplit(value).password):
+            raise ValueError(
+                "SESSION_REDIS_URL must not carry credentials: each session gets its own "
+                "Redis user, and the gateway's credentials never reach a container"
+            )
+        return value
+
+    @property
+    def gateway_redis_url(self) -> str:
+        """REDIS_URL with the password from REDIS_PASSWORD_FILE filled in when it has none."""
+        parts = urlsplit(self.redis_url)
+        if parts.password or self.redis_password_file is None:
+            return self.redis_url
+        try:
+            password = self.redis_password_file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"REDIS_PASSWORD_FILE {self.redis_password_file}: {exc}") from None
+        user = quote(parts.username or "default", safe="")
+        netloc = f"{user}:{quote(password, safe='')}@{parts.hostname}"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
     @property
     def effective_session_redis_url(self) -> str:
-        return self.session_redis_url or self.redis_url
+        """Where containers reach Redis, without credentials."""
+        if self.session_redis_url:
+            return self.session_redis_url
+        parts = urlsplit(self.redis_url)
+        return f"redis://{SESSION_HOST_ALIAS}:{parts.port or 6379}{parts.path or '/0'}"
 
     @property
     def effective_session_gateway_url(self) -> str:
-        return self.session_gateway_url or f"http://{self.host}:{self.port}"
+        return self.session_gateway_url or f"http://{SESSION_HOST_ALIAS}:{self.port}"
+
+    @property
+    def session_memory_bytes(self) -> int | None:
+        return parse_size(self.session_memory) if self.session_memory else None
+
+    @property
+    def session_disk_limit_bytes(self) -> int:
+        return parse_size(self.session_disk_limit)
 
     def session_cli_env(self) -> dict[str, str]:
         """CLI variables forwarded from the gateway to every session container."""

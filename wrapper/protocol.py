@@ -242,6 +242,10 @@ class ContainerEnv(BaseModel):
         )
 
 
+# The name under which a session container reaches the machine that runs it (and through it
+# the gateway and Redis): the runtime maps it to the host's address on the session network.
+SESSION_HOST_ALIAS = "ccd-host"
+
 # What the session image promises (container/Dockerfile): the user the CLI runs as, its home,
 # and the working directory whose files are the session's workspace.
 CONTAINER_UID = 10001

@@ -99,6 +99,12 @@ class SessionRow(Base):
         server_default=false(),
         comment="A save at stop or failure did not succeed: the container is kept for a retry.",
     )
+    workspace_restored: Mapped[bool] = mapped_column(
+        Boolean,
+        default=False,
+        server_default=false(),
+        comment="Its current container holds the restored workspace; only then is it saved back.",
+    )
     status: Mapped[str] = mapped_column(String(16), default=SessionStatus.STARTING)
     image: Mapped[str] = mapped_column(String(500))
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -179,6 +185,26 @@ class WorkspaceEntryRow(Base):
     object_key: Mapped[str | None] = mapped_column(
         Text, comment="Where the bytes are: the final key, or a staging key until promoted."
     )
+
+
+class IdempotencyKeyRow(Base):
+    """A create or spawn request made with an ``Idempotency-Key``: the same key and body answer
+    the same session."""
+
+    __tablename__ = "idempotency_keys"
+
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    scope: Mapped[str] = mapped_column(
+        String(64),
+        primary_key=True,
+        comment="What the key was used for: create, or spawn:<parent id>.",
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(
+        String(64), comment="sha256 of the canonical request body: a reuse must match it."
+    )
+    session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
 
 
 class TurnRow(Base):
