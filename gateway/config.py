@@ -314,6 +314,16 @@ class Settings(BaseSettings):
         )
         return digest.hexdigest()
 
+    @property
+    def redis_user_key(self) -> str:
+        """Key of the per-session Redis passwords (an HMAC of JWT_SECRET under its own label)."""
+        digest = hmac.new(
+            self.jwt_secret.get_secret_value().encode(),
+            b"cc-docker session redis users",
+            hashlib.sha256,
+        )
+        return digest.hexdigest()
+
     @field_validator("session_redis_url")
     @classmethod
     def _no_session_credentials(cls, value: str | None) -> str | None:

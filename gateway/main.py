@@ -16,10 +16,13 @@ from gateway.config import Settings
 from gateway.db.engine import create_engine, create_session_factory
 from gateway.deps import Services
 from gateway.errors import install_error_handlers
+from gateway.events.access import SessionAccess
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
+from gateway.runtime import IsolationUnavailable, RuntimeFailure
 from gateway.runtime.docker import DockerRuntime
 from gateway.services.background import TaskSet
+from gateway.services.disk_guard import DiskGuard
 from gateway.services.reconciler import Reconciler
 from gateway.services.recorder import Recorder
 from gateway.services.session_files import LiveFiles
@@ -30,6 +33,7 @@ from gateway.services.turns import TurnService
 from gateway.services.workspace_files import StoredFiles
 from gateway.services.workspaces import WorkspaceService
 from gateway.store.objects import ObjectStore, StoreError
+from wrapper.protocol import SESSION_HOST_ALIAS
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +47,28 @@ def create_app(settings: Settings) -> FastAPI:
             engine = create_engine(settings)
             stack.push_async_callback(engine.dispose)
             db = create_session_factory(engine)
+            redis_url = settings.gateway_redis_url
             redis = aioredis.Redis.from_url(
-                settings.redis_url, decode_responses=True, socket_connect_timeout=5
+                redis_url, decode_responses=True, socket_connect_timeout=5
             )
             stack.push_async_callback(redis.aclose)
             # The hub blocks in XREAD on its own connections, so it gets its own client, with
             # a socket timeout longer than its blocking reads.
             hub_redis = aioredis.Redis.from_url(
-                settings.redis_url,
+                redis_url,
                 decode_responses=True,
                 socket_timeout=HUB_BLOCK_SECONDS + 10,
                 socket_connect_timeout=5,
             )
             stack.push_async_callback(hub_redis.aclose)
-            runtime = DockerRuntime(settings.instance_name, settings.docker_host)
+            runtime = DockerRuntime(
+                settings.instance_name,
+                settings.docker_host,
+                network=settings.session_network,
+                host_alias=SESSION_HOST_ALIAS,
+            )
             stack.push_async_callback(runtime.close)
+            await _setup_runtime(runtime)
             store = ObjectStore(
                 settings.s3_endpoint,
                 settings.s3_access_key.get_secret_value(),
@@ -71,17 +82,21 @@ def create_app(settings: Settings) -> FastAPI:
 
             bus = EventBus(redis, settings.event_stream_maxlen)
             hub = EventHub(hub_redis, bus, block_ms=int(HUB_BLOCK_SECONDS * 1000))
+            access = SessionAccess(
+                redis, settings.redis_user_key, settings.effective_session_redis_url
+            )
             turns = TurnService(db, bus, hub)
             workspaces = WorkspaceService(settings, db, runtime, store, bus)
             stack.push_async_callback(workspaces.close)
-            terminator = Terminator(settings, db, runtime, bus, hub, workspaces)
+            terminator = Terminator(settings, db, runtime, bus, hub, access, workspaces)
             stack.push_async_callback(terminator.close)
+            hub.on_damage(terminator.stream_damaged)
             sessions = SessionService(
-                settings, db, runtime, bus, hub, turns, terminator, workspaces
+                settings, db, runtime, bus, hub, turns, terminator, access, workspaces
             )
             stack.push_async_callback(sessions.close)
             recorder = Recorder(sessions, turns, terminator, hub, workspaces)
-            reconciler = Reconciler(settings, db, runtime, terminator, hub)
+            reconciler = Reconciler(settings, db, runtime, terminator, hub, access, workspaces)
             app.state.services = Services(
                 settings=settings,
                 db=db,
@@ -103,6 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
             tasks.spawn(reconciler.watch_exits(), "container-exits")
             tasks.spawn(reconciler.run(), "reconciler")
             tasks.spawn(workspaces.run_snapshots(), "workspace-snapshots")
+            tasks.spawn(DiskGuard(settings, db, runtime, terminator).run(), "disk-guard")
             log.info("gateway %s ready (instance %s)", __version__, settings.instance_name)
             yield
 
@@ -115,6 +131,18 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(build_router())
     return app
+
+
+async def _setup_runtime(runtime: DockerRuntime) -> None:
+    """Sessions must be kept apart: a network that cannot do it stops the gateway here, with
+    the reason. An engine that does not answer yet is not fatal (``/ready`` says so, and the
+    network is made on first use)."""
+    try:
+        await runtime.setup()
+    except IsolationUnavailable as exc:
+        raise SystemExit(f"gateway: {exc}") from exc
+    except RuntimeFailure as exc:
+        log.warning("the container runtime is not ready: %s", exc)
 
 
 async def _ensure_bucket(store: ObjectStore, bucket: str) -> None:

@@ -103,7 +103,7 @@ down() {
     if [[ -n $ids ]]; then
         log "removing the stack's session containers"
         # shellcheck disable=SC2086
-        docker rm -f $ids >/dev/null
+        docker rm -f -v $ids >/dev/null  # -v: their workspace volumes go with them
     fi
     compose down --remove-orphans "$@"
 }

@@ -3,7 +3,11 @@
 - PostgreSQL and Redis run as containers (from images built locally: ``scripts/build-standins.sh``
   makes stand-ins from Debian's packages where no registry can be reached; set
   ``TEST_POSTGRES_IMAGE``/``TEST_REDIS_IMAGE`` to use the official images instead) on a docker
-  network of their own, which the session containers join too.
+  network of their own. Redis requires authentication, as in production: the default user is
+  off and the gateway has a user of its own.
+- Session containers join a second network on which containers cannot reach each other
+  (``enable_icc=false``); they reach Redis (its published port) and the gateway through the
+  host, as ``ccd-host``.
 - The scripted fake of the Anthropic API and the gateway itself run on the host and listen on
   that network's gateway address, so session containers reach them and so do the tests.
 - The gateway is the real ``python -m gateway`` in a subprocess, configured only by environment.
@@ -38,6 +42,8 @@ POSTGRES_IMAGE = os.environ.get("TEST_POSTGRES_IMAGE", "cc-docker/standin-postgr
 REDIS_IMAGE = os.environ.get("TEST_REDIS_IMAGE", "cc-docker/standin-redis:7")
 SESSION_IMAGE = os.environ.get("SESSION_IMAGE", "cc-docker/session:latest")
 TEST_LABEL = "cc-docker.test-run"
+REDIS_GATEWAY_USER = "ccd-gateway"
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
 
 
 def free_port(host: str = "0.0.0.0") -> int:
@@ -63,8 +69,9 @@ class Infra:
     postgres: PostgresContainer
     redis: DockerContainer
     database_url: str
-    redis_url: str
-    session_redis_url: str
+    redis_url: str  # with the gateway user's credentials
+    session_redis_url: str  # as a session container reaches it, no credentials
+    sessions_network: str  # isolated: containers on it cannot reach each other
 
     @property
     def network_name(self) -> str:
@@ -90,7 +97,13 @@ def sweep_stale_runs(client: docker.DockerClient, max_age: float = 3600) -> None
             if instance.startswith("test-") and created(container.attrs) < cutoff:
                 with contextlib.suppress(docker.errors.APIError):
                     container.remove(force=True, v=True)
-    for network in client.networks.list(filters={"label": TEST_LABEL}):
+    networks = client.networks.list(filters={"label": TEST_LABEL})
+    networks += [
+        network
+        for network in client.networks.list(filters={"label": "cc-docker.instance"})
+        if network.attrs.get("Labels", {}).get("cc-docker.instance", "").startswith("test-")
+    ]
+    for network in networks:
         if created(network.attrs) < cutoff:
             with contextlib.suppress(docker.errors.APIError):
                 network.remove()
@@ -103,7 +116,15 @@ def start_infra(client: docker.DockerClient) -> Iterator[Infra]:
     require_image(client, REDIS_IMAGE, "run scripts/build-standins.sh")
     run_id = secrets.token_hex(4)
     labels = {TEST_LABEL: run_id}
-    with Network(docker_network_kw={"labels": labels}) as network:
+    redis_password = secrets.token_urlsafe(24)
+    sessions = client.networks.create(
+        f"ccd-test-{run_id}-sessions", driver="bridge", options={ICC_OPTION: "false"}, labels=labels
+    )
+    with (
+        contextlib.ExitStack() as cleanup,
+        Network(docker_network_kw={"labels": labels}) as network,
+    ):
+        cleanup.callback(_remove_network, client, sessions.id)
         attrs = client.networks.get(network.name).attrs
         gateway_ip = attrs["IPAM"]["Config"][0]["Gateway"]
         postgres = (
@@ -116,6 +137,7 @@ def start_infra(client: docker.DockerClient) -> Iterator[Infra]:
         )
         redis = (
             DockerContainer(REDIS_IMAGE)
+            .with_command(redis_command(redis_password))
             .with_exposed_ports(6379)
             .with_network(network)
             .with_network_aliases("redis")
@@ -132,9 +154,27 @@ def start_infra(client: docker.DockerClient) -> Iterator[Infra]:
                 postgres=postgres,
                 redis=redis,
                 database_url=f"postgresql+asyncpg://ccd:ccd-test@127.0.0.1:{pg_port}/ccd",
-                redis_url=f"redis://127.0.0.1:{redis_port}/0",
-                session_redis_url="redis://redis:6379/0",
+                redis_url=f"redis://{REDIS_GATEWAY_USER}:{redis_password}@127.0.0.1:{redis_port}/0",
+                session_redis_url=f"redis://ccd-host:{redis_port}/0",
+                sessions_network=str(sessions.name),
             )
+
+
+def redis_command(password: str) -> list[str]:
+    """redis-server with the default user off and the gateway's own user (as the compose
+    stack's ACL file does)."""
+    return [
+        "redis-server",
+        "--bind", "0.0.0.0",
+        "--protected-mode", "no",
+        "--user", "default", "off",
+        "--user", REDIS_GATEWAY_USER, "on", f">{password}", "~*", "&*", "+@all",
+    ]  # fmt: skip
+
+
+def _remove_network(client: docker.DockerClient, network_id: str) -> None:
+    with contextlib.suppress(docker.errors.APIError):
+        client.networks.get(network_id).remove()
 
 
 S3_ACCESS_KEY = "test-access"
@@ -210,9 +250,8 @@ def gateway_env(
         JWT_SECRET=jwt_secret,
         INSTANCE_NAME=instance,
         SESSION_IMAGE=SESSION_IMAGE,
-        SESSION_NETWORK=infra.network_name,
+        SESSION_NETWORK=infra.sessions_network,
         SESSION_REDIS_URL=infra.session_redis_url,
-        SESSION_GATEWAY_URL=f"http://{infra.gateway_ip}:{port}",
         S3_ENDPOINT=s3_endpoint,
         S3_ACCESS_KEY=S3_ACCESS_KEY,
         S3_SECRET_KEY=S3_SECRET_KEY,
@@ -271,6 +310,23 @@ def run_gateway(
             remove_instance_containers(instance)
 
 
+def remove_instance_containers(instance: str) -> None:
+    """Everything a test gateway instance made on the engine: containers, then the session
+    network it may have made itself (when SESSION_NETWORK was left empty)."""
+    client = docker.from_env()
+    try:
+        for container in client.containers.list(
+            all=True, filters={"label": f"cc-docker.instance={instance}"}
+        ):
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True, v=True)
+        for network in client.networks.list(filters={"label": f"cc-docker.instance={instance}"}):
+            with contextlib.suppress(docker.errors.APIError):
+                network.remove()
+    finally:
+        client.close()
+
+
 def _wait_healthy(gateway: Gateway, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     assert gateway.process is not None
@@ -293,15 +349,3 @@ def _terminate(process: subprocess.Popen[bytes] | None) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-def remove_instance_containers(instance: str) -> None:
-    client = docker.from_env()
-    try:
-        for container in client.containers.list(
-            all=True, filters={"label": f"cc-docker.instance={instance}"}
-        ):
-            with contextlib.suppress(docker.errors.APIError):
-                container.remove(force=True)
-    finally:
-        client.close()

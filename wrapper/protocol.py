@@ -77,6 +77,10 @@ class GatewayEvent(StrEnum):
     CHILD_FINISHED = "child_finished"  # {"child_id", "turn_id", "status", "result", "is_error"}
     CHILD_FAILED = "child_failed"  # {"child_id", "reason"}
     CHILD_STOPPED = "child_stopped"  # {"child_id", "reason"}
+    # Events were lost before a reader saw them: {"after", "first_available", "reason"}. Sent to
+    # one reader (id null) when its cursor is older than what is kept, or written into the
+    # stream (with an id) when the gateway found the stream itself lost or broken.
+    GAP = "gap"
 
 
 class InputType(StrEnum):
@@ -252,6 +256,9 @@ CONTAINER_UID = 10001
 CONTAINER_GID = 10001
 CONTAINER_HOME = "/home/claude"
 WORKSPACE_DIR = "/workspace"
+# The CLI's own state (transcripts among it): kept across a stop like the workspace, so a
+# stopped container's conversation can still be saved. The rest of the home is scratch.
+CLAUDE_STATE_DIR = f"{CONTAINER_HOME}/.claude"
 
 # Fixed CLI variables for headless use in a container (see CLAUDE_CLI.md).
 HEADLESS_CLI_VARIABLES = {

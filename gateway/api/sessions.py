@@ -126,7 +126,10 @@ async def _turn_events(
 ) -> AsyncIterator[dict[str, str]]:
     try:
         async for event in services.turns.events(session_id, turn, started, timeout):
-            yield {"id": event.id, "event": event.source, "data": event.envelope_json()}
+            message = {"event": event.source, "data": event.envelope_json()}
+            if not event.is_notice:  # a gap notice has no cursor
+                message["id"] = event.id
+            yield message
     except GatewayError as exc:  # the response has begun: report the error as an event
         yield {"event": "error", "data": _json(exc.body())}
 

@@ -103,17 +103,6 @@ async def _send_events(
     websocket: WebSocket, services: Services, session: SessionRow, after: str | None
 ) -> None:
     sid = str(session.id)
-    if after is not None and await services.bus.trimmed_after(sid, after):
-        await _send_notice(
-            websocket,
-            sid,
-            {
-                "type": "events_truncated",
-                "message": "some events after this cursor were trimmed "
-                f"(EVENT_STREAM_MAXLEN={services.settings.event_stream_maxlen}); "
-                "replay starts at the oldest event kept",
-            },
-        )
     active = session.status in ACTIVE_STATUSES
     async with contextlib.aclosing(services.hub.follow(sid, after, track=active)) as events:
         async for event in events:
@@ -125,7 +114,13 @@ async def _send_events(
 
 async def _send_notice(websocket: WebSocket, session_id: str, event: dict[str, Any]) -> None:
     """A message for this client only; it is not part of the session's stream (no cursor)."""
-    envelope = {"id": None, "session_id": session_id, "source": Source.GATEWAY, "event": event}
+    envelope = {
+        "id": None,
+        "session_id": session_id,
+        "source": Source.GATEWAY,
+        "turn_id": event.get("turn_id"),
+        "event": event,
+    }
     await websocket.send_text(json.dumps(envelope, separators=(",", ":")))
 
 

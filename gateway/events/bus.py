@@ -59,6 +59,29 @@ class Event:
             turn_cost=_float_or_none(fields.get(protocol.FIELD_TURN_COST)),
         )
 
+    @classmethod
+    def gap(cls, session_id: str, after: str, first_available: str | None, reason: str) -> Event:
+        """A notice for one reader (not a stream entry, so ``id`` is empty): events after
+        cursor ``after`` are gone; the replay goes on from ``first_available``."""
+        body = {
+            "type": str(GatewayEvent.GAP),
+            "after": after,
+            "first_available": first_available,
+            "reason": reason,
+        }
+        return cls(
+            id="",
+            session_id=session_id,
+            source=protocol.Source.GATEWAY,
+            type=str(GatewayEvent.GAP),
+            turn_id=None,
+            data=json.dumps(body, separators=(",", ":")),
+        )
+
+    @property
+    def is_notice(self) -> bool:
+        return not self.id
+
     @cached_property
     def payload(self) -> dict[str, Any]:
         value = json.loads(self.data)
@@ -69,10 +92,14 @@ class Event:
         return parse_stream_id(self.id)
 
     def envelope_json(self) -> str:
-        """The client-facing envelope, built without re-encoding the CLI's line."""
+        """The client-facing envelope, built without re-encoding the CLI's line: ``id`` (the
+        cursor; null for a notice), ``session_id``, ``source``, ``turn_id`` (null outside a
+        turn) and ``event``."""
+        entry_id = f'"{self.id}"' if self.id else "null"
+        turn = f'"{self.turn_id}"' if self.turn_id else "null"
         return (
-            f'{{"id":"{self.id}","session_id":"{self.session_id}",'
-            f'"source":"{self.source}","event":{self.data}}}'
+            f'{{"id":{entry_id},"session_id":"{self.session_id}",'
+            f'"source":"{self.source}","turn_id":{turn},"event":{self.data}}}'
         )
 
 
@@ -89,6 +116,10 @@ class EventBus:
         # to str over RESP2, which its stubs cannot express.
         self._redis: Any = client
         self._maxlen = maxlen
+
+    @property
+    def maxlen(self) -> int:
+        return self._maxlen
 
     async def publish(
         self,
@@ -130,14 +161,54 @@ class EventBus:
         )
         return str(entries[0][0]) if entries else "0-0"
 
-    async def trimmed_after(self, session_id: str, after: str) -> bool:
-        """True when events after ``after`` were already trimmed away (replay has a gap)."""
+    async def gap_after(self, session_id: str, after: str) -> Event | None:
+        """A ``gap`` notice when events after cursor ``after`` are gone (trimmed, or deleted),
+        so a replay from there would skip them; else ``None``.
+
+        Redis does not say which ids a trim removed, only how many entries the stream ever
+        had and which it still holds: a cursor older than the oldest entry kept, in a stream
+        that lost entries, gets a gap. That is exact except when the cursor is precisely the
+        last entry trimmed, which is then reported as a gap of nothing (never the reverse)."""
         try:
             info = await self._redis.xinfo_stream(protocol.output_stream_key(session_id))
         except aioredis.ResponseError:
-            return False  # no stream yet: nothing was trimmed
-        deleted = str(info.get("max-deleted-entry-id") or "0-0")
-        return parse_stream_id(deleted) > parse_stream_id(after)
+            return None  # no stream (yet): nothing was trimmed
+        position = parse_stream_id(after)
+        first = info.get("first-entry")
+        first_id = str(first[0]) if first else None
+        lost = int(info.get("entries-added") or 0) > int(info.get("length") or 0)
+        trimmed = lost and (first_id is None or position < parse_stream_id(first_id))
+        deleted = parse_stream_id(str(info.get("max-deleted-entry-id") or "0-0")) > position
+        if not (trimmed or deleted):
+            return None
+        return Event.gap(
+            session_id,
+            after,
+            first_id,
+            f"events after {after} are no longer kept (EVENT_STREAM_MAXLEN={self._maxlen})",
+        )
+
+    async def trim(self, session_id: str) -> int:
+        """Trim the output stream to about ``maxlen`` entries whatever its writer did;
+        returns how many went."""
+        removed: int = await self._redis.xtrim(
+            protocol.output_stream_key(session_id), maxlen=self._maxlen, approximate=True
+        )
+        return removed
+
+    async def reset_broken(self, session_id: str) -> None:
+        """Drop a session's output key when it is no longer a stream (so the gateway can
+        write to it again). A stream is never dropped here."""
+        key = protocol.output_stream_key(session_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(key)
+            kind = await pipe.type(key)
+            if kind in ("stream", "none"):
+                await pipe.unwatch()
+                return
+            pipe.multi()
+            pipe.delete(key)
+            await pipe.execute()
 
     async def delete(self, session_id: str) -> None:
         await self._redis.delete(

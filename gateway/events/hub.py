@@ -5,9 +5,19 @@ over all of them, and hands each event to the listeners (the recorder) and to th
 subscribers of that session (WebSocket clients, waiting chat requests). Clients never touch
 Redis for live events, so a thousand viewers of one session cost one read.
 
-``follow`` gives a subscriber every event after a cursor with no gap and no duplicate: it
-subscribes first, replays the range from Redis, then drops live events it already sent. A
-subscriber that falls too far behind is cut loose and resynchronises from Redis the same way.
+``follow`` gives a subscriber every event after a cursor with no duplicate: it subscribes
+first, replays the range from Redis, then drops live events it already sent. A subscriber that
+falls too far behind is cut loose and resynchronises from Redis the same way. Events trimmed
+away before a subscriber read them are never skipped silently: it gets a ``gap`` notice first.
+
+One session cannot break the relay for the others. A periodic inspection (run at once when
+XREAD fails) trims every stream to its bound whatever its writer does, and finds:
+- a key that is no longer a stream (XREAD over it fails with WRONGTYPE): the session is dropped
+  from the shared read and reported to the ``on_damage`` handlers, which fail it;
+- a stream flooded past any honest writer's trimming: reported the same way;
+- a stream that vanished (deleted, or Redis lost its data; a session's own Redis user cannot
+  delete keys): a ``gap`` event is written into it, so every reader learns that earlier events
+  are gone, and the session goes on.
 """
 
 from __future__ import annotations
@@ -23,10 +33,15 @@ import redis.asyncio as aioredis
 
 from gateway.events.bus import Event, EventBus, parse_stream_id
 from wrapper import protocol
+from wrapper.protocol import GatewayEvent
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Event], None]
+DamageHandler = Callable[[str, str], None]  # (session id, reason)
+
+INSPECT_INTERVAL = 5.0  # seconds between checks of every tracked stream
+FLOOD_FACTOR = 2  # a stream this many times over its bound ignores the contract
 
 
 class Lagged(Exception):
@@ -88,6 +103,9 @@ class EventHub:
         self._cursors: dict[str, str] = {}  # tracked session -> last id read
         self._subscribers: dict[str, set[Subscription]] = {}
         self._listeners: list[Listener] = []
+        self._damage_handlers: list[DamageHandler] = []
+        self._maxlen = bus.maxlen
+        self._next_inspection = 0.0
         self._wake_key = f"{protocol.KEY_PREFIX}:gateway:{uuid.uuid4().hex}:wake"
         self._wake_cursor = "0-0"
 
@@ -96,6 +114,10 @@ class EventHub:
     def add_listener(self, listener: Listener) -> None:
         """Called synchronously with every event of every tracked session, in order."""
         self._listeners.append(listener)
+
+    def on_damage(self, handler: DamageHandler) -> None:
+        """Called (synchronously) with a session whose stream its writer broke."""
+        self._damage_handlers.append(handler)
 
     async def track(self, session_id: str, after: str | None = None) -> None:
         """Start reading a session's stream after ``after`` (default: its current end)."""
@@ -126,11 +148,20 @@ class EventHub:
     async def run(self) -> None:
         """The reader loop; runs until cancelled. Redis errors are retried with backoff."""
         backoff = 0.1
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
+                    if loop.time() >= self._next_inspection:
+                        await self.inspect()
+                        self._next_inspection = loop.time() + INSPECT_INTERVAL
                     await self._read_once()
                     backoff = 0.1
+                except aioredis.ResponseError as exc:
+                    # WRONGTYPE and the like come from one session's key, not from Redis:
+                    # find it now instead of failing every read.
+                    log.warning("event hub read failed (%s); inspecting streams", exc)
+                    await self.inspect()
                 except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
@@ -151,7 +182,9 @@ class EventHub:
             key = protocol.output_stream_key(session_id)
             streams[key] = cursor
             keys[key] = session_id
-        reply = await self._redis.xread(streams, count=self._batch, block=self._block_ms)
+        # Never block longer than the inspection interval, so a broken stream is found soon.
+        block = min(self._block_ms, int(INSPECT_INTERVAL * 1000))
+        reply = await self._redis.xread(streams, count=self._batch, block=block)
         for key, entries in reply or []:
             if key == self._wake_key:
                 self._wake_cursor = entries[-1][0]
@@ -163,6 +196,63 @@ class EventHub:
                 self._dispatch(Event.from_entry(session_id, entry_id, fields))
             if session_id in self._cursors:  # a listener may untrack on a final event
                 self._cursors[session_id] = entries[-1][0]
+
+    async def inspect(self) -> None:
+        """Check every tracked stream: trim it to its bound, and drop and report a session
+        whose key is gone, is not a stream, or floods past any honest writer's trimming."""
+        sessions = list(self._cursors)
+        if not sessions:
+            return
+        keys = [protocol.output_stream_key(session_id) for session_id in sessions]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.type(key)
+            kinds = await pipe.execute()
+        streams = [s for s, kind in zip(sessions, kinds, strict=True) if kind == "stream"]
+        for session_id, kind in zip(sessions, kinds, strict=True):
+            if kind == "none":
+                await self._mark_lost(session_id)
+            elif kind != "stream":
+                self.untrack(session_id)  # every XREAD including it would fail
+                self._damaged(session_id, f"its output stream was replaced by a {kind}")
+        if not streams:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for session_id in streams:
+                pipe.xlen(protocol.output_stream_key(session_id))
+            lengths = await pipe.execute(raise_on_error=False)
+        for session_id, length in zip(streams, lengths, strict=True):
+            if not isinstance(length, int) or length <= self._maxlen:
+                continue
+            await self._bus.trim(session_id)
+            if length > FLOOD_FACTOR * self._maxlen:
+                self._damaged(
+                    session_id,
+                    f"its output stream was flooded ({length} entries; the bound is about "
+                    f"{self._maxlen}, EVENT_STREAM_MAXLEN)",
+                )
+
+    async def _mark_lost(self, session_id: str) -> None:
+        cursor = self._cursors.get(session_id)
+        if cursor is None:  # untracked meanwhile (deleted): do not bring its key back
+            return
+        log.warning("session %s: its output stream vanished; writing a gap event", session_id)
+        await self._bus.publish(
+            session_id,
+            GatewayEvent.GAP,
+            after=cursor,
+            first_available=None,
+            reason="the output stream was lost (deleted, or Redis lost its data): events "
+            f"after {cursor} are gone",
+        )
+
+    def _damaged(self, session_id: str, reason: str) -> None:
+        log.warning("session %s: %s", session_id, reason)
+        for handler in self._damage_handlers:
+            try:
+                handler(session_id, reason)
+            except Exception:
+                log.exception("damage handler failed for %s", session_id)
 
     def _dispatch(self, event: Event) -> None:
         for listener in self._listeners:
@@ -204,6 +294,9 @@ class EventHub:
             await self.track(session_id)
         while True:
             with self.subscribe(session_id) as subscription:
+                gap = await self._bus.gap_after(session_id, last)
+                if gap is not None:
+                    yield gap
                 async for event in self._replay(session_id, last):
                     last = event.id
                     yield event

@@ -1,8 +1,11 @@
 """The runtime contract: start, stop, remove, inspect and list session containers.
 
-Mechanism only. Timeouts, retries, cleanup after failure and what a status means live in the
-session service. Backends translate their own errors into the exceptions below, and every
-method that ends something is idempotent: a missing container is not an error.
+Mechanism only, and neutral about the engine (Docker today, Kubernetes later): timeouts,
+retries, cleanup after failure and what a status means live in the session service. Backends
+translate their own errors into the exceptions below and their own states into
+``ContainerPhase``; no engine wire format leaves a backend. Every method that ends something is
+idempotent: a missing container is not an error there. Hardening is part of the spec, not a
+backend's choice: a backend that cannot apply a field must refuse the spec.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import BinaryIO
 
 
@@ -21,18 +25,65 @@ class ImageMissing(RuntimeFailure):
     """The session image is not present on the engine."""
 
 
+class ContainerMissing(RuntimeFailure):
+    """The container does not exist (never created, removed, or lost by the engine). Never
+    "nothing to save": its files are gone, which callers must treat as a loss."""
+
+
+class IsolationUnavailable(RuntimeFailure):
+    """The engine's configuration would let sessions reach each other (a shared network that
+    does not keep containers apart): nothing may start until an operator fixes it."""
+
+
+class PathMissing(RuntimeFailure):
+    """The path does not exist in a container that does."""
+
+
+@dataclass(frozen=True)
+class ScratchMount:
+    """An in-memory filesystem of bounded size, emptied when the container stops."""
+
+    path: str
+    size_bytes: int
+    mode: int = 0o1777
+    uid: int | None = None
+    gid: int | None = None
+
+
 @dataclass(frozen=True)
 class ContainerSpec:
-    """Everything needed to start one session container."""
+    """Everything needed to start one session container, hardening included.
+
+    The root filesystem is read-only; only ``scratch`` (in memory, bounded) and
+    ``persistent_paths`` (kept across a stop so files can be saved from a stopped container,
+    removed with the container) are writable. Memory is also the limit of memory plus swap (no
+    swap). The process runs as ``user``, never the image's default, with no capabilities and
+    no way to gain privileges.
+    """
 
     name: str
     image: str
     env: Mapping[str, str]
     labels: Mapping[str, str]
-    network: str | None = None
+    user: str  # "uid:gid"
+    persistent_paths: tuple[str, ...] = ()
+    scratch: tuple[ScratchMount, ...] = ()
     cpus: float | None = None
-    memory: str | None = None
+    memory_bytes: int | None = None
     pids_limit: int | None = None
+    nofile: int = 8192
+    oom_score_adj: int = 500
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_max_files: int = 3
+    read_only_root: bool = True
+    drop_all_capabilities: bool = True
+    no_new_privileges: bool = True
+
+
+class ContainerPhase(StrEnum):
+    CREATED = "created"  # created, not started yet
+    RUNNING = "running"
+    EXITED = "exited"  # stopped or dead; its files can still be read
 
 
 @dataclass(frozen=True)
@@ -40,11 +91,14 @@ class ContainerState:
     id: str
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
-    running: bool = False
-    status: str = "unknown"  # the engine's word: created, running, exited, dead, ...
+    phase: ContainerPhase = ContainerPhase.EXITED
     exit_code: int | None = None
     oom_killed: bool = False
     error: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.phase == ContainerPhase.RUNNING
 
 
 @dataclass(frozen=True)
@@ -76,10 +130,6 @@ class ArchiveStream:
         self.close()
 
 
-class PathMissing(RuntimeFailure):
-    """The path does not exist in the container."""
-
-
 @dataclass(frozen=True)
 class ContainerExit:
     """A managed container stopped running (for whatever reason)."""
@@ -90,6 +140,11 @@ class ContainerExit:
 
 
 class SessionRuntime(abc.ABC):
+    async def setup(self) -> None:  # noqa: B027 - optional hook
+        """Prepare what every session shares (say, an isolated network), once at start-up.
+        Raises ``RuntimeFailure`` with a clear message when sessions could not be kept apart;
+        the gateway then refuses to start."""
+
     @abc.abstractmethod
     async def create(self, spec: ContainerSpec) -> ContainerState:
         """Create a container without starting it (files can be copied in first); raises
@@ -101,13 +156,15 @@ class SessionRuntime(abc.ABC):
 
     @abc.abstractmethod
     async def put_archive(self, container_id: str, path: str, data: BinaryIO) -> None:
-        """Extract the tar read from ``data`` (streamed, read in a worker thread) at ``path``.
-        Works on created and stopped containers too."""
+        """Extract the tar read from ``data`` (streamed, read in a worker thread) at ``path``,
+        which must be in one of the spec's ``persistent_paths``. Works on created and stopped
+        containers too. Raises ``ContainerMissing``, ``PathMissing``."""
 
     @abc.abstractmethod
     async def get_archive(self, container_id: str, path: str) -> ArchiveStream:
-        """A tar of ``path`` (a symlink is archived as the link itself); raises
-        ``PathMissing``. Works on stopped containers too."""
+        """A tar of ``path`` (a symlink is archived as the link itself; ``dir/.`` archives the
+        directory's contents with names relative to it). Works on stopped containers too, for
+        paths in ``persistent_paths``. Raises ``ContainerMissing``, ``PathMissing``."""
 
     @abc.abstractmethod
     async def exec(self, container_id: str, argv: Sequence[str]) -> ExecResult:
@@ -132,6 +189,11 @@ class SessionRuntime(abc.ABC):
     @abc.abstractmethod
     def exits(self) -> AsyncIterator[ContainerExit]:
         """Managed containers that stop, as they stop. Runs until cancelled."""
+
+    @abc.abstractmethod
+    async def disk_usage(self, container_id: str, paths: Sequence[str]) -> int:
+        """Bytes stored under ``paths`` in the running container. Raises
+        ``ContainerMissing`` or ``RuntimeFailure`` when it cannot be measured."""
 
     @abc.abstractmethod
     async def logs_tail(self, container_id: str, lines: int) -> str:

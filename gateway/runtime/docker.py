@@ -1,7 +1,8 @@
 """The Docker Engine backend of the runtime contract, on the official ``docker`` SDK.
 
 The SDK is synchronous, so every call runs on a small dedicated thread pool (the event loop
-never waits on the engine), and the event stream has a thread of its own.
+never waits on the engine), and the event stream has a thread of its own. Docker's errors and
+states are translated here and never leave this module.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from docker.models.containers import Container
 from gateway.runtime.base import (
     ArchiveStream,
     ContainerExit,
+    ContainerMissing,
+    ContainerPhase,
     ContainerSpec,
     ContainerState,
     ExecResult,
@@ -29,7 +32,9 @@ from gateway.runtime.base import (
     RuntimeFailure,
     SessionRuntime,
 )
-from gateway.runtime.naming import instance_filter
+from gateway.runtime.docker_network import SessionNetwork, ensure_network
+from gateway.runtime.docker_spec import create_kwargs
+from gateway.runtime.naming import instance_filter, managed_labels, session_network_name
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +44,33 @@ _DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 _ARCHIVE_CHUNK = 64 * 1024  # bounded memory per archive stream
 
 
+# Docker's states, as the contract's phases.
+_PHASES = {
+    "created": ContainerPhase.CREATED,
+    "running": ContainerPhase.RUNNING,
+    "restarting": ContainerPhase.RUNNING,
+    "paused": ContainerPhase.RUNNING,
+}
+
+
 class DockerRuntime(SessionRuntime):
-    def __init__(self, instance: str, docker_host: str | None = None, workers: int = 16) -> None:
+    def __init__(
+        self,
+        instance: str,
+        docker_host: str | None = None,
+        *,
+        network: str | None = None,
+        host_alias: str | None = None,
+        workers: int = 16,
+    ) -> None:
+        """``network``: the session network (default ``ccd-<instance>-sessions``, made by
+        ``setup``); ``host_alias``: a name every container resolves to the host's address on
+        that network."""
         self._instance = instance
         self._base_url = docker_host or _DEFAULT_SOCKET
+        self._network_name = network or session_network_name(instance)
+        self._host_alias = host_alias
+        self._network: SessionNetwork | None = None
         self._workers = workers
         self._client_lock = threading.Lock()
         self._docker: docker.DockerClient | None = None
@@ -68,8 +96,20 @@ class DockerRuntime(SessionRuntime):
             return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
         except docker.errors.ImageNotFound as exc:
             raise ImageMissing(str(exc.explanation or exc)) from exc
+        except docker.errors.NotFound as exc:
+            raise _missing(exc) from exc
         except docker.errors.DockerException as exc:
             raise RuntimeFailure(_describe(exc)) from exc
+
+    async def setup(self) -> None:
+        await self._call(self._session_network)
+
+    def _session_network(self) -> SessionNetwork:
+        if self._network is None:
+            self._network = ensure_network(
+                self._client, self._network_name, managed_labels(self._instance)
+            )
+        return self._network
 
     async def create(self, spec: ContainerSpec) -> ContainerState:
         container = await self._call(self._create, spec)
@@ -87,12 +127,9 @@ class DockerRuntime(SessionRuntime):
 
     async def get_archive(self, container_id: str, path: str) -> ArchiveStream:
         def get() -> ArchiveStream:
-            try:
-                chunks, stat = self._client.api.get_archive(
-                    container_id, path, chunk_size=_ARCHIVE_CHUNK
-                )
-            except docker.errors.NotFound as exc:
-                raise PathMissing(f"{path} does not exist in the container") from exc
+            chunks, stat = self._client.api.get_archive(
+                container_id, path, chunk_size=_ARCHIVE_CHUNK
+            )
             return ArchiveStream(chunks, stat or {}, chunks.close)
 
         return await self._call(get)
@@ -108,23 +145,30 @@ class DockerRuntime(SessionRuntime):
 
         return await self._call(run)
 
+    async def disk_usage(self, container_id: str, paths: Sequence[str]) -> int:
+        # As the session user (a privileged exec is impossible with no-new-privileges): a
+        # directory it made unreadable to itself is made readable (u+rx) first, so nothing
+        # escapes the count. du counts allocated blocks: what the disk really holds.
+        script = (
+            'find "$@" -xdev -type d ! -perm -u=rx -exec chmod u+rx {} + 2>/dev/null; '
+            'exec du -s -x -B1 -- "$@"'
+        )
+        result = await self.exec(container_id, ["sh", "-c", script, "du", *paths])
+        try:
+            return sum(int(line.split()[0]) for line in result.stdout.decode().splitlines())
+        except (ValueError, IndexError):
+            raise RuntimeFailure(
+                f"could not measure disk use: {result.stderr.decode(errors='replace')[:200]}"
+            ) from None
+
     def _create(self, spec: ContainerSpec) -> Container:
-        options: dict[str, Any] = {
-            "name": spec.name,
-            "environment": dict(spec.env),
-            "labels": dict(spec.labels),
-            "detach": True,
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"],
-        }
-        if spec.network:
-            options["network"] = spec.network
-        if spec.cpus:
-            options["nano_cpus"] = int(spec.cpus * 1e9)
-        if spec.memory:
-            options["mem_limit"] = spec.memory
-        if spec.pids_limit:
-            options["pids_limit"] = spec.pids_limit
+        network = self._session_network()
+        options = create_kwargs(
+            spec,
+            network=network.name,
+            extra_hosts={self._host_alias: network.host_address} if self._host_alias else {},
+            volume_labels=spec.labels,
+        )
         # create rather than run: run would try to pull a missing image.
         return self._client.containers.create(spec.image, **options)
 
@@ -245,17 +289,26 @@ def _exit_from_event(event: dict[str, Any]) -> ContainerExit | None:
 def _state(attrs: dict[str, Any]) -> ContainerState:
     state = attrs.get("State") or {}
     config = attrs.get("Config") or {}
-    running = bool(state.get("Running"))
+    phase = _PHASES.get(str(state.get("Status", "")), ContainerPhase.EXITED)
     return ContainerState(
         id=attrs.get("Id", ""),
         name=str(attrs.get("Name", "")).lstrip("/"),
         labels=dict(config.get("Labels") or {}),
-        running=running,
-        status=str(state.get("Status", "unknown")),
-        exit_code=None if running else state.get("ExitCode"),
+        phase=phase,
+        exit_code=None if phase == ContainerPhase.RUNNING else state.get("ExitCode"),
         oom_killed=bool(state.get("OOMKilled")),
         error=str(state.get("Error") or ""),
     )
+
+
+def _missing(exc: docker.errors.NotFound) -> RuntimeFailure:
+    """Docker answers 404 both for a missing container and for a missing path in one."""
+    explanation = _describe(exc)
+    if "no such container" in explanation.lower():
+        return ContainerMissing(explanation)
+    if "could not find the file" in explanation.lower():
+        return PathMissing(explanation)
+    return RuntimeFailure(explanation)
 
 
 def _describe(exc: docker.errors.DockerException) -> str:

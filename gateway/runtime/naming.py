@@ -12,13 +12,18 @@ def container_name(instance: str, session_id: str) -> str:
     return f"ccd-{instance}-{session_id}"
 
 
+def session_network_name(instance: str) -> str:
+    """The network the gateway makes for its sessions when SESSION_NETWORK names none."""
+    return f"ccd-{instance}-sessions"
+
+
+def managed_labels(instance: str) -> dict[str, str]:
+    """Labels of everything an instance makes (containers, their volumes, its network)."""
+    return {LABEL_MANAGED: "true", LABEL_INSTANCE: instance}
+
+
 def session_labels(instance: str, session_id: str, owner: str) -> dict[str, str]:
-    return {
-        LABEL_MANAGED: "true",
-        LABEL_INSTANCE: instance,
-        LABEL_SESSION: session_id,
-        LABEL_OWNER: owner,
-    }
+    return {**managed_labels(instance), LABEL_SESSION: session_id, LABEL_OWNER: owner}
 
 
 def instance_filter(instance: str) -> list[str]:

@@ -27,19 +27,16 @@ async def write_entries(
     container_id: str,
     entries: Mapping[str, Entry],
     *,
-    prefix: str,
-    path: str = "/",
+    path: str,
 ) -> None:
-    """Extract ``entries`` at ``path`` in the container, below ``prefix``, owned by the
-    session user: a producer thread writes the tar into a bounded pipe while the engine reads
-    the other end, so memory stays small whatever the size."""
+    """Extract ``entries`` (paths relative to ``path``, a persistent path of the container)
+    owned by the session user: a producer thread writes the tar into a bounded pipe while the
+    engine reads the other end, so memory stays small whatever the size."""
     reader, writer = pipe()
 
     def produce() -> None:
         with writer:
-            tarstream.write_tar(
-                entries, lambda entry: open_entry(store, entry), writer, prefix=prefix
-            )
+            tarstream.write_tar(entries, lambda entry: open_entry(store, entry), writer)
 
     producer = asyncio.create_task(asyncio.to_thread(produce))
     try:

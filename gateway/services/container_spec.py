@@ -1,27 +1,35 @@
-"""What a session's container gets: image, limits, labels and its environment contract."""
+"""What a session's container gets: image, hardening, limits, labels and its environment."""
 
 from __future__ import annotations
 
-from gateway.config import Settings
+from gateway.config import Settings, parse_size
 from gateway.db.models import SessionRow
-from gateway.runtime import ContainerSpec
+from gateway.runtime import ContainerSpec, ScratchMount
 from gateway.runtime.naming import container_name, session_labels
 from wrapper.protocol import (
+    CLAUDE_STATE_DIR,
+    CONTAINER_GID,
+    CONTAINER_HOME,
+    CONTAINER_UID,
     ENV_SESSION_TOKEN,
     HEADLESS_CLI_VARIABLES,
+    WORKSPACE_DIR,
     ContainerEnv,
     SessionConfig,
 )
 
+_RUN_SIZE = 16 * 1024 * 1024
+
 
 def build_container_spec(
-    settings: Settings, session: SessionRow, session_token: str
+    settings: Settings, session: SessionRow, session_token: str, redis_url: str
 ) -> ContainerSpec:
-    """Pure: the same settings, row and token always give the same spec."""
+    """Pure: the same settings, row, token and Redis URL always give the same spec.
+    ``redis_url`` carries the session's own Redis user, never the gateway's."""
     session_id = str(session.id)
     contract = ContainerEnv(
         session_id=session_id,
-        redis_url=settings.effective_session_redis_url,
+        redis_url=redis_url,
         gateway_url=settings.effective_session_gateway_url,
         claude_session_id=str(session.claude_session_id),
         config=SessionConfig.model_validate(session.config),
@@ -37,13 +45,24 @@ def build_container_spec(
         **contract.to_env(),
         ENV_SESSION_TOKEN: session_token,
     }
+    user = (CONTAINER_UID, CONTAINER_GID)
     return ContainerSpec(
         name=container_name(settings.instance_name, session_id),
         image=session.image,
         env=env,
         labels=session_labels(settings.instance_name, session_id, session.owner),
-        network=settings.session_network,
+        user=f"{CONTAINER_UID}:{CONTAINER_GID}",
+        persistent_paths=(WORKSPACE_DIR, CLAUDE_STATE_DIR),
+        scratch=(
+            ScratchMount("/tmp", parse_size(settings.session_tmp_size), 0o1777),
+            ScratchMount("/run", _RUN_SIZE, 0o755, *user),
+            ScratchMount(CONTAINER_HOME, parse_size(settings.session_home_size), 0o700, *user),
+        ),
         cpus=settings.session_cpus,
-        memory=settings.session_memory,
+        memory_bytes=settings.session_memory_bytes,
         pids_limit=settings.session_pids_limit,
+        nofile=settings.session_nofile,
+        oom_score_adj=settings.session_oom_score_adj,
+        log_max_bytes=parse_size(settings.session_log_max_size),
+        log_max_files=settings.session_log_max_files,
     )

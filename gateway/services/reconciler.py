@@ -3,10 +3,11 @@
 Three duties, each in its own loop owned by the app's lifespan:
 - follow container exits as they happen (a session whose container dies is failed at once);
 - every ``RECONCILE_INTERVAL`` compare active sessions with managed containers: fail sessions
-  whose container is gone or exited, remove containers no active session owns, finish stops a
-  previous gateway process left half done, and make sure this process follows every active
-  session's events (from where it last recorded, so nothing that happened while the gateway was
-  down is lost);
+  whose container is gone or exited, save then remove containers no active session owns,
+  finish stops a previous gateway process left half done, make sure this process follows every
+  active session's events (from where it last recorded, so nothing that happened while the
+  gateway was down is lost), and keep Redis users true to the sessions (re-create those a Redis
+  restart lost, delete those of ended sessions);
 - stop sessions idle longer than their timeout and fail sessions stuck starting.
 """
 
@@ -15,18 +16,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 
+from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
 from gateway.db import queries
 from gateway.db.models import ACTIVE_STATUSES, FINAL_STATUSES, SessionRow, SessionStatus
+from gateway.events.access import SessionAccess
 from gateway.events.hub import EventHub
-from gateway.runtime import SessionRuntime
+from gateway.runtime import ContainerPhase, ContainerState, SessionRuntime
 from gateway.runtime.naming import LABEL_SESSION
 from gateway.services.termination import Terminator, describe_exit
+from gateway.services.workspaces import WorkspaceService
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +44,16 @@ class Reconciler:
         runtime: SessionRuntime,
         terminator: Terminator,
         hub: EventHub,
+        access: SessionAccess,
+        workspaces: WorkspaceService | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
         self._runtime = runtime
         self._terminator = terminator
         self._hub = hub
+        self._access = access
+        self._workspaces = workspaces
         self._first_pass = True
 
     async def watch_exits(self) -> None:
@@ -111,7 +120,7 @@ class Reconciler:
                     await self._terminator.complete_interrupted_stop(row)
                 continue
             preparing = row.container_id is None or (
-                state is not None and state.status == "created"
+                state is not None and state.phase == ContainerPhase.CREATED
             )
             if preparing and now - row.started_at < start_timeout:
                 continue  # its container is being created, filled and started right now
@@ -135,10 +144,58 @@ class Reconciler:
                 log.info("stopping idle session %s", row.id)
                 await self._terminator.stop(row.id, reason="idle timeout")
         for session_key, state in containers.items():
-            log.info(
-                "removing container %s of ended or unknown session %r", state.name, session_key
-            )
-            await self._runtime.remove(state.id)
+            await self._remove_orphan(session_key, state)
+        await self._sync_redis_users(rows)
+
+    async def _remove_orphan(self, session_key: str, state: ContainerState) -> None:
+        """A container no active session owns (its stop or failure was cut short): save what
+        it holds for its session, if the session still exists, before removing it."""
+        session_id = _session_id(session_key)
+        row = None
+        if session_id is not None:
+            async with self._db() as db:
+                row = await db.get(SessionRow, session_id)
+        if row is not None and row.container_id == state.id and self._workspaces is not None:
+            if state.running:  # its files must hold still while they are saved
+                await self._runtime.stop(state.id, self._settings.session_stop_grace)
+            try:
+                await self._workspaces.save(row, "orphan")
+            except Exception as exc:  # kept: the next pass tries again
+                log.warning("could not save orphaned container %s: %s", state.name, exc)
+                return
+        log.info("removing container %s of ended or unknown session %r", state.name, session_key)
+        await self._runtime.remove(state.id)
+
+    async def _sync_redis_users(self, active: Sequence[SessionRow]) -> None:
+        """Every running session has its Redis user (a Redis restart loses them all) and no
+        ended one keeps its own."""
+        try:
+            users = await self._access.sessions_with_users()
+            running = {row.id: row for row in active if row.status in ACTIVE_STATUSES}
+            for session_id, row in running.items():
+                if session_id not in users:
+                    log.info("re-creating the Redis user of session %s", session_id)
+                    await self._access.grant(session_id, row.started_at)
+            stale = users - set(running)
+            if stale:
+                async with self._db() as db:
+                    still = set(
+                        (
+                            await db.scalars(
+                                select(SessionRow.id).where(
+                                    SessionRow.id.in_(stale),
+                                    # a stopping session's wrapper still reports its end
+                                    SessionRow.status.in_(
+                                        [*ACTIVE_STATUSES, SessionStatus.STOPPING]
+                                    ),
+                                )
+                            )
+                        ).all()
+                    )
+                for session_id in stale - still:  # another instance's sessions are spared
+                    await self._access.revoke(session_id)
+        except RedisError as exc:
+            log.warning("could not reconcile Redis users: %s", exc)
 
     def _idle_timeout(self, row: SessionRow) -> float:
         configured = row.config.get("timeout")

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, tuple_
+from redis.exceptions import RedisError
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
@@ -43,6 +44,7 @@ from gateway.errors import (
     Unauthorized,
     Unavailable,
 )
+from gateway.events.access import SessionAccess
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
 from gateway.runtime import ImageMissing, RuntimeFailure, SessionRuntime
@@ -53,6 +55,7 @@ from gateway.services.container_spec import build_container_spec
 from gateway.services.termination import Terminator
 from gateway.services.turns import TurnService
 from gateway.services.workspaces import MODE_RW, WorkspaceChoice, WorkspaceInUse, WorkspaceService
+from gateway.store.objects import StoreError
 from wrapper.protocol import GatewayEvent, SessionConfig
 
 log = logging.getLogger(__name__)
@@ -70,9 +73,11 @@ class SessionService:
         hub: EventHub,
         turns: TurnService,
         terminator: Terminator,
+        access: SessionAccess,
         workspaces: WorkspaceService | None = None,
     ) -> None:
         self._settings = settings
+        self._access = access
         self._db = db
         self._runtime = runtime
         self._bus = bus
@@ -196,6 +201,7 @@ class SessionService:
                 image=self._settings.session_image,
                 config=config,
                 claude_session_id=uuid.uuid4(),
+                started_at=queries.utcnow(),
                 parent_id=parent_id,
                 root_id=parent.root_id if parent else session_id,
                 depth=parent.depth + 1 if parent else 0,
@@ -204,8 +210,10 @@ class SessionService:
             if self._workspaces is not None:
                 await self._workspaces.attach(db, row, workspace, parent)
             db.add(row)
-        await self._hub.track(str(session_id), after="0-0")
+        # Its stream exists before the hub follows it (a tracked stream that does not exist
+        # counts as lost).
         await self._bus.publish(str(session_id), GatewayEvent.STATUS, status=SessionStatus.STARTING)
+        await self._hub.track(str(session_id), after="0-0")
         return row
 
     async def resume(self, session_id: uuid.UUID) -> SessionRow:
@@ -250,6 +258,7 @@ class SessionService:
                 failure_reason=None,
                 stopped_at=None,
                 current_turn_id=None,
+                workspace_restored=False,
                 started_at=func.now(),
                 last_activity_at=func.now(),
             )
@@ -268,9 +277,16 @@ class SessionService:
 
     async def _start_container(self, row: SessionRow, resumed: bool = False) -> SessionRow:
         """Start the session's container. On failure the session is failed and the error says
-        why: 503 ``image_not_found`` or 503 ``runtime_unavailable``."""
+        why: 503 ``image_not_found``, ``runtime_unavailable`` or ``events_unavailable``."""
         token = mint_session_token(self._settings, row.id, row.root_id, row.owner)
-        spec = build_container_spec(self._settings, row, token.token)
+        try:
+            # Its own Redis user exists before its container does.
+            redis_url = await self._access.grant(row.id, row.started_at)
+        except RedisError as exc:
+            reason = f"could not create the session's Redis user: {exc}"
+            await self._terminator.fail(row.id, reason)
+            raise Unavailable(reason, code="events_unavailable", session_id=str(row.id)) from exc
+        spec = build_container_spec(self._settings, row, token.token, redis_url)
         try:
             state = await self._runtime.create(spec)
         except ImageMissing as exc:
@@ -288,19 +304,34 @@ class SessionService:
         if updated is None:  # stopped or failed meanwhile: do not leak the container
             await self._runtime.remove(state.id)
             return await self.get(row.id)
+        step = "restore its workspace"
         try:
-            # Files go in before the CLI starts, so its first turn already sees them.
+            # Files go in before the CLI starts, so its first turn already sees them. Only a
+            # container whose restore finished may ever be saved back: a half-restored one
+            # would overwrite the stored workspace with fewer files.
             if self._workspaces is not None:
                 await self._workspaces.prepare(updated, state.id, resumed)
+            await self._mark_restored(row.id, state.id)
+            step = "start its container"
             await self._runtime.start(state.id)
         except Exception as exc:
-            reason = f"the session's container could not be prepared or started: {exc}"
+            reason = f"could not {step}: {exc}"
             await self._terminator.fail(row.id, reason)
             if isinstance(exc, GatewayError):
                 raise
+            if isinstance(exc, StoreError):  # the stored workspace is left as it was
+                raise Unavailable(reason, code=exc.code, session_id=str(row.id)) from exc
             raise RuntimeUnavailable(reason, session_id=str(row.id)) from exc
         self._background.spawn(self._watch_start(row.id), name=f"start-watch-{row.id}")
         return updated
+
+    async def _mark_restored(self, session_id: uuid.UUID, container_id: str) -> None:
+        async with self._db() as db, db.begin():
+            await db.execute(
+                update(SessionRow)
+                .where(SessionRow.id == session_id, SessionRow.container_id == container_id)
+                .values(workspace_restored=True)
+            )
 
     async def _watch_start(self, session_id: uuid.UUID) -> None:
         await asyncio.sleep(self._settings.session_start_timeout)

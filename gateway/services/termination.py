@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 
+from redis.exceptions import RedisError
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,9 +20,10 @@ from gateway.config import Settings
 from gateway.db import queries
 from gateway.db.models import ACTIVE_STATUSES, SessionRow, SessionStatus, TurnStatus
 from gateway.errors import SessionNotFound
+from gateway.events.access import SessionAccess
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
-from gateway.runtime import ContainerState, RuntimeFailure, SessionRuntime
+from gateway.runtime import ContainerMissing, ContainerState, RuntimeFailure, SessionRuntime
 from gateway.services.background import TaskSet
 from gateway.services.workspaces import WorkspaceService
 from gateway.workspaces.manifest import WorkspaceTooLarge
@@ -40,9 +42,11 @@ class Terminator:
         runtime: SessionRuntime,
         bus: EventBus,
         hub: EventHub,
+        access: SessionAccess,
         workspaces: WorkspaceService | None = None,
     ) -> None:
         self._workspaces = workspaces
+        self._access = access
         self._settings = settings
         self._db = db
         self._runtime = runtime
@@ -158,10 +162,19 @@ class Terminator:
             )
         if stopped is None:
             return await self.get(session_id)
+        await self.revoke_access(session_id)
         await self._bus.publish(
             str(session_id), GatewayEvent.STATUS, status=SessionStatus.STOPPED, reason=reason
         )
         return stopped
+
+    async def revoke_access(self, session_id: uuid.UUID) -> None:
+        """An ended session's Redis user goes, and with it its connections. The reconciler
+        removes any that a Redis outage left behind."""
+        try:
+            await self._access.revoke(session_id)
+        except RedisError as exc:
+            log.warning("could not remove the Redis user of %s (later): %s", session_id, exc)
 
     async def _interrupt_and_wait(self, row: SessionRow) -> None:
         """Give a running turn the chance to end cleanly before the container is stopped."""
@@ -209,6 +222,7 @@ class Terminator:
             if row is None:
                 return None
             await queries.end_running_turns(db, session_id, TurnStatus.FAILED, reason)
+        await self.revoke_access(session_id)
         # Its descendants cannot report to it any more: stop them.
         self._background.spawn(
             self._stop_subtree(session_id, f"parent failed: {reason}", include_root=False),
@@ -241,13 +255,17 @@ class Terminator:
     async def _save_then_remove(self, row: SessionRow, reason: str) -> bool:
         """Save what the (stopped or dead) container holds, then remove it. ``False`` when a
         save that may succeed later failed: the container is then kept for a retry, so no
-        work is lost to a storage outage."""
+        work is lost to a storage outage. A container whose restore never finished is not
+        saved: its files are not the session's, and the stored workspace stays as it was."""
         assert row.container_id is not None
-        if self._workspaces is not None:
+        if self._workspaces is not None and row.workspace_restored:
             try:
                 await self._workspaces.save(row, reason)
             except WorkspaceTooLarge as exc:  # retrying cannot help; the last save stays
                 await self._report_unsaved(row, reason, exc, kept=False)
+            except ContainerMissing as exc:  # its files are gone: say so, nothing to retry
+                await self._report_unsaved(row, reason, exc, kept=False)
+                return True
             except Exception as exc:
                 await self._report_unsaved(row, reason, exc, kept=True)
                 return False
@@ -298,6 +316,22 @@ class Terminator:
         except RuntimeFailure:
             return ""
 
+    def stream_damaged(self, session_id: str, reason: str) -> None:
+        """The relay found the session's output stream broken by its writer (a hub damage
+        handler): fail the session in the background, on a usable stream."""
+        self._background.spawn(
+            self._fail_damaged(uuid.UUID(session_id), reason), name=f"damaged-{session_id}"
+        )
+
+    async def _fail_damaged(self, session_id: uuid.UUID, reason: str) -> None:
+        await self.revoke_access(session_id)  # its writer is cut off first
+        await self._bus.reset_broken(str(session_id))
+        await self._bus.trim(str(session_id))  # then its stream goes back within bounds
+        failed = await self.fail(session_id, f"relay: {reason}")
+        if failed is not None:
+            # Readers waiting on this session get its final status from the fresh stream.
+            await self._hub.track(str(session_id), after="0-0")
+
     async def on_container_exit(self, session_id: uuid.UUID, container_id: str) -> None:
         """A container stopped. Expected during a stop; otherwise the session failed."""
         if session_id in self._stopping:
@@ -313,6 +347,7 @@ class Terminator:
         async with self._db() as db, db.begin():
             deleted = await queries.delete_subtree(db, session_id)
         for gone in deleted:
+            await self.revoke_access(gone.id)
             if gone.container_id:  # kept after a failed save: deleting gives it up
                 with contextlib.suppress(RuntimeFailure):
                     await self._runtime.remove(gone.container_id)

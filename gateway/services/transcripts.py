@@ -22,11 +22,11 @@ from gateway.workspaces import tarstream
 from gateway.workspaces.manifest import Entry
 from wrapper.aio import cancel_and_wait
 from wrapper.cli import transcript_path
-from wrapper.protocol import CONTAINER_HOME, WORKSPACE_DIR
+from wrapper.protocol import CLAUDE_STATE_DIR, WORKSPACE_DIR
 
 log = logging.getLogger(__name__)
 
-_CLAUDE_DIR = PurePosixPath(CONTAINER_HOME) / ".claude"
+_CLAUDE_DIR = PurePosixPath(CLAUDE_STATE_DIR)
 
 
 class TranscriptKeeper:
@@ -99,7 +99,7 @@ class TranscriptKeeper:
             info = await asyncio.to_thread(self._store.stat, key)
         except ObjectMissing:
             return
-        path = self._in_container(session).relative_to(CONTAINER_HOME)
+        path = self._in_container(session).relative_to(CLAUDE_STATE_DIR)
         entries = {
             str(parent): Entry(str(parent), "dir", mode=0o700)
             for parent in path.parents
@@ -107,5 +107,5 @@ class TranscriptKeeper:
         }
         entries[str(path)] = Entry(str(path), "file", size=info.size, mode=0o600, object_key=key)
         await write_entries(
-            self._runtime, self._store, container_id, entries, prefix=CONTAINER_HOME.lstrip("/")
+            self._runtime, self._store, container_id, entries, path=CLAUDE_STATE_DIR
         )

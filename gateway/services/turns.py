@@ -220,7 +220,8 @@ class TurnService:
             async with asyncio.timeout(timeout):
                 async with contextlib.aclosing(self._hub.follow(sid, after)) as stream:
                     async for event in stream:
-                        if event.turn_id == tid or ends_turn(event, tid):
+                        # A gap notice belongs to every reader: never skip it silently.
+                        if event.is_notice or event.turn_id == tid or ends_turn(event, tid):
                             yield event
                         if ends_turn(event, tid):
                             return

@@ -218,16 +218,18 @@ class WorkspaceService:
             if manifest and workspace is not None:
                 manifest = await self._finish_promotion(workspace, manifest)
                 await write_entries(
-                    self._runtime, self._store, container_id, manifest, prefix="workspace/"
+                    self._runtime, self._store, container_id, manifest, path=WORKSPACE_DIR
                 )
         if resumed:  # a new session has no conversation to restore
             await self._transcripts.restore(session, container_id)
 
     async def _copy_between(self, source_container: str, target_container: str) -> None:
-        archive = await self._runtime.get_archive(source_container, WORKSPACE_DIR)
+        # "dir/." archives the contents, extracted into the target's workspace volume (the
+        # root filesystem is read-only, so nothing can be extracted at "/").
+        archive = await self._runtime.get_archive(source_container, f"{WORKSPACE_DIR}/.")
         with archive:
             await self._runtime.put_archive(
-                target_container, "/", cast(BinaryIO, IteratorReader(archive.chunks))
+                target_container, WORKSPACE_DIR, cast(BinaryIO, IteratorReader(archive.chunks))
             )
 
     def open_entry(self, entry: Entry) -> contextlib.AbstractContextManager[Any]:
@@ -238,11 +240,12 @@ class WorkspaceService:
     async def save(self, session: SessionRow, reason: str) -> SaveStats | None:
         """Save the session's workspace from its container (running or stopped). ``None`` when
         it has nothing to save (no container, a read-only copy). Raises ``WorkspaceTooLarge``,
-        ``StoreError``, ``RuntimeFailure``; the previous saved state is then intact."""
+        ``StoreError``, ``RuntimeFailure`` (``ContainerMissing``: its files are lost); the
+        previous saved state is then intact."""
         if session.workspace_id is None or session.workspace_mode != MODE_RW:
             return None
-        if not session.container_id:
-            return None
+        if not session.container_id or not session.workspace_restored:
+            return None  # a container whose restore did not finish never overwrites the store
         async with self._lock(session.workspace_id):
             async with self._db() as db:
                 workspace = await db.get(WorkspaceRow, session.workspace_id)

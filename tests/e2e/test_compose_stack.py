@@ -60,6 +60,7 @@ def stack(docker_client, quickstart_api) -> Iterator[Stack]:
         require_image(docker_client, image, "run scripts/build-standins.sh")
     project = f"ccdtest{secrets.token_hex(3)}"
     port = free_port()
+    subnet = secrets.randbelow(200) + 20  # apart from a developer's own stack (10.213.0.0/24)
     env = {
         **os.environ,
         "COMPOSE_PROJECT_NAME": project,
@@ -70,6 +71,9 @@ def stack(docker_client, quickstart_api) -> Iterator[Stack]:
         "MINIO_API_PORT": str(free_port()),
         "MINIO_CONSOLE_PORT": str(free_port()),
         "SESSIONS_NETWORK": f"{project}-sessions",
+        "SESSIONS_SUBNET": f"10.213.{subnet}.0/24",
+        "SESSIONS_HOST_ADDRESS": f"10.213.{subnet}.1",
+        "REDIS_SESSIONS_PORT": str(free_port()),
         "INSTANCE_NAME": project,
         "ANTHROPIC_BASE_URL": quickstart_api.public_url,  # type: ignore[attr-defined]
         "ANTHROPIC_API_KEY": "sk-test-not-a-real-key",
@@ -106,6 +110,10 @@ def _leftovers(client: docker.DockerClient, stack: Stack) -> list[str]:
     found += [n.name for n in client.networks.list(filters={"label": label})]
     found += [n.name for n in client.networks.list(names=[stack.env["SESSIONS_NETWORK"]])]
     found += [v.name for v in client.volumes.list(filters={"label": label})]
+    found += [
+        v.name
+        for v in client.volumes.list(filters={"label": f"cc-docker.instance={stack.project}"})
+    ]
     return found
 
 
@@ -179,8 +187,9 @@ async def test_readme_quick_start_against_the_compose_stack(
 async def _check_session_network(
     client: docker.DockerClient, stack: Stack, container_id: str
 ) -> None:
-    """From inside a session container: Redis and the gateway answer, PostgreSQL and MinIO
-    cannot even be connected to (by name or by address)."""
+    """From inside a session container: Redis and the gateway answer through the host
+    (ccd-host), PostgreSQL and MinIO cannot even be connected to (by name, by address, or
+    through the host), and Redis refuses a connection without credentials."""
     label = f"com.docker.compose.project={stack.project}"
 
     def address(service: str) -> str:
@@ -188,15 +197,20 @@ async def _check_session_network(
             filters={"label": [label, f"com.docker.compose.service={service}"]}
         )
         networks = container.attrs["NetworkSettings"]["Networks"]
-        return next(iter(networks.values()))["IPAddress"]
+        # On the sessions network when it is there: the closest a session can get.
+        chosen = networks.get(stack.env["SESSIONS_NETWORK"]) or next(iter(networks.values()))
+        return str(chosen["IPAddress"])
 
     targets = {
-        "redis": ("redis", 6379),
-        "gateway": ("gateway", 8000),
+        "redis": ("ccd-host", int(stack.env["REDIS_SESSIONS_PORT"])),
+        "gateway": ("ccd-host", int(stack.env["GATEWAY_PORT"])),
+        "redis-ip": (address("redis"), 6379),
+        "gateway-name": ("gateway", 8000),
         "postgres-name": ("postgres", 5432),
         "postgres-ip": (address("postgres"), 5432),
         "minio-name": ("minio", 9000),
         "minio-ip": (address("minio"), 9000),
+        "minio-host": ("ccd-host", int(stack.env["MINIO_API_PORT"])),
     }
     probe = (
         "import json, socket, sys\n"
@@ -215,5 +229,13 @@ async def _check_session_network(
     assert code == 0, output
     reached = json.loads(output.decode())
     assert reached["redis"] == "open" and reached["gateway"] == "open", reached
-    for blocked in ("postgres-name", "postgres-ip", "minio-name", "minio-ip"):
-        assert reached[blocked] != "open", reached
+    blocked = ("redis-ip", "gateway-name", "postgres-name", "postgres-ip", "minio-name")
+    for name in (*blocked, "minio-ip", "minio-host"):
+        assert reached[name] != "open", reached
+    anonymous = (
+        "import socket\n"
+        f"s = socket.create_connection(('ccd-host', {stack.env['REDIS_SESSIONS_PORT']}), 3)\n"
+        "s.sendall(b'PING\\r\\n'); print(s.recv(200).decode())\n"
+    )
+    code, output = client.containers.get(container_id).exec_run(["python3", "-c", anonymous])
+    assert code == 0 and output.decode().startswith("-NOAUTH"), output

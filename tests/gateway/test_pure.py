@@ -36,8 +36,11 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORT", "9000")
     loaded = Settings(_env_file=None)  # type: ignore[call-arg]
     assert loaded.session_extra_env == {"FOO": "1", "BAR": "two=2"}
-    assert loaded.effective_session_gateway_url == "http://0.0.0.0:9000"
-    assert loaded.effective_session_redis_url == loaded.redis_url
+    # Containers reach the host as ccd-host, never 0.0.0.0, and get no Redis credentials.
+    assert loaded.effective_session_gateway_url == "http://ccd-host:9000"
+    assert loaded.effective_session_redis_url == "redis://ccd-host:6379/0"
+    with pytest.raises(ValidationError, match="credentials"):
+        settings(session_redis_url="redis://gateway:secret@redis:6379/0")
     with pytest.raises(ValidationError, match="asyncpg"):
         settings(database_url="postgresql://u@h/db")
     with pytest.raises(ValidationError, match="NAME=value"):
@@ -73,6 +76,7 @@ def test_container_spec_carries_labels_limits_and_the_contract() -> None:
         ),
         _row(),
         "cap-token",
+        "redis://ccd-session-x:pw@ccd-host:6379/0",
     )
     sid = "11111111-2222-3333-4444-555555555555"
     assert spec.name == f"ccd-prod-{sid}"
@@ -80,7 +84,8 @@ def test_container_spec_carries_labels_limits_and_the_contract() -> None:
     assert spec.labels[LABEL_SESSION] == sid
     assert spec.labels[LABEL_OWNER] == "alice"
     assert spec.labels[LABEL_INSTANCE] == "prod"
-    assert (spec.network, spec.cpus, spec.memory, spec.pids_limit) == ("sessions", 0.5, "1g", 100)
+    assert (spec.cpus, spec.memory_bytes, spec.pids_limit) == (0.5, 1024**3, 100)
+    assert spec.env["CCD_REDIS_URL"] == "redis://ccd-session-x:pw@ccd-host:6379/0"
     assert spec.env["ANTHROPIC_API_KEY"] == "sk-1"
     assert spec.env["ANTHROPIC_BASE_URL"] == "http://api"
     assert spec.env["HTTP_PROXY"] == "http://proxy"
@@ -93,7 +98,7 @@ def test_container_spec_carries_labels_limits_and_the_contract() -> None:
 
 
 def test_container_spec_never_forwards_unset_credentials() -> None:
-    spec = build_container_spec(settings(), _row(), "token")
+    spec = build_container_spec(settings(), _row(), "token", "redis://u:p@h:1/0")
     assert not {"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN"} & set(
         spec.env
     )
@@ -118,6 +123,7 @@ def test_envelope_embeds_the_event_unchanged() -> None:
         "id": "5-1",
         "session_id": "s",
         "source": "claude",
+        "turn_id": "t",
         "event": json.loads(line),
     }
 
@@ -143,3 +149,16 @@ def test_every_setting_is_documented_in_env_example(monkeypatch: pytest.MonkeyPa
         monkeypatch.delenv(name, raising=False)
     loaded = Settings(_env_file=example, jwt_secret=SECRET)  # type: ignore[call-arg, arg-type]
     assert loaded.jwt_audience is None and loaded.claude_code_max_retries is None
+
+
+def test_a_gap_notice_has_no_cursor_and_names_what_is_left() -> None:
+    gap = Event.gap("s", "5-1", "9-0", "trimmed")
+    envelope = json.loads(gap.envelope_json())
+    assert gap.is_notice
+    assert envelope["id"] is None and envelope["turn_id"] is None
+    assert envelope["event"] == {
+        "type": "gap",
+        "after": "5-1",
+        "first_available": "9-0",
+        "reason": "trimmed",
+    }

@@ -1,0 +1,78 @@
+"""Keeps every session within ``SESSION_DISK_LIMIT``.
+
+Docker's local volumes have no size limit (and ``--storage-opt size`` exists only for overlay2
+on xfs with project quotas, and only for the root filesystem, which is read-only here), so the
+limit is enforced by measuring: every ``DISK_CHECK_INTERVAL`` seconds each running session's
+persistent paths are measured in its container, and a session over the limit is stopped with
+reason ``disk_limit``. It can overshoot by what it writes within one interval; the host's disk
+is the bound of that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.config import Settings
+from gateway.db.models import SessionRow, SessionStatus
+from gateway.runtime import RuntimeFailure, SessionRuntime
+from gateway.services.termination import Terminator
+from wrapper.protocol import CLAUDE_STATE_DIR, WORKSPACE_DIR
+
+log = logging.getLogger(__name__)
+
+MEASURED_PATHS = (WORKSPACE_DIR, CLAUDE_STATE_DIR)
+DISK_LIMIT_REASON = "disk_limit"
+
+
+class DiskGuard:
+    def __init__(
+        self,
+        settings: Settings,
+        db: async_sessionmaker[AsyncSession],
+        runtime: SessionRuntime,
+        terminator: Terminator,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._runtime = runtime
+        self._terminator = terminator
+        self._limit = settings.session_disk_limit_bytes
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.disk_check_interval)
+            try:
+                await self.check_once()
+            except Exception:
+                log.exception("disk check failed")
+
+    async def check_once(self) -> None:
+        async with self._db() as db:
+            running = (
+                await db.execute(
+                    select(SessionRow.id, SessionRow.container_id).where(
+                        SessionRow.instance == self._settings.instance_name,
+                        SessionRow.status.in_([SessionStatus.READY, SessionStatus.BUSY]),
+                        SessionRow.container_id.is_not(None),
+                    )
+                )
+            ).all()
+        for session_id, container_id in running:
+            assert container_id is not None  # selected so
+            try:
+                used = await self._runtime.disk_usage(container_id, MEASURED_PATHS)
+            except RuntimeFailure as exc:  # stopped meanwhile, or busy: next round
+                log.debug("could not measure the disk use of %s: %s", session_id, exc)
+                continue
+            if used > self._limit:
+                reason = (
+                    f"{DISK_LIMIT_REASON}: the session's files take {used} bytes, "
+                    f"SESSION_DISK_LIMIT is {self._settings.session_disk_limit} "
+                    f"({self._limit} bytes)"
+                )
+                log.warning("stopping session %s: %s", session_id, reason)
+                await self._terminator.stop(session_id, reason=reason)
