@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.client import Api, is_status, marker, read_until
+from tests.client import Api, is_claude, is_status, marker, mint_token, read_until
 from tests.fake_anthropic import slow_text
+from tests.stack import run_gateway, start_postgres
 
 pytestmark = pytest.mark.docker
 
@@ -59,3 +60,55 @@ async def test_an_interrupt_the_moment_the_first_turn_is_busy_ends_it(api_for, f
     for seconds, turn in outcomes:
         assert turn["status"] == "interrupted", turn
         assert seconds < INTERRUPT_BOUND, took
+
+
+async def test_a_turn_that_ends_while_postgresql_is_down_is_recorded(
+    infra, fake_api, s3_endpoint, docker_client, tmp_path
+) -> None:
+    """PostgreSQL is stopped while a turn streams, so its result reaches the gateway while the
+    database is down; once it is back, the turn is recorded and the session is ready."""
+    tag = marker()
+    fake_api.on(tag, slow_text(["written ", "while ", "down"], delay=1.5))
+    with (
+        start_postgres(docker_client, infra) as postgres,
+        run_gateway(
+            infra, fake_api.base_url, s3_endpoint, tmp_path, DATABASE_URL=postgres.database_url
+        ) as gateway,
+    ):
+        api = Api(gateway.url, mint_token(gateway.jwt_secret, "alice"))
+        try:
+            session = await api.create()
+            sid = session["id"]
+            await api.wait_status(sid, "ready")
+            async with api.stream(sid, after="$") as ws:
+                accepted = await api.chat(sid, f"work {tag}", wait=False, expect=202)
+                turn_id = accepted["turn"]["id"]
+                await read_until(ws, is_claude("system", "init"))
+                await asyncio.to_thread(postgres.stop)
+                result = await read_until(ws, is_claude("result"), timeout=30)
+            assert result[-1]["event"]["result"] == "written while down"
+
+            # What the API answers meanwhile: 503 with a code, never a 500.
+            down = await api.http.get(f"/api/v1/sessions/{sid}")
+            assert down.status_code == 503, down.text
+            assert down.json()["error"]["code"] == "database_unavailable"
+            assert int(down.headers["Retry-After"]) > 0
+            refused = await api.http.post(f"/api/v1/sessions/{sid}/chat", json={"prompt": "x"})
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "database_unavailable"
+            ready = await api.http.get("/ready")
+            assert ready.status_code == 503
+            assert "database" in ready.text
+            assert "waits for it" in gateway.log_tail(400)  # the recorder met the outage
+            await asyncio.sleep(3)  # down for a while: the recorder backs off and tries again
+
+            await asyncio.to_thread(postgres.start)
+            back = await api.wait_status(sid, "ready", timeout=30)
+            assert back["current_turn_id"] is None
+            turns = (await api.http.get(f"/api/v1/sessions/{sid}/turns")).json()["turns"]
+            assert [(t["id"], t["status"], t["result_text"]) for t in turns] == [
+                (turn_id, "completed", "written while down")
+            ]
+            await api.stop(sid)
+        finally:
+            await api.aclose()
