@@ -340,10 +340,11 @@ class Supervisor:
         """Send ``interrupt`` control requests until ``turn`` ends.
 
         The CLI answers ``success`` to an interrupt that comes before its turn began and then
-        ignores it (see ``wrapper.inflight``), so the interrupt waits until the turn shows it
-        runs (at most ``interrupt_retry`` seconds; then it goes anyway). An acknowledged
-        interrupt after which the turn still runs ``interrupt_retry`` seconds later is sent
-        again, ``interrupt_attempts`` times in all; then ``interrupt_failed`` is reported.
+        ignores it (see ``wrapper.inflight``), so an interrupt is sent the moment the turn
+        shows it runs; before that, only every ``interrupt_retry`` seconds in case it never
+        shows. Once the turn runs, an acknowledged interrupt it outlives by ``interrupt_retry``
+        seconds is sent again, ``interrupt_attempts`` times in all; then ``interrupt_failed``
+        is reported.
         """
         retry, attempts = self._settings.interrupt_retry, 0
         while attempts < self._settings.interrupt_attempts:
@@ -351,7 +352,7 @@ class Supervisor:
             proc = self._proc
             if turn.ended.is_set() or proc is None:
                 return
-            attempts += 1
+            running = turn.started.is_set()
             try:
                 await proc.control("interrupt", timeout=10)
             except (ControlError, TimeoutError, OSError) as exc:
@@ -361,6 +362,9 @@ class Supervisor:
             if not turn.interrupt_sent:
                 turn.interrupt_sent = True
                 await self._channel.publish_gateway(GatewayEvent.INTERRUPT_SENT, turn.turn_id)
+            if not running:
+                continue  # sent again as soon as the turn shows it runs
+            attempts += 1
             if await wait_any([turn.ended], retry):
                 return
             log.warning(

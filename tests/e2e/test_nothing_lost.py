@@ -16,7 +16,11 @@ from tests.stack import run_gateway, start_postgres
 pytestmark = pytest.mark.docker
 
 TURN_SECONDS = 12  # how long the first turn streams when nothing interrupts it
-INTERRUPT_BOUND = 5.0  # generous; an interrupt that works ends the turn in well under 1 s
+# The CLI cannot act on an interrupt before its turn has begun (a process's first turn first
+# waits for its MCP servers: about 0.5 s, several seconds on a loaded machine), so the bound is
+# counted from the moment the turn shows it began, or from the interrupt if that came later.
+# Generous: a delivered interrupt ends the turn in well under a second.
+INTERRUPT_BOUND = 3.0
 
 
 def ends_turn(turn_id: str) -> Any:
@@ -24,15 +28,15 @@ def ends_turn(turn_id: str) -> Any:
         event = envelope["event"]
         if envelope["source"] == "claude":
             return bool(event.get("type") == "result")
-        return event.get("type") == "turn_failed" and event.get("turn_id", turn_id) == turn_id
+        return bool(event.get("type") == "turn_failed")
 
     return check
 
 
-async def interrupt_when_busy(api: Api, fake_api: Any) -> tuple[float, dict[str, Any]]:
+async def interrupt_when_busy(api: Api, fake_api: Any) -> tuple[float, float, dict[str, Any]]:
     """Create a session whose first turn (``prompt=``) streams for ~12 s, POST /interrupt the
-    moment the WebSocket says ``busy``; returns how long the turn took to end after the
-    interrupt was accepted, and the recorded turn."""
+    moment the WebSocket says ``busy``. Returns the seconds from the interrupt to the turn's
+    end, from the turn's start (or the interrupt, if later) to its end, and the recorded turn."""
     tag = marker()
     fake_api.on(tag, slow_text([f"w{i} " for i in range(TURN_SECONDS + 1)], delay=1.0))
     session = await api.create(prompt=f"talk slowly {tag}")
@@ -43,23 +47,36 @@ async def interrupt_when_busy(api: Api, fake_api: Any) -> tuple[float, dict[str,
         response = await api.http.post(f"/api/v1/sessions/{sid}/interrupt")
         assert response.status_code == 202, response.text
         turn_id = response.json()["turn_id"]
-        await read_until(ws, ends_turn(turn_id), timeout=TURN_SECONDS + 30)
-        took = time.monotonic() - sent
+        began = sent
+        while True:
+            (envelope,) = await read_until(ws, lambda _: True, timeout=TURN_SECONDS + 30)
+            if is_claude("system", "init")(envelope):
+                began = max(sent, time.monotonic())
+            if ends_turn(turn_id)(envelope):
+                break
+        ended = time.monotonic()
     await api.wait_status(sid, "ready", timeout=30)  # the recorder wrote the turn's end
     turns = (await api.http.get(f"/api/v1/sessions/{sid}/turns")).json()["turns"]
     await api.stop(sid)
     (turn,) = turns
-    return took, turn
+    assert turn["id"] == turn_id
+    return ended - sent, ended - began, turn
 
 
 async def test_an_interrupt_the_moment_the_first_turn_is_busy_ends_it(api_for, fake_api) -> None:
     alice = api_for("alice")
     outcomes = await asyncio.gather(*(interrupt_when_busy(alice, fake_api) for _ in range(4)))
-    took = [round(seconds, 3) for seconds, _ in outcomes]
-    print(f"interrupt -> turn end, 4 sessions: {took} s")
-    for seconds, turn in outcomes:
+    print(
+        "interrupt -> turn end, 4 sessions:",
+        [round(total, 3) for total, _, _ in outcomes],
+        "s; from the turn's start:",
+        [round(after_start, 3) for _, after_start, _ in outcomes],
+        "s",
+    )
+    for total, after_start, turn in outcomes:
         assert turn["status"] == "interrupted", turn
-        assert seconds < INTERRUPT_BOUND, took
+        assert after_start < INTERRUPT_BOUND, outcomes
+        assert total < TURN_SECONDS, outcomes
 
 
 async def test_a_turn_that_ends_while_postgresql_is_down_is_recorded(

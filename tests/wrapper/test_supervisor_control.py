@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,12 @@ def gateway_events(sup: Supervisor) -> list[tuple[str, str]]:
     return [(e["type"], e["turn"]) for e in published(sup) if e["source"] == "gateway"]
 
 
+async def until(condition: Callable[[], bool], timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
 INIT = json.dumps({"type": "system", "subtype": "init"})
 RESULT = json.dumps({"type": "result", "subtype": "error_during_execution", "is_error": True})
 
@@ -164,6 +171,20 @@ async def test_an_interrupt_waits_until_the_turn_began() -> None:
     await sup._on_stdout_line(proc, RESULT)
     await settle(sup)
     assert interrupts(proc) == 1
+    assert gateway_events(sup) == [("interrupt_sent", "t1")]
+
+
+async def test_a_turn_slow_to_begin_gets_the_interrupt_the_moment_it_does() -> None:
+    sup, proc = supervisor({}, interrupt_retry=1.0), IgnoringProcess()
+    sup._proc = proc
+    sup._turns.add("t1")
+    await sup._interrupt("t1")
+    await until(lambda: interrupts(proc) == 1, 3)  # sent anyway, in case it never shows
+    await sup._on_stdout_line(proc, INIT)
+    await until(lambda: interrupts(proc) == 2, 0.5)  # at once, not a retry interval later
+    await sup._on_stdout_line(proc, RESULT)
+    await settle(sup)
+    assert interrupts(proc) == 2
     assert gateway_events(sup) == [("interrupt_sent", "t1")]
 
 
