@@ -1,7 +1,8 @@
 """The gateway's error hierarchy and the one place that renders errors as JSON.
 
 Every error a client sees has the shape ``{"error": {"code", "message", ...details}}``. Expected
-failures (a ``GatewayError``) log one line; anything else logs a traceback and answers 500.
+failures (a ``GatewayError``) log one line, and so does a database that cannot be reached (503
+``database_unavailable`` with ``Retry-After``); anything else logs a traceback and answers 500.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.db.outage import database_unavailable
 from gateway.runtime.base import RuntimeFailure
 from gateway.store.objects import ObjectMissing, StoreError, StoreUnavailable
 from gateway.workspaces.manifest import WorkspaceError, WorkspaceTooLarge
@@ -121,6 +124,14 @@ class ImageNotFound(Unavailable):
     code = "image_not_found"
 
 
+class DatabaseUnavailable(Unavailable):
+    code = "database_unavailable"
+
+
+# Seconds a client is asked to wait when PostgreSQL cannot be reached (a restart takes a few).
+DATABASE_RETRY_AFTER = 5
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors()[:5]:
@@ -167,6 +178,22 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code, exc)
         body = {"error": {"code": exc.code, "message": f"object storage: {exc}"}}
         return JSONResponse(body, status_code=status)
+
+    # OSError too: asyncpg lets a refused connection out unwrapped when the pool connects.
+    @app.exception_handler(SQLAlchemyError)
+    @app.exception_handler(OSError)
+    async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+        if not database_unavailable(exc):
+            return await _unexpected(request, exc)
+        log.warning(
+            "%s %s -> 503 database_unavailable: %s",
+            request.method,
+            request.url.path,
+            f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
+        )
+        error = DatabaseUnavailable("the database is unavailable; retry shortly")
+        headers = {"Retry-After": str(DATABASE_RETRY_AFTER)}
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -177,6 +177,56 @@ def _remove_network(client: docker.DockerClient, network_id: str) -> None:
         client.networks.get(network_id).remove()
 
 
+@dataclass
+class Postgres:
+    """A PostgreSQL container of one test's own, published on a fixed host port so that it can
+    be stopped and started again under the same address (the fault a test injects)."""
+
+    container: Any  # docker.models.containers.Container
+    database_url: str
+
+    def stop(self) -> None:
+        self.container.stop(timeout=10)
+
+    def start(self, timeout: float = 60) -> None:
+        self.container.start()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until the server accepts TCP connections (the entrypoint's first-start server
+        listens on its socket only, so this waits for the real one)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.container.reload()
+            if self.container.status == "running":
+                code, _ = self.container.exec_run(["pg_isready", "-q", "-h", "127.0.0.1"])
+                if code == 0:
+                    return
+            time.sleep(0.2)
+        logs = self.container.logs(tail=30).decode(errors="replace")
+        raise RuntimeError(f"PostgreSQL not ready after {timeout} s:\n{logs}")
+
+
+@contextlib.contextmanager
+def start_postgres(client: docker.DockerClient, infra: Infra) -> Iterator[Postgres]:
+    """A dedicated PostgreSQL (same image and credentials as ``start_infra``'s)."""
+    port = free_port("127.0.0.1")
+    container = client.containers.run(
+        POSTGRES_IMAGE,
+        detach=True,
+        environment={"POSTGRES_USER": "ccd", "POSTGRES_PASSWORD": "ccd-test", "POSTGRES_DB": "ccd"},
+        ports={"5432/tcp": ("127.0.0.1", port)},
+        labels={TEST_LABEL: infra.run_id},
+    )
+    try:
+        postgres = Postgres(container, f"postgresql+asyncpg://ccd:ccd-test@127.0.0.1:{port}/ccd")
+        postgres.wait_ready()
+        yield postgres
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True, v=True)
+
+
 S3_ACCESS_KEY = "test-access"
 S3_SECRET_KEY = "test-secret-key"
 

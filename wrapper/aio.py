@@ -20,3 +20,17 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], retry_every: float
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=retry_every)
+
+
+async def wait_any(events: Iterable[asyncio.Event], timeout: float) -> bool:
+    """Wait until one of ``events`` is set or ``timeout`` seconds pass; whether one is set."""
+    events = list(events)
+    if any(event.is_set() for event in events):
+        return True
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return bool(done)

@@ -49,6 +49,12 @@ class WrapperSettings:
     session_token: str | None = field(default=None, repr=False)
     """The session's capability token at start (``CCD_SESSION_TOKEN``); ``None`` without one,
     and then the ``sessions`` tools answer with an error."""
+    interrupt_retry: float = 2.0
+    """Seconds a turn has to end after the CLI acknowledged an interrupt before it is sent
+    again (``CCD_INTERRUPT_RETRY``); also how long an interrupt waits for its turn to show
+    that it started before it is sent anyway."""
+    interrupt_attempts: int = 5
+    """Interrupts sent to a running turn before the wrapper reports ``interrupt_failed``."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WrapperSettings:
@@ -65,6 +71,8 @@ class WrapperSettings:
             max_line_bytes=int(env.get("CCD_MAX_LINE_BYTES", str(64 * 1024 * 1024))),
             token_file=token_file(env),
             session_token=env.get(ENV_SESSION_TOKEN) or None,
+            interrupt_retry=float(env.get("CCD_INTERRUPT_RETRY", "2")),
+            interrupt_attempts=int(env.get("CCD_INTERRUPT_ATTEMPTS", "5")),
         )
 
 

@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any, Protocol
 
 from wrapper import protocol
-from wrapper.aio import cancel_and_wait
+from wrapper.aio import cancel_and_wait, wait_any
 from wrapper.channel import Channel
 from wrapper.claude_process import (
     ClaudeProcess,
@@ -27,6 +27,7 @@ from wrapper.claude_process import (
     spawn_cli,
 )
 from wrapper.config import WrapperSettings
+from wrapper.inflight import InFlightTurns, WrittenTurn
 from wrapper.protocol import GatewayEvent, PromptInput, Source
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class Supervisor:
         self._proc: ClaudeProcess | None = None
         self._ready = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._turns: deque[str] = deque()  # turns written to the CLI, oldest first
+        self._turns = InFlightTurns()  # turns written to the CLI, oldest first
         self._queue: deque[tuple[str, PromptInput]] = deque()  # prompts waiting for the CLI
         self._queued = asyncio.Event()
         self._crash_times: deque[float] = deque()
@@ -166,10 +167,9 @@ class Supervisor:
         return len(self._crash_times) > self._settings.max_restarts
 
     async def _fail_inflight_turns(self, reason: str, interrupted: bool) -> None:
-        while self._turns:
-            turn_id = self._turns.popleft()
+        for turn in self._turns.end_all():
             await self._channel.publish_gateway(
-                GatewayEvent.TURN_FAILED, turn_id, reason=reason, interrupted=interrupted
+                GatewayEvent.TURN_FAILED, turn.turn_id, reason=reason, interrupted=interrupted
             )
 
     # -- CLI output ------------------------------------------------------------------------
@@ -199,13 +199,14 @@ class Supervisor:
             )
             return
         kind = str(message.get("type", ""))
-        turn_id = self._turns[0] if self._turns else None
+        turn_id = self._turns.current_id
+        self._turns.saw(message)  # first, so that an interrupt held for this turn goes out now
         turn_cost = self._turn_cost(message) if kind == "result" else None
         await self._channel.publish(
             protocol.encode_event(Source.CLAUDE, kind, line, turn_id, turn_cost)
         )
-        if kind == "result" and self._turns:
-            self._turns.popleft()
+        if kind == "result":
+            self._turns.end_current()
         elif kind == "control_response":
             proc.resolve_control_response(message)
         elif kind == "control_request":
@@ -264,7 +265,7 @@ class Supervisor:
             if not raw:
                 continue
             line = raw.decode("utf-8", errors="replace")[:_STDERR_LINE_LIMIT]
-            turn_id = self._turns[0] if self._turns else None
+            turn_id = self._turns.current_id
             await self._channel.publish_gateway(GatewayEvent.CLI_STDERR, turn_id, line=line)
 
     # -- inputs ----------------------------------------------------------------------------
@@ -298,42 +299,85 @@ class Supervisor:
             if proc is None:
                 continue
             entry_id, prompt = self._queue.popleft()
-            self._turns.append(prompt.turn_id)
+            turn = self._turns.add(prompt.turn_id)
             try:
                 await proc.send_user_turn(prompt.prompt)
             except (BrokenPipeError, ConnectionResetError):
-                self._turns.remove(prompt.turn_id)
-                self._queue.appendleft((entry_id, prompt))
+                self._turns.discard(turn)
                 if self._proc is proc:  # dead: wait for the supervisor's next CLI
                     self._ready.clear()
+                if turn.interrupt is None:
+                    self._queue.appendleft((entry_id, prompt))
+                else:  # interrupted while being written: it never started
+                    await self._channel.ack(entry_id)
+                    await self._fail_unstarted(prompt.turn_id)
                 continue
             await self._channel.ack(entry_id)
 
+    async def _fail_unstarted(self, turn_id: str) -> None:
+        await self._channel.publish_gateway(
+            GatewayEvent.TURN_FAILED,
+            turn_id,
+            reason="interrupted before it started",
+            interrupted=True,
+        )
+
     async def _interrupt(self, turn_id: str | None) -> None:
+        """Interrupt turn ``turn_id`` (the current one when ``None``). A prompt still queued
+        here is dropped; a turn written to the CLI gets an interrupt delivered until it ends.
+        Nothing running (or a turn that already ended) is not an error."""
         for index, (entry_id, queued) in enumerate(self._queue):
             if turn_id is not None and queued.turn_id == turn_id:
                 del self._queue[index]
                 await self._channel.ack(entry_id)
-                await self._channel.publish_gateway(
-                    GatewayEvent.TURN_FAILED,
-                    turn_id,
-                    reason="interrupted before it started",
-                    interrupted=True,
-                )
+                await self._fail_unstarted(turn_id)
                 return
-        proc = self._proc
-        if not self._turns or proc is None:
-            return  # nothing runs: an interrupt is not an error
-        try:
-            await proc.control("interrupt", timeout=10)
-        except (ControlError, TimeoutError, OSError) as exc:
-            await self._channel.publish_gateway(
-                GatewayEvent.ERROR,
-                self._turns[0] if self._turns else None,
-                code="interrupt_failed",
-                message=str(exc),
+        turn = self._turns.find(turn_id)
+        if turn is not None and turn.interrupt is None:
+            turn.interrupt = self._spawn(self._deliver_interrupt(turn))
+
+    async def _deliver_interrupt(self, turn: WrittenTurn) -> None:
+        """Send ``interrupt`` control requests until ``turn`` ends.
+
+        The CLI answers ``success`` to an interrupt that comes before its turn began and then
+        ignores it (see ``wrapper.inflight``), so an interrupt is sent the moment the turn
+        shows it runs; before that, only every ``interrupt_retry`` seconds in case it never
+        shows. Once the turn runs, an acknowledged interrupt it outlives by ``interrupt_retry``
+        seconds is sent again, ``interrupt_attempts`` times in all; then ``interrupt_failed``
+        is reported.
+        """
+        retry, attempts = self._settings.interrupt_retry, 0
+        while attempts < self._settings.interrupt_attempts:
+            await wait_any([turn.started, turn.ended], retry)
+            proc = self._proc
+            if turn.ended.is_set() or proc is None:
+                return
+            running = turn.started.is_set()
+            try:
+                await proc.control("interrupt", timeout=10)
+            except (ControlError, TimeoutError, OSError) as exc:
+                if not turn.ended.is_set():
+                    await self._interrupt_failed(turn, str(exc))
+                return
+            if not turn.interrupt_sent:
+                turn.interrupt_sent = True
+                await self._channel.publish_gateway(GatewayEvent.INTERRUPT_SENT, turn.turn_id)
+            if not running:
+                continue  # sent again as soon as the turn shows it runs
+            attempts += 1
+            if await wait_any([turn.ended], retry):
+                return
+            log.warning(
+                "turn %s still runs %.1f s after the CLI acknowledged an interrupt; sending "
+                "it again",
+                turn.turn_id,
+                retry,
             )
-            return
+        await self._interrupt_failed(
+            turn, f"the CLI acknowledged {attempts} interrupts and the turn goes on"
+        )
+
+    async def _interrupt_failed(self, turn: WrittenTurn, message: str) -> None:
         await self._channel.publish_gateway(
-            GatewayEvent.INTERRUPT_SENT, self._turns[0] if self._turns else turn_id
+            GatewayEvent.ERROR, turn.turn_id, code="interrupt_failed", message=message
         )

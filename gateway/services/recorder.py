@@ -4,6 +4,12 @@ The recorder is a listener on the event hub: it sees every event of every tracke
 queues the few that matter (readiness, turn ends, a wrapper giving up). Every write it makes is
 idempotent, so replaying events after a gateway restart, or a chat request recording the same
 result first, does no harm.
+
+Nothing it could not write is dropped: while PostgreSQL cannot be reached the event at the head
+of the queue is tried again with backoff, and nothing behind it (of any session) overtakes it,
+so each session's events are applied in stream order once the database is back. Any other
+failure is a bug: it is logged with its traceback and that one event is skipped, so a bug never
+blocks the queue.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import logging
 import uuid
 
 from gateway.db.models import FINAL_STATUSES
+from gateway.db.outage import database_unavailable
 from gateway.events.bus import Event
 from gateway.events.hub import EventHub
 from gateway.services.sessions import SessionService
@@ -41,7 +48,11 @@ class Recorder:
         terminator: Terminator,
         hub: EventHub,
         workspaces: WorkspaceService | None = None,
+        retry_first: float = 0.2,
+        retry_max: float = 5.0,
     ) -> None:
+        self._retry_first = retry_first
+        self._retry_max = retry_max
         self._workspaces = workspaces
         self._sessions = sessions
         self._terminator = terminator
@@ -59,11 +70,41 @@ class Recorder:
 
     async def run(self) -> None:
         while True:
-            event = await self._queue.get()
+            await self.record(await self._queue.get())
+
+    async def record(self, event: Event) -> None:
+        """Apply ``event``, retrying for as long as the database is unavailable; returns once
+        it is recorded, or at once (after logging a traceback) when applying it is a bug."""
+        delay, attempts = self._retry_first, 0
+        while True:
+            attempts += 1
             try:
                 await self.apply(event)
-            except Exception:
-                log.exception("could not record event %s of session %s", event.id, event.session_id)
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    log.exception(
+                        "could not record event %s of session %s", event.id, event.session_id
+                    )
+                    return
+                if attempts == 1:
+                    log.warning(
+                        "database unavailable, event %s (%s) of session %s waits for it: %s",
+                        event.id,
+                        event.type,
+                        event.session_id,
+                        _first_line(exc),
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
+            if attempts > 1:
+                log.info(
+                    "recorded event %s of session %s after %d attempts",
+                    event.id,
+                    event.session_id,
+                    attempts,
+                )
+            return
 
     async def apply(self, event: Event) -> None:
         session_id = uuid.UUID(event.session_id)
@@ -91,3 +132,8 @@ class Recorder:
                 f"CLI crashed: {reason}",
                 exit_code=code if isinstance(code, int) else None,
             )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
