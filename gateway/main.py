@@ -18,6 +18,8 @@ from gateway.deps import Services
 from gateway.errors import install_error_handlers
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
+from gateway.guard import RequestGuard
+from gateway.ratelimit import RateLimiter
 from gateway.runtime.docker import DockerRuntime
 from gateway.services.background import TaskSet
 from gateway.services.reconciler import Reconciler
@@ -95,6 +97,9 @@ def create_app(settings: Settings) -> FastAPI:
                 workspaces=workspaces,
                 files=StoredFiles(settings, db, workspaces),
                 live_files=LiveFiles(runtime, settings.workspace_max_bytes),
+                rate_limiter=RateLimiter(
+                    redis, settings.rate_limit_per_second, settings.rate_limit_burst
+                ),
             )
             tasks = TaskSet()  # the loops that run for the gateway's whole life
             stack.push_async_callback(tasks.close)
@@ -114,6 +119,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(build_router())
+    # Outermost: credentials, rate and body size are checked before routing reads anything.
+    app.add_middleware(RequestGuard, settings=settings)
     return app
 
 
