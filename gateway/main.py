@@ -21,6 +21,7 @@ from gateway.events.hub import EventHub
 from gateway.guard import RequestGuard
 from gateway.ratelimit import RateLimiter
 from gateway.runtime.docker import DockerRuntime
+from gateway.services import idempotency
 from gateway.services.background import TaskSet
 from gateway.services.reconciler import Reconciler
 from gateway.services.recorder import Recorder
@@ -108,6 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
             tasks.spawn(reconciler.watch_exits(), "container-exits")
             tasks.spawn(reconciler.run(), "reconciler")
             tasks.spawn(workspaces.run_snapshots(), "workspace-snapshots")
+            tasks.spawn(idempotency.run_purge(db, settings.idempotency_ttl), "idempotency-purge")
             log.info("gateway %s ready (instance %s)", __version__, settings.instance_name)
             yield
 
