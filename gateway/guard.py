@@ -81,7 +81,7 @@ class RequestGuard:
         return verify_credentials(self.settings, headers.get("authorization"), query_token)
 
     async def _rate_limit(self, scope: Scope, principal: Principal) -> None:
-        services = getattr(scope["app"].state, "services", None)
+        services = getattr(getattr(scope.get("app"), "state", None), "services", None)
         if services is None:  # the lifespan has not started: nothing to count with
             return
         retry_after = await services.rate_limiter.retry_after(principal.owner)

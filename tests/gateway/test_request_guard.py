@@ -115,4 +115,9 @@ def test_the_schema_declares_the_key_the_replay_and_retry_after() -> None:
         assert header["schema"]["maxLength"] == 255
         assert "Idempotent-Replayed" in operation["responses"]["201"]["headers"]
         assert "Retry-After" in operation["responses"]["429"]["headers"]
+    # what the guard answers before any route runs is declared on every route it guards
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if path.startswith("/api/"):
+                assert {"401", "413", "429"} <= set(operation["responses"]), (method, path)
     assert json.dumps(paths)  # serialisable as served
