@@ -14,7 +14,8 @@ _STANDARD = set(vars(logging.makeLogRecord({})))
 REDACTED = "[redacted]"
 # ``token=`` in a query string: uvicorn logs the WebSocket handshake and access lines with the
 # full path, query included, and browsers can only authenticate a WebSocket that way.
-_QUERY_TOKEN = re.compile(r"(?i)\b((?:access_)?token=)[^&\s\"'#]+")
+# Names ending in "token" (token=, access_token=, CCD_SESSION_TOKEN=) are covered alike.
+_QUERY_TOKEN = re.compile(r"(?i)\b([a-z_]*token=)[^&\s\"'#]+")
 # Anything JWT-shaped (header.payload.signature, base64url, the header starting '{"'): user and
 # session capability tokens, wherever they appear in a message or an exception.
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")

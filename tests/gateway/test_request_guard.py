@@ -52,12 +52,14 @@ def test_redaction_removes_query_tokens_bearer_credentials_and_jwts() -> None:
         "headers: {'authorization': 'Bearer abc.def'}": "'Bearer [redacted]'",
         f"env CCD_SESSION_TOKEN={jwt} leaked": "env CCD_SESSION_TOKEN=[redacted] leaked",
         "access_token=zzz": "access_token=[redacted]",
+        "CCD_SESSION_TOKEN=opaque-value": "CCD_SESSION_TOKEN=[redacted]",
     }
     for line, expected in lines.items():
         redacted = redact(line)
         assert expected in redacted, redacted
-        assert jwt not in redacted and "not-even-a-jwt" not in redacted and "zzz" not in redacted
-    untouched = "tokens=5 max_token=3 turn 1795415544617-0 session 4e9c.json"
+        for secret in (jwt, "not-even-a-jwt", "zzz", "opaque-value"):
+            assert secret not in redacted
+    untouched = "tokens=5 max_tokens=3 turn 1795415544617-0 session 4e9c.json"
     assert redact(untouched) == untouched
 
 
