@@ -11,11 +11,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
 from gateway.db.models import SessionRow
-from gateway.errors import SessionNotFound, SessionTokenNotAllowed, Unauthorized
+from gateway.errors import SessionNotFound, SessionTokenNotAllowed
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
+from gateway.ratelimit import RateLimiter
 from gateway.runtime import SessionRuntime
-from gateway.security import Principal, authenticate_token, bearer_token
+from gateway.security import Principal, verify_credentials
 from gateway.services.session_files import LiveFiles
 from gateway.services.sessions import SessionService
 from gateway.services.termination import Terminator
@@ -41,6 +42,7 @@ class Services:
     workspaces: WorkspaceService
     files: StoredFiles
     live_files: LiveFiles
+    rate_limiter: RateLimiter
 
 
 def get_services(request: Request) -> Services:
@@ -55,10 +57,7 @@ async def authenticate(
     services: Services, authorization: str | None, query_token: str | None = None
 ) -> Principal:
     """The caller of a request. A session token is refused once its session has ended."""
-    token = bearer_token(authorization) or query_token
-    if not token:
-        raise Unauthorized("missing bearer token", code="missing_token")
-    principal = authenticate_token(services.settings, token)
+    principal = verify_credentials(services.settings, authorization, query_token)
     if principal.session_id is not None:
         await services.sessions.require_running(principal.session_id)
     return principal

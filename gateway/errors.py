@@ -8,6 +8,7 @@ failures (a ``GatewayError``) log one line, and so does a database that cannot b
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,20 +26,41 @@ log = logging.getLogger(__name__)
 
 
 class GatewayError(Exception):
-    """An expected failure with a stable machine-readable ``code`` and an HTTP status."""
+    """An expected failure with a stable machine-readable ``code`` and an HTTP status.
+    ``headers`` go on the response (``Retry-After``, ...); a 401 always says
+    ``WWW-Authenticate: Bearer``."""
 
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        **details: Any,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        self.headers = dict(headers or {})
         self.details = details
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+    def response_headers(self) -> dict[str, str]:
+        if self.status == 401:
+            return {"WWW-Authenticate": "Bearer", **self.headers}
+        return dict(self.headers)
+
+
+def error_response(exc: GatewayError) -> JSONResponse:
+    """The one rendering of an expected failure, for the error handler, the request guard
+    (which answers before routing) and the WebSocket's refused upgrade."""
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.response_headers())
 
 
 class Unauthorized(GatewayError):
@@ -74,6 +96,39 @@ class GatewayTimeout(GatewayError):
 class Unavailable(GatewayError):
     status = 503
     code = "unavailable"
+
+
+class RequestTooLarge(GatewayError):
+    status = 413
+    code = "request_too_large"
+
+
+class TooManyRequests(GatewayError):
+    """Refused for now; a retry after ``retry_after`` seconds may pass (``Retry-After``)."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(
+        self, message: str, *, retry_after: int, code: str | None = None, **details: Any
+    ) -> None:
+        retry_after = max(1, retry_after)
+        super().__init__(
+            message,
+            code=code,
+            headers={"Retry-After": str(retry_after)},
+            retry_after=retry_after,
+            **details,
+        )
+
+
+class RateLimited(TooManyRequests):
+    code = "rate_limited"
+
+
+class CapacityReached(TooManyRequests):
+    """A capacity limit (the owner's running sessions, the engine's) that a retry can clear,
+    unlike the recursion limits (``LimitExceeded``, 403)."""
 
 
 class SessionNotFound(NotFound):
@@ -151,7 +206,7 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.code,
             exc.message,
         )
-        return JSONResponse(exc.body(), status_code=exc.status, headers=_auth_header(exc))
+        return error_response(exc)
 
     @app.exception_handler(RuntimeFailure)
     async def _runtime_failure(request: Request, exc: RuntimeFailure) -> JSONResponse:
@@ -219,10 +274,6 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         body = {"error": {"code": "internal_error", "message": "internal server error"}}
         return JSONResponse(body, status_code=500)
-
-
-def _auth_header(exc: GatewayError) -> dict[str, str] | None:
-    return {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
 
 
 def _jsonable_errors(exc: RequestValidationError) -> list[dict[str, Any]]:

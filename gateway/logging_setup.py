@@ -1,13 +1,55 @@
-"""Process-wide logging: one JSON object per line (or plain text for a terminal)."""
+"""Process-wide logging: one JSON object per line (or plain text for a terminal), with tokens
+redacted from every line."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
 _STANDARD = set(vars(logging.makeLogRecord({})))
+
+REDACTED = "[redacted]"
+# ``token=`` in a query string: uvicorn logs the WebSocket handshake and access lines with the
+# full path, query included, and browsers can only authenticate a WebSocket that way.
+# Names ending in "token" (token=, access_token=, CCD_SESSION_TOKEN=) are covered alike.
+_QUERY_TOKEN = re.compile(r"(?i)\b([a-z_]*token=)[^&\s\"'#]+")
+# Anything JWT-shaped (header.payload.signature, base64url, the header starting '{"'): user and
+# session capability tokens, wherever they appear in a message or an exception.
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
+
+
+def redact(text: str) -> str:
+    """``text`` without query-string tokens, bearer credentials or JWT-shaped strings."""
+    text = _JWT.sub(REDACTED, text)
+    text = _QUERY_TOKEN.sub(rf"\g<1>{REDACTED}", text)
+    return _BEARER.sub(rf"\g<1>{REDACTED}", text)
+
+
+class RedactTokens(logging.Filter):
+    """Rewrites a record before any handler formats it: the message is formatted with its args
+    and redacted (the args are dropped), and so are its exception text, stack and string
+    extras. A record that cannot be formatted is left for the handler to report."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            record.msg = redact(record.getMessage())
+            record.args = None
+        except Exception:  # a broken record is the handler's to report
+            return True
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD and isinstance(value, str):
+                setattr(record, key, redact(value))
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,7 +61,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update((key, value) for key, value in vars(record).items() if key not in _STANDARD)
-        if record.exc_info:
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        elif record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
@@ -31,6 +75,7 @@ def configure_logging(level: str, as_json: bool) -> None:
         if as_json
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    handler.addFilter(RedactTokens())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -19,8 +19,11 @@ from gateway.errors import install_error_handlers
 from gateway.events.access import SessionAccess
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
+from gateway.guard import RequestGuard
+from gateway.ratelimit import RateLimiter
 from gateway.runtime import IsolationUnavailable, RuntimeFailure
 from gateway.runtime.docker import DockerRuntime
+from gateway.services import idempotency
 from gateway.services.background import TaskSet
 from gateway.services.disk_guard import DiskGuard
 from gateway.services.reconciler import Reconciler
@@ -110,6 +113,9 @@ def create_app(settings: Settings) -> FastAPI:
                 workspaces=workspaces,
                 files=StoredFiles(settings, db, workspaces),
                 live_files=LiveFiles(runtime, settings.workspace_max_bytes),
+                rate_limiter=RateLimiter(
+                    redis, settings.rate_limit_per_second, settings.rate_limit_burst
+                ),
             )
             tasks = TaskSet()  # the loops that run for the gateway's whole life
             stack.push_async_callback(tasks.close)
@@ -119,6 +125,7 @@ def create_app(settings: Settings) -> FastAPI:
             tasks.spawn(reconciler.run(), "reconciler")
             tasks.spawn(workspaces.run_snapshots(), "workspace-snapshots")
             tasks.spawn(DiskGuard(settings, db, runtime, terminator).run(), "disk-guard")
+            tasks.spawn(idempotency.run_purge(db, settings.idempotency_ttl), "idempotency-purge")
             log.info("gateway %s ready (instance %s)", __version__, settings.instance_name)
             yield
 
@@ -130,6 +137,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(build_router())
+    # Outermost: credentials, rate and body size are checked before routing reads anything.
+    app.add_middleware(RequestGuard, settings=settings)
     return app
 
 

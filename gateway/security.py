@@ -141,6 +141,18 @@ def _subject(claims: dict[str, object]) -> str:
     return subject
 
 
+def verify_credentials(
+    settings: Settings, authorization: str | None, query_token: str | None = None
+) -> Principal:
+    """The principal of a request's ``Authorization: Bearer`` header (or, where allowed, its
+    ``?token=``), its signature, expiry and audience verified; raises ``Unauthorized``. It does
+    not check that a session token's session still runs: that needs the database."""
+    token = bearer_token(authorization) or query_token
+    if not token:
+        raise Unauthorized("missing bearer token", code="missing_token")
+    return authenticate_token(settings, token)
+
+
 def bearer_token(authorization: str | None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, else ``None``."""
     if not authorization:

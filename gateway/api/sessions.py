@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
@@ -29,6 +29,8 @@ from gateway.schemas import (
     WaitResponse,
 )
 from gateway.security import mint_session_token
+from gateway.services import idempotency
+from gateway.services.sessions import Created
 
 router = APIRouter(
     prefix="/sessions",
@@ -40,26 +42,80 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "No such session for this caller."}
 }
 
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias=idempotency.HEADER,
+        description="Makes the request safe to retry: the same key with the same body answers "
+        "the session the first request made (one session, one container), with "
+        f"`{idempotency.REPLAYED_HEADER}: true`; with another body, 422 "
+        "`idempotency_key_reused`. Kept per owner for IDEMPOTENCY_TTL seconds (at least a day).",
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": idempotency.MAX_KEY_LENGTH,
+            "pattern": idempotency.KEY_PATTERN,
+        },
+    ),
+]
+
+# What create and spawn may answer besides their session (documented in the schema).
+CREATED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    201: {
+        "description": "The new session, or (a replayed Idempotency-Key) the session the first "
+        "request made, as it is now.",
+        "headers": {
+            idempotency.REPLAYED_HEADER: {
+                "description": "`true` when an earlier request with this Idempotency-Key made "
+                "the session and this one changed nothing.",
+                "schema": {"type": "string", "enum": ["true"]},
+            }
+        },
+    },
+    413: {"model": ErrorResponse, "description": "request_too_large"},
+    429: {
+        "model": ErrorResponse,
+        "description": "owner_limit_reached, engine_at_capacity, rate_limited; retry after "
+        "`Retry-After` seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+    },
+}
+
+
+def created(result: Created, response: Response) -> SessionOut:
+    """The session of a create or spawn, marking a replay in the response's headers."""
+    if result.replayed:
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+    return SessionOut.of(result.session)
+
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=SessionOut,
-    responses={503: {"model": ErrorResponse, "description": "The container could not start."}},
+    responses={
+        **CREATED_RESPONSES,
+        403: {"model": ErrorResponse, "description": "session_token_not_allowed"},
+        503: {"model": ErrorResponse, "description": "The container could not start."},
+    },
 )
 async def create_session(
-    body: CreateSessionRequest, principal: CurrentUser, services: ServicesDep
+    body: CreateSessionRequest,
+    principal: CurrentUser,
+    services: ServicesDep,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> SessionOut:
     """Start a session in its own container. It is ``starting`` until the CLI is ready; a
     ``prompt`` given here (or sent by chat meanwhile) runs as soon as it is."""
+    key = idempotency.parse(idempotency_key, idempotency.CREATE_SCOPE, body)
     if body.workspace.type == "inherit":
         raise InvalidRequest(
             'workspace "inherit" is only for spawned sessions', code="invalid_workspace"
         )
-    row = await services.sessions.create(
-        principal.owner, body.config, body.prompt, body.workspace.choice()
+    result = await services.sessions.create(
+        principal.owner, body.config, body.prompt, body.workspace.choice(), idempotency=key
     )
-    return SessionOut.of(row)
+    return created(result, response)
 
 
 @router.get("", response_model=SessionList)
@@ -198,8 +254,8 @@ async def session_token(
     response_model=SessionOut,
     responses={
         **_NOT_FOUND,
-        403: {"model": ErrorResponse, "description": "owner_limit_reached"},
         409: {"model": ErrorResponse, "description": "session_not_resumable, workspace_in_use"},
+        429: CREATED_RESPONSES[429],
         503: {"model": ErrorResponse, "description": "workspace_unsaved, image_not_found"},
     },
 )

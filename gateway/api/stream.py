@@ -11,12 +11,11 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from gateway.db.models import ACTIVE_STATUSES, SessionRow
 from gateway.deps import Services, authenticate, may_access
-from gateway.errors import GatewayError, InvalidRequest, SessionNotFound
+from gateway.errors import GatewayError, InvalidRequest, SessionNotFound, error_response
 from gateway.events.bus import is_stream_id
 from gateway.schemas import MAX_PROMPT_CHARS
 from wrapper.aio import cancel_and_wait
@@ -55,7 +54,7 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
         session = await _authorize(websocket, services, session_id)
         after = _parse_after(websocket.query_params.get("after"))
     except GatewayError as exc:
-        await websocket.send_denial_response(JSONResponse(exc.body(), status_code=exc.status))
+        await websocket.send_denial_response(error_response(exc))
         return
     await websocket.accept()
     sender = asyncio.create_task(_send_events(websocket, services, session, after))

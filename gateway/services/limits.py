@@ -1,8 +1,12 @@
-"""Recursion and quota limits, checked in the transaction that inserts a session.
+"""Recursion limits and capacity limits, checked in the transaction that inserts a session.
 
 The check takes a transaction-scoped advisory lock on the owner first. Every session an owner
 creates (a root or a spawned child) takes the same lock, so two concurrent requests cannot both
 count the same free slot: the second one counts after the first has inserted and committed.
+
+Recursion limits (depth, children, tree) are policy: a retry cannot clear them, so they answer
+403 and are checked first. Capacity limits (the owner's running sessions, this engine's running
+sessions) clear as sessions end: 429 with ``Retry-After`` (``CAPACITY_RETRY_AFTER``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.config import Settings
 from gateway.db.models import ACTIVE_STATUSES, SessionRow
-from gateway.errors import LimitExceeded
+from gateway.errors import CapacityReached, LimitExceeded
+
+# Advisory locks on two int4 keys live in a key space apart from the one-bigint keys of the
+# owner locks, so no owner name can collide with an engine's lock.
+_ENGINE_LOCK_CLASS = 0x43434445  # "CCDE"
 
 
 async def lock_owner(db: AsyncSession, owner: str) -> None:
@@ -23,18 +31,47 @@ async def lock_owner(db: AsyncSession, owner: str) -> None:
 async def check_limits(
     db: AsyncSession, settings: Settings, owner: str, parent: SessionRow | None
 ) -> None:
-    """Raise ``LimitExceeded`` (403) naming the limit and its value if one more session for
-    ``owner`` (under ``parent``, if spawned) would break one. Call with ``lock_owner`` held."""
+    """Raise if one more session for ``owner`` (under ``parent``, if spawned) would break a
+    limit: ``LimitExceeded`` (403) for a recursion limit, ``CapacityReached`` (429) for a
+    capacity limit; each names the limit and its value. Call with ``lock_owner`` held."""
+    if parent is not None:
+        await _check_tree(db, settings, parent)
     running = await _count(db, SessionRow.owner == owner, SessionRow.status.in_(ACTIVE_STATUSES))
     if running >= settings.max_sessions_per_owner:
-        raise LimitExceeded(
+        raise CapacityReached(
             f"MAX_SESSIONS_PER_OWNER is {settings.max_sessions_per_owner}: {owner!r} already has "
-            f"{running} running sessions",
+            f"{running} running sessions; retry when one has ended",
             code="owner_limit_reached",
+            retry_after=settings.capacity_retry_after,
             limit=settings.max_sessions_per_owner,
         )
-    if parent is None:
-        return
+    # The owner lock does not serialise two owners, so without a lock of its own two owners
+    # could both take this engine's last slot. The engine limit guards a real resource (the
+    # engine's memory and processes), so it gets an exact count: a lock per instance, held to
+    # commit like the owner's. Its cost is small: the transaction it serialises is a handful
+    # of indexed queries and one insert; the container starts after the commit, unlocked.
+    # Always taken after the owner lock, so the two cannot deadlock.
+    await db.execute(
+        select(
+            func.pg_advisory_xact_lock(_ENGINE_LOCK_CLASS, func.hashtext(settings.instance_name))
+        )
+    )
+    on_engine = await _count(
+        db,
+        SessionRow.instance == settings.instance_name,
+        SessionRow.status.in_(ACTIVE_STATUSES),
+    )
+    if on_engine >= settings.max_sessions_per_engine:
+        raise CapacityReached(
+            f"MAX_SESSIONS_PER_ENGINE is {settings.max_sessions_per_engine}: this gateway "
+            f"({settings.instance_name}) already runs {on_engine} sessions; retry later",
+            code="engine_at_capacity",
+            retry_after=settings.capacity_retry_after,
+            limit=settings.max_sessions_per_engine,
+        )
+
+
+async def _check_tree(db: AsyncSession, settings: Settings, parent: SessionRow) -> None:
     depth = parent.depth + 1
     if depth > settings.max_spawn_depth:
         raise LimitExceeded(

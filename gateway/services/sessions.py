@@ -17,6 +17,7 @@ import binascii
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -49,9 +50,11 @@ from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
 from gateway.runtime import ImageMissing, RuntimeFailure, SessionRuntime
 from gateway.security import mint_session_token
-from gateway.services import limits
+from gateway.services import capabilities, limits
+from gateway.services import idempotency as idempotency_keys
 from gateway.services.background import TaskSet
 from gateway.services.container_spec import build_container_spec
+from gateway.services.idempotency import IdempotencyKey
 from gateway.services.termination import Terminator
 from gateway.services.turns import TurnService
 from gateway.services.workspaces import MODE_RW, WorkspaceChoice, WorkspaceInUse, WorkspaceService
@@ -61,6 +64,15 @@ from wrapper.protocol import GatewayEvent, SessionConfig
 log = logging.getLogger(__name__)
 
 EPHEMERAL = WorkspaceChoice()
+
+
+@dataclass(frozen=True)
+class Created:
+    """A session that create or spawn answers; ``replayed``: an earlier request with the same
+    ``Idempotency-Key`` made it, and this one changed nothing."""
+
+    session: SessionRow
+    replayed: bool = False
 
 
 class SessionService:
@@ -141,15 +153,24 @@ class SessionService:
         config: SessionConfig,
         prompt: str | None = None,
         workspace: WorkspaceChoice = EPHEMERAL,
-    ) -> SessionRow:
+        idempotency: IdempotencyKey | None = None,
+    ) -> Created:
         """Insert a root session, queue its first prompt if any, start its container. The
         session is ``starting`` until its CLI answers the handshake; prompts sent meanwhile are
-        queued, not refused. Raises ``LimitExceeded`` (nothing is created), or
-        ``ImageNotFound``/``RuntimeUnavailable`` (the session is then recorded as failed)."""
-        row = await self._insert(
-            owner, config.model_dump(exclude_none=True), parent_id=None, workspace=workspace
+        queued, not refused. Raises ``LimitExceeded`` or ``CapacityReached`` (nothing is
+        created), or ``ImageNotFound``/``RuntimeUnavailable`` (the session is then recorded as
+        failed). With ``idempotency``, a key already used with the same request answers that
+        session as it is now (``replayed``), and nothing else happens."""
+        created = await self._insert(
+            owner,
+            config.model_dump(exclude_none=True),
+            parent_id=None,
+            workspace=workspace,
+            idempotency=idempotency,
         )
-        return await self._launch(row, prompt)
+        if created.replayed:
+            return created
+        return Created(await self._launch(created.session, prompt))
 
     async def spawn(
         self,
@@ -157,13 +178,28 @@ class SessionService:
         prompt: str,
         overrides: SessionConfig,
         workspace: WorkspaceChoice = EPHEMERAL,
-    ) -> SessionRow:
+        *,
+        idempotency: IdempotencyKey | None = None,
+        by_session: bool = False,
+    ) -> Created:
         """Start a child of ``parent_id``: same owner, the parent's config with ``overrides``
-        applied, one level deeper. The recursion limits are checked atomically with the
-        insert; the parent's stream gets ``child_spawned``."""
+        applied, one level deeper. The limits are checked atomically with the insert; the
+        parent's stream gets ``child_spawned``. ``by_session``: a session token asks, so the
+        workspace must be one its tree may give (``capabilities``). ``idempotency`` as for
+        ``create``."""
         parent = await self.get(parent_id)
         config = {**parent.config, **overrides.model_dump(exclude_none=True)}
-        row = await self._insert(parent.owner, config, parent_id=parent_id, workspace=workspace)
+        created = await self._insert(
+            parent.owner,
+            config,
+            parent_id=parent_id,
+            workspace=workspace,
+            idempotency=idempotency,
+            by_session=by_session,
+        )
+        if created.replayed:
+            return created
+        row = created.session
         await self._bus.publish(
             str(parent_id),
             GatewayEvent.CHILD_SPAWNED,
@@ -171,7 +207,7 @@ class SessionService:
             depth=row.depth,
             prompt=prompt,
         )
-        return await self._launch(row, prompt)
+        return Created(await self._launch(row, prompt))
 
     async def _insert(
         self,
@@ -179,7 +215,9 @@ class SessionService:
         config: dict[str, Any],
         parent_id: uuid.UUID | None,
         workspace: WorkspaceChoice,
-    ) -> SessionRow:
+        idempotency: IdempotencyKey | None = None,
+        by_session: bool = False,
+    ) -> Created:
         session_id = uuid.uuid4()
         async with self._db() as db, db.begin():
             await limits.lock_owner(db, owner)
@@ -188,10 +226,22 @@ class SessionService:
                 parent = await db.get(SessionRow, parent_id, with_for_update=True)
                 if parent is None:
                     raise SessionNotFound(parent_id)
-                if parent.status not in ACTIVE_STATUSES:
-                    raise SessionNotRunning(
-                        f"session {parent_id} is {parent.status}; only a running session can spawn"
-                    )
+                if by_session:
+                    await capabilities.check_session_workspace(db, parent, workspace)
+            if idempotency is not None:
+                # Before the status and limit checks: a replay answers even when the parent has
+                # ended or the owner is at capacity since (this session may be why).
+                earlier = await idempotency_keys.lookup(
+                    db, owner, idempotency, self._settings.idempotency_ttl
+                )
+                if earlier is not None:
+                    existing = await db.get(SessionRow, earlier)
+                    if existing is not None:  # the key's row dies with its session
+                        return Created(existing, replayed=True)
+            if parent is not None and parent.status not in ACTIVE_STATUSES:
+                raise SessionNotRunning(
+                    f"session {parent_id} is {parent.status}; only a running session can spawn"
+                )
             await limits.check_limits(db, self._settings, owner, parent)
             row = SessionRow(
                 id=session_id,
@@ -210,11 +260,14 @@ class SessionService:
             if self._workspaces is not None:
                 await self._workspaces.attach(db, row, workspace, parent)
             db.add(row)
+            if idempotency is not None:
+                await db.flush()  # the key refers to the session
+                await idempotency_keys.remember(db, owner, idempotency, session_id)
         # Its stream exists before the hub follows it (a tracked stream that does not exist
         # counts as lost).
         await self._bus.publish(str(session_id), GatewayEvent.STATUS, status=SessionStatus.STARTING)
         await self._hub.track(str(session_id), after="0-0")
-        return row
+        return Created(row)
 
     async def resume(self, session_id: uuid.UUID) -> SessionRow:
         """Start a stopped or failed session again, in a fresh container with its workspace
