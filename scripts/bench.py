@@ -13,6 +13,9 @@ scripted fake Anthropic API, ``python -m gateway``) and prints, in one run:
   line;
 - ours: ``POST /sessions`` -> ``ready`` seen on the WebSocket, and prompt -> first event of
   the turn on the WebSocket, each with its ratio to the bare figure;
+- confinement: what a session's credentials cost (its own Redis user: ACL SETUSER before the
+  container starts, ACL DELUSER when it ends), as a share of create -> ready; the isolated
+  network is made once when the gateway starts and costs nothing per session;
 - relay: events published with the wrapper's own publisher (``wrapper.channel.Channel``) at
   ``--rate`` per second into a live session's stream, measured until they arrive at WebSocket
   clients (p50, p99, max). This is the path a CLI line takes after the wrapper reads it.
@@ -39,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
+from gateway.events.access import SessionAccess  # noqa: E402
 from tests.client import Api, mint_token  # noqa: E402
 from tests.fake_anthropic import FakeAnthropic, text  # noqa: E402
 from tests.stack import SESSION_IMAGE, run_gateway, start_infra, start_s3  # noqa: E402
@@ -108,6 +112,27 @@ async def ours_run(api: Api) -> tuple[float, float, str]:
         while not (envelope["source"] == "claude" and envelope["event"]["type"] == "result"):
             envelope = json.loads(await ws.recv())
     return ready, first, session["id"]
+
+
+async def credentials_cost(redis_url: str, runs: int) -> list[float]:
+    """Seconds per session for its Redis user: created (before its container) and deleted (at
+    its end), against the same Redis the gateway uses."""
+    import uuid
+    from datetime import UTC, datetime
+
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    access = SessionAccess(client, "bench-key", "redis://ccd-host:6379/0")
+    costs = []
+    try:
+        for _ in range(runs):
+            session_id = uuid.uuid4()
+            start = time.perf_counter()
+            await access.grant(session_id, datetime.now(UTC))
+            await access.revoke(session_id)
+            costs.append(time.perf_counter() - start)
+    finally:
+        await client.aclose()
+    return costs
 
 
 def publish_at_rate(
@@ -236,6 +261,14 @@ async def main(args: argparse.Namespace) -> None:
                     [f for _, f, _ in ours],
                     bare_first,
                 )
+            )
+            credentials = await credentials_cost(infra.redis_url, 200)
+            share = statistics.median(credentials) / statistics.median([r for r, _, _ in ours])
+            print(
+                f"{'confinement: Redis user created + deleted':<44} median "
+                f"{statistics.median(credentials) * 1000:7.2f} ms  "
+                f"p99 {percentile(sorted(credentials), 99) * 1000:.2f} ms  "
+                f"= {share:.2%} of create -> ready (network: made once at start-up, 0 per session)"
             )
             await relay(api, infra.redis_url, ours[-1][2], args)
             for _, _, session_id in ours:

@@ -53,6 +53,30 @@ class SessionStatus(StrEnum):
 ACTIVE_STATUSES = (SessionStatus.STARTING, SessionStatus.READY, SessionStatus.BUSY)
 FINAL_STATUSES = (SessionStatus.STOPPED, SessionStatus.FAILED)
 
+# The status machine, all of it: every change a session's status may make (SPEC.md section 6 is
+# checked against this table). Each change is a conditional UPDATE whose WHERE names the
+# statuses it may leave (gateway/db/queries.py), so racing actors cannot both win.
+TRANSITIONS: dict[SessionStatus, frozenset[SessionStatus]] = {
+    # CLI ready; a queued prompt makes it busy at once; stop; start failure.
+    SessionStatus.STARTING: frozenset(
+        {SessionStatus.READY, SessionStatus.BUSY, SessionStatus.STOPPING, SessionStatus.FAILED}
+    ),
+    SessionStatus.READY: frozenset(
+        {SessionStatus.BUSY, SessionStatus.STOPPING, SessionStatus.FAILED}
+    ),
+    SessionStatus.BUSY: frozenset(
+        {SessionStatus.READY, SessionStatus.STOPPING, SessionStatus.FAILED}
+    ),
+    SessionStatus.STOPPING: frozenset({SessionStatus.STOPPED}),
+    # Resume starts an ended session again, in a new container.
+    SessionStatus.STOPPED: frozenset({SessionStatus.STARTING}),
+    SessionStatus.FAILED: frozenset({SessionStatus.STARTING}),
+}
+
+
+def may_become(from_status: str, to_status: str) -> bool:
+    return SessionStatus(to_status) in TRANSITIONS[SessionStatus(from_status)]
+
 
 class TurnStatus(StrEnum):
     RUNNING = "running"

@@ -14,7 +14,14 @@ from typing import Any
 from sqlalchemy import case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.models import ACTIVE_STATUSES, SessionRow, SessionStatus, TurnRow, TurnStatus
+from gateway.db.models import (
+    ACTIVE_STATUSES,
+    SessionRow,
+    SessionStatus,
+    TurnRow,
+    TurnStatus,
+    may_become,
+)
 
 
 def utcnow() -> datetime:
@@ -28,10 +35,15 @@ async def transition(
     to_status: SessionStatus,
     **values: Any,
 ) -> SessionRow | None:
-    """Move a session to ``to_status`` if it is in one of ``from_statuses``; ``None`` if not."""
+    """Move a session to ``to_status`` if it is in one of ``from_statuses``; ``None`` if not.
+    Every pair must be a change the status machine allows (``TRANSITIONS``)."""
+    from_statuses = list(from_statuses)
+    illegal = [status for status in from_statuses if not may_become(status, to_status)]
+    if illegal:
+        raise ValueError(f"the status machine has no change {illegal} -> {to_status}")
     statement = (
         update(SessionRow)
-        .where(SessionRow.id == session_id, SessionRow.status.in_(list(from_statuses)))
+        .where(SessionRow.id == session_id, SessionRow.status.in_(from_statuses))
         .values(status=to_status, updated_at=func.now(), **values)
         .returning(SessionRow)
         .execution_options(synchronize_session=False)
