@@ -86,7 +86,10 @@ def create_app(settings: Settings) -> FastAPI:
             bus = EventBus(redis, settings.event_stream_maxlen)
             hub = EventHub(hub_redis, bus, block_ms=int(HUB_BLOCK_SECONDS * 1000))
             access = SessionAccess(
-                redis, settings.redis_user_key, settings.effective_session_redis_url
+                redis,
+                settings.redis_user_key,
+                settings.effective_session_redis_url,
+                settings.instance_name,
             )
             turns = TurnService(db, bus, hub)
             workspaces = WorkspaceService(settings, db, runtime, store, bus)

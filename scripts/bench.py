@@ -121,7 +121,7 @@ async def credentials_cost(redis_url: str, runs: int) -> list[float]:
     from datetime import UTC, datetime
 
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    access = SessionAccess(client, "bench-key", "redis://ccd-host:6379/0")
+    access = SessionAccess(client, "bench-key", "redis://ccd-host:6379/0", "bench")
     costs = []
     try:
         for _ in range(runs):

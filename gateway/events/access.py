@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 USER_PREFIX = "ccd-session-"
 
 
-def username(session_id: uuid.UUID | str) -> str:
-    return f"{USER_PREFIX}{session_id}"
+def username(instance: str, session_id: uuid.UUID | str) -> str:
+    """Named after the gateway instance too: gateways of other instances (or other
+    deployments) sharing this Redis never mistake each other's users for stale ones."""
+    return f"{USER_PREFIX}{instance}-{session_id}"
 
 
 def acl_rules(session_id: str, password_hash: str) -> list[str]:
@@ -55,11 +57,15 @@ def acl_rules(session_id: str, password_hash: str) -> list[str]:
 
 
 class SessionAccess:
-    def __init__(self, client: aioredis.Redis, key: str, session_redis_url: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis, key: str, session_redis_url: str, instance: str
+    ) -> None:
         """``session_redis_url``: where containers reach Redis (no credentials)."""
         self._redis: Any = client
         self._key = key.encode()
         self._base = urlsplit(session_redis_url)
+        self._instance = instance
+        self._prefix = username(instance, "")
 
     def password(self, session_id: uuid.UUID, generation: datetime) -> str:
         message = f"redis-user:{session_id}:{generation.isoformat()}".encode()
@@ -67,7 +73,8 @@ class SessionAccess:
 
     def url_for(self, session_id: uuid.UUID, generation: datetime) -> str:
         """The Redis URL a session container gets: its own user and password."""
-        credentials = f"{quote(username(session_id))}:{self.password(session_id, generation)}"
+        user = quote(username(self._instance, session_id), safe="")
+        credentials = f"{user}:{self.password(session_id, generation)}"
         netloc = f"{credentials}@{self._base.hostname}"
         if self._base.port:
             netloc += f":{self._base.port}"
@@ -77,23 +84,26 @@ class SessionAccess:
         """Create (or reset) the session's user; returns the URL for its container."""
         digest = hashlib.sha256(self.password(session_id, generation).encode()).hexdigest()
         await self._redis.execute_command(
-            "ACL", "SETUSER", username(session_id), *acl_rules(str(session_id), digest)
+            "ACL",
+            "SETUSER",
+            username(self._instance, session_id),
+            *acl_rules(str(session_id), digest),
         )
         return self.url_for(session_id, generation)
 
     async def revoke(self, session_id: uuid.UUID) -> None:
         """Delete the session's user and drop its connections. Idempotent."""
-        await self._redis.execute_command("ACL", "DELUSER", username(session_id))
+        await self._redis.execute_command("ACL", "DELUSER", username(self._instance, session_id))
 
     async def sessions_with_users(self) -> set[uuid.UUID]:
-        """Sessions that have a Redis user now."""
+        """Sessions of this instance that have a Redis user now."""
         names = await self._redis.execute_command("ACL", "USERS")
         found: set[uuid.UUID] = set()
         for name in names:
             name = name.decode() if isinstance(name, bytes) else str(name)
-            if name.startswith(USER_PREFIX):
+            if name.startswith(self._prefix):
                 try:
-                    found.add(uuid.UUID(name[len(USER_PREFIX) :]))
-                except ValueError:
+                    found.add(uuid.UUID(name[len(self._prefix) :]))
+                except ValueError:  # another instance whose name starts like ours
                     continue
         return found

@@ -120,7 +120,7 @@ async def ready_session(api: Api, **body: Any) -> dict[str, Any]:
 
 
 async def test_a_session_redis_user_reaches_only_its_own_streams(
-    api_for, docker_client, infra
+    api_for, docker_client, infra, gateway
 ) -> None:
     victim_api, attacker_api = api_for(f"victim-{marker()}"), api_for(f"attacker-{marker()}")
     victim = await ready_session(victim_api)
@@ -137,18 +137,18 @@ async def test_a_session_redis_user_reaches_only_its_own_streams(
     environ = run_in(docker_client, attacker["container_id"], ["cat", "/proc/1/environ"])
     password = infra.redis_url.split("@")[0].rsplit(":", 1)[1]
     assert password not in environ
-    assert f"ccd-session-{attacker['id']}:" in environ
+    assert f"ccd-session-{gateway.instance}-{attacker['id']}:" in environ
     # The victim's input stream holds nothing the attacker wrote.
     admin = aioredis.Redis.from_url(infra.redis_url, decode_responses=True)
     try:
         inputs = await admin.xrange(f"ccd:session:{victim['id']}:in")
         assert inputs == []
         users = await admin.execute_command("ACL", "USERS")
-        assert f"ccd-session-{attacker['id']}" in users
+        assert f"ccd-session-{gateway.instance}-{attacker['id']}" in users
         await attacker_api.stop(attacker["id"])
         # An ended session's user is gone, and with it every connection it had.
         users = await admin.execute_command("ACL", "USERS")
-        assert f"ccd-session-{attacker['id']}" not in users
+        assert f"ccd-session-{gateway.instance}-{attacker['id']}" not in users
     finally:
         await admin.aclose()
         await victim_api.stop(victim["id"])

@@ -77,7 +77,7 @@ def test_a_session_redis_user_reaches_only_its_own_streams() -> None:
 
 
 def test_session_redis_passwords_are_derived_per_container_and_never_sent() -> None:
-    keeper = access.SessionAccess(None, "key", "redis://ccd-host:6380/2")  # type: ignore[arg-type]
+    keeper = access.SessionAccess(None, "key", "redis://ccd-host:6380/2", "prod")  # type: ignore[arg-type]
     first = datetime(2026, 12, 1, tzinfo=UTC)
     again = datetime(2026, 12, 2, tzinfo=UTC)
     assert keeper.password(SID, first) == keeper.password(SID, first)  # any replica agrees
@@ -86,8 +86,9 @@ def test_session_redis_passwords_are_derived_per_container_and_never_sent() -> N
         None,  # type: ignore[arg-type]
         "other key",
         "redis://h",
+        "prod",
     ).password(SID, first)
     url = keeper.url_for(SID, first)
-    assert url == f"redis://ccd-session-{SID}:{keeper.password(SID, first)}@ccd-host:6380/2"
+    assert url == f"redis://ccd-session-prod-{SID}:{keeper.password(SID, first)}@ccd-host:6380/2"
     digest = hashlib.sha256(keeper.password(SID, first).encode()).hexdigest()
     assert len(digest) == 64
