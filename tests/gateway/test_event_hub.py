@@ -108,3 +108,48 @@ async def test_listeners_see_every_tracked_session_in_order(hub_and_bus) -> None
         while len(seen[b]) != 31:
             await asyncio.sleep(0.02)
     assert seen[a] == published[a]  # nothing after untrack
+
+
+async def test_a_reader_resynchronised_past_trimmed_events_gets_a_gap_first(infra) -> None:
+    """A reader that lags while its events are trimmed is told so (the mechanism the WebSocket
+    and the chat SSE stream share), then gets what is left, in order, once each."""
+    client = aioredis.Redis.from_url(infra.redis_url, decode_responses=True)
+    reader = aioredis.Redis.from_url(infra.redis_url, decode_responses=True, socket_timeout=10)
+    bus = EventBus(client, maxlen=100)
+    hub = EventHub(reader, bus, block_ms=2000, batch=50, subscriber_queue=5)
+    task = asyncio.create_task(hub.run())
+    sid = str(uuid.uuid4())
+    try:
+        first = await publish(bus, sid, 1)
+        received: list[Event] = []
+        stalled = asyncio.Event()
+        last: list[str] = ["never"]
+
+        async def stalling_reader() -> None:
+            async for event in hub.follow(sid, "0"):
+                received.append(event)
+                if len(received) == 2:
+                    await stalled.wait()  # meanwhile its queue overflows and events are trimmed
+                if not event.is_notice and event.id == last[-1]:
+                    return
+
+        consumer = asyncio.create_task(stalling_reader())
+        await asyncio.sleep(0.2)
+        last = await publish(bus, sid, 1)  # the second event it sees
+        await asyncio.sleep(0.2)
+        last = await publish(bus, sid, 400)  # far more than is kept
+        stalled.set()
+        await asyncio.wait_for(consumer, 20)
+        assert [e.id for e in received[:2]] == [first[0], received[1].id]
+        gaps = [e for e in received if e.is_notice]
+        assert len(gaps) == 1
+        at = received.index(gaps[0])
+        assert gaps[0].payload["after"] == received[at - 1].id  # the last one it got
+        after_gap = [e.id for e in received[at + 1 :]]
+        assert after_gap[0] == gaps[0].payload["first_available"]
+        assert after_gap == sorted(after_gap, key=lambda i: tuple(map(int, i.split("-"))))
+        assert len(set(after_gap)) == len(after_gap) and after_gap[-1] == last[-1]
+    finally:
+        await cancel_and_wait([task])
+        await client.aclose()
+        await reader.aclose()
