@@ -258,6 +258,13 @@ class Settings(BaseSettings):
         default=600.0, gt=0, le=3600, description="Seconds a chat waits for its turn's result."
     )
 
+    # -- egress ----------------------------------------------------------------------------------
+    session_egress: Literal["none", "open"] = Field(
+        default="none",
+        description="What a session may reach beyond the gateway and Redis: none (no internet, "
+        "no other host service, no cloud metadata; enforced by the engine's firewall) or open.",
+    )
+
     # -- credentials passed to every session (never stored) ---------------------------------------
     anthropic_api_key: SecretStr | None = Field(default=None, description="x-api-key auth.")
     anthropic_auth_token: SecretStr | None = Field(default=None, description="Bearer auth.")
