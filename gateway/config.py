@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -15,11 +16,14 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from wrapper.protocol import SESSION_HOST_ALIAS, PermissionMode
+from wrapper.protocol import MODEL_PROXY_PREFIX, SESSION_HOST_ALIAS, PermissionMode
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_MODEL_ACCESS_VARIABLES = frozenset(
+    {"ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_BASE_URL"}
+)
 
 
 def parse_size(value: str) -> int:
@@ -265,13 +269,48 @@ class Settings(BaseSettings):
         "no other host service, no cloud metadata; enforced by the engine's firewall) or open.",
     )
 
-    # -- credentials passed to every session (never stored) ---------------------------------------
-    anthropic_api_key: SecretStr | None = Field(default=None, description="x-api-key auth.")
-    anthropic_auth_token: SecretStr | None = Field(default=None, description="Bearer auth.")
-    claude_code_oauth_token: SecretStr | None = Field(default=None, description="OAuth token.")
-    anthropic_base_url: str | None = Field(default=None, description="Redirects model traffic.")
+    # -- model access: the gateway's proxy holds the operator's credential ----------------------
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, description="The operator's API key (x-api-key), used by the model proxy."
+    )
+    anthropic_auth_token: SecretStr | None = Field(
+        default=None, description="Or a bearer token for the upstream (Authorization)."
+    )
+    claude_code_oauth_token: SecretStr | None = Field(
+        default=None, description="Or a Claude OAuth token (Authorization, with the OAuth beta)."
+    )
+    anthropic_base_url: str = Field(
+        default="https://api.anthropic.com",
+        description="The upstream of the model proxy: the Anthropic Messages API.",
+    )
     claude_code_max_retries: int | None = Field(
         default=None, ge=0, description="CLAUDE_CODE_MAX_RETRIES for sessions (CLI default 10)."
+    )
+    model_max_request_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Largest model request a session may send through the proxy (413 beyond).",
+    )
+    model_max_streams_per_owner: int = Field(
+        default=32,
+        ge=1,
+        description="Model calls one owner's sessions may have in flight at once, all replicas "
+        "together (429 beyond, which the CLI retries).",
+    )
+    model_upstream_timeout: float = Field(
+        default=600.0, gt=0, description="Seconds the proxy waits for the upstream to answer."
+    )
+    model_prices: Annotated[dict[str, dict[str, float]], NoDecode] = Field(
+        default_factory=dict,
+        description="Prices in USD per million tokens by model family, overriding the built-in "
+        'table: JSON such as {"claude-opus-4": {"input": 15, "output": 75, "cache_write": 18.75, '
+        '"cache_read": 1.5}}. The longest family that prefixes a model name applies.',
+    )
+    budget_wait: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds a model call of a tree near its budget waits for the tree's calls "
+        "in flight to settle before it is refused.",
     )
 
     @field_validator("database_url")
@@ -279,6 +318,27 @@ class Settings(BaseSettings):
     def _asyncpg_only(cls, value: str) -> str:
         if not value.startswith("postgresql+asyncpg://"):
             raise ValueError("DATABASE_URL must start with postgresql+asyncpg://")
+        return value
+
+    @field_validator("session_extra_env")
+    @classmethod
+    def _no_model_credentials(cls, value: dict[str, str]) -> dict[str, str]:
+        forbidden = sorted(set(value) & _MODEL_ACCESS_VARIABLES)
+        if forbidden:
+            raise ValueError(
+                f"SESSION_EXTRA_ENV may not set {', '.join(forbidden)}: sessions reach the model "
+                "only through the gateway's proxy, and no credential enters a container"
+            )
+        return value
+
+    @field_validator("model_prices", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else {}
+            except ValueError as exc:
+                raise ValueError(f"MODEL_PRICES is not JSON: {exc}") from None
         return value
 
     @field_validator("session_extra_env", mode="before")
@@ -377,19 +437,15 @@ class Settings(BaseSettings):
     def session_disk_limit_bytes(self) -> int:
         return parse_size(self.session_disk_limit)
 
+    @property
+    def model_proxy_url(self) -> str:
+        """ANTHROPIC_BASE_URL inside a session: the gateway's model proxy."""
+        return f"{self.effective_session_gateway_url}{MODEL_PROXY_PREFIX}"
+
     def session_cli_env(self) -> dict[str, str]:
-        """CLI variables forwarded from the gateway to every session container."""
+        """CLI variables the gateway gives every session container. Never a credential: the
+        CLI reaches the model through the gateway's proxy with its session's own token."""
         env: dict[str, str] = {}
-        secrets = {
-            "ANTHROPIC_API_KEY": self.anthropic_api_key,
-            "ANTHROPIC_AUTH_TOKEN": self.anthropic_auth_token,
-            "CLAUDE_CODE_OAUTH_TOKEN": self.claude_code_oauth_token,
-        }
-        for name, secret in secrets.items():
-            if secret is not None and secret.get_secret_value():
-                env[name] = secret.get_secret_value()
-        if self.anthropic_base_url:
-            env["ANTHROPIC_BASE_URL"] = self.anthropic_base_url
         if self.claude_code_max_retries is not None:
             env["CLAUDE_CODE_MAX_RETRIES"] = str(self.claude_code_max_retries)
         return env

@@ -14,6 +14,8 @@ from gateway.db.models import SessionRow
 from gateway.errors import SessionNotFound, SessionTokenNotAllowed
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
+from gateway.model.proxy import ModelProxy
+from gateway.model.usage import UsageService
 from gateway.ratelimit import RateLimiter
 from gateway.runtime import SessionRuntime
 from gateway.security import Principal, verify_credentials
@@ -43,6 +45,8 @@ class Services:
     files: StoredFiles
     live_files: LiveFiles
     rate_limiter: RateLimiter
+    model_proxy: ModelProxy
+    usage: UsageService
 
 
 def get_services(request: Request) -> Services:

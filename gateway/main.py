@@ -20,6 +20,12 @@ from gateway.events.access import SessionAccess
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
 from gateway.guard import RequestGuard
+from gateway.model.ledger import Ledger
+from gateway.model.prices import PriceTable
+from gateway.model.proxy import ModelProxy
+from gateway.model.slots import CallSlots
+from gateway.model.upstream import Upstream
+from gateway.model.usage import UsageService
 from gateway.ratelimit import RateLimiter
 from gateway.runtime import IsolationUnavailable, RuntimeFailure
 from gateway.runtime.docker import DockerRuntime
@@ -91,6 +97,18 @@ def create_app(settings: Settings) -> FastAPI:
                 settings.effective_session_redis_url,
                 settings.instance_name,
             )
+            upstream = Upstream(settings)
+            stack.push_async_callback(upstream.close)
+            ledger = Ledger(db, PriceTable(settings.model_prices), bus, settings.budget_wait)
+            model_proxy = ModelProxy(
+                settings,
+                upstream,
+                ledger,
+                CallSlots(
+                    redis, settings.model_max_streams_per_owner, settings.model_upstream_timeout
+                ),
+            )
+            stack.push_async_callback(model_proxy.close)
             turns = TurnService(db, bus, hub)
             workspaces = WorkspaceService(settings, db, runtime, store, bus)
             stack.push_async_callback(workspaces.close)
@@ -102,7 +120,9 @@ def create_app(settings: Settings) -> FastAPI:
             )
             stack.push_async_callback(sessions.close)
             recorder = Recorder(sessions, turns, terminator, hub, workspaces)
-            reconciler = Reconciler(settings, db, runtime, terminator, hub, access, workspaces)
+            reconciler = Reconciler(
+                settings, db, runtime, terminator, hub, access, ledger, workspaces
+            )
             app.state.services = Services(
                 settings=settings,
                 db=db,
@@ -116,6 +136,8 @@ def create_app(settings: Settings) -> FastAPI:
                 workspaces=workspaces,
                 files=StoredFiles(settings, db, workspaces),
                 live_files=LiveFiles(runtime, settings.workspace_max_bytes),
+                model_proxy=model_proxy,
+                usage=UsageService(db),
                 rate_limiter=RateLimiter(
                     redis, settings.rate_limit_per_second, settings.rate_limit_burst
                 ),

@@ -126,6 +126,29 @@ class SessionWorkspace(BaseModel):
         )
 
 
+class UsageFigures(BaseModel):
+    """Model usage: what the upstream reported, summed, and its price (MODEL_PRICES)."""
+
+    requests: int = Field(description="Model calls that ended.")
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    cost_usd: float
+
+    @classmethod
+    def of(cls, figures: Any) -> UsageFigures:
+        """From anything with those attributes (a session row, a tree's totals, a sum)."""
+        return cls(
+            requests=figures.requests,
+            input_tokens=figures.input_tokens,
+            output_tokens=figures.output_tokens,
+            cache_creation_input_tokens=figures.cache_creation_input_tokens,
+            cache_read_input_tokens=figures.cache_read_input_tokens,
+            cost_usd=float(figures.cost_usd),
+        )
+
+
 class SessionOut(BaseModel):
     id: uuid.UUID
     owner: str
@@ -144,6 +167,7 @@ class SessionOut(BaseModel):
     updated_at: datetime
     last_activity_at: datetime
     stopped_at: datetime | None
+    usage: UsageFigures = Field(description="Its own model usage, running totals.")
 
     @classmethod
     def of(cls, row: SessionRow) -> SessionOut:
@@ -165,6 +189,7 @@ class SessionOut(BaseModel):
             updated_at=row.updated_at,
             last_activity_at=row.last_activity_at,
             stopped_at=row.stopped_at,
+            usage=UsageFigures.of(row),
         )
 
 

@@ -208,7 +208,13 @@ class FakeAnthropic:
         self._lock = threading.Lock()
         self._rules: list[tuple[str, tuple[Step, ...]]] = []
         self._requests: list[Body] = []
+        self._headers: list[dict[str, str]] = []
+        self._reported: list[tuple[str, str, Body]] = []  # (prompt, model, usage) per reply
+        self._streamed: list[tuple[str, bytes]] = []  # (prompt, exact body) per streamed reply
         self._log: list[str] = []
+        # Cache tokens every reply reports (0 by default), so tests can check each usage field.
+        self.cache_creation_tokens = 0
+        self.cache_read_tokens = 0
         self._ids = itertools.count(1)
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -294,10 +300,32 @@ class FakeAnthropic:
         """The recorded requests whose current prompt contains ``marker``."""
         return [b for b in self.requests if marker in current_prompt(b)]
 
+    @property
+    def headers(self) -> list[dict[str, str]]:
+        """The (lower-cased) headers of every POST received, oldest first."""
+        with self._lock:
+            return list(self._headers)
+
+    def reported(self, marker: str = "") -> list[tuple[str, Body]]:
+        """``(model, usage)`` this fake reported for each /v1/messages reply whose prompt
+        contains ``marker``: its own accounting, for tests of metering."""
+        with self._lock:
+            return [
+                (model, dict(usage)) for prompt, model, usage in self._reported if marker in prompt
+            ]
+
+    def streamed(self, marker: str) -> list[bytes]:
+        """The exact bytes of each streamed reply whose prompt contains ``marker``."""
+        with self._lock:
+            return [data for prompt, data in self._streamed if marker in prompt]
+
     def clear(self) -> None:
         """Forget recorded requests and the request log (rules stay)."""
         with self._lock:
             self._requests.clear()
+            self._streamed.clear()
+            self._headers.clear()
+            self._reported.clear()
             self._log.clear()
 
     # internals used by the handler -------------------------------------------
@@ -307,6 +335,18 @@ class FakeAnthropic:
             self._log.append(f"{method} {path}")
             if body is not None:
                 self._requests.append(body)
+
+    def _record_headers(self, headers: Any) -> None:
+        with self._lock:
+            self._headers.append({name.lower(): value for name, value in headers.items()})
+
+    def _report(self, body: Body, model: str, usage: Body) -> None:
+        with self._lock:
+            self._reported.append((current_prompt(body), model, usage))
+
+    def _record_stream(self, body: Body, data: bytes) -> None:
+        with self._lock:
+            self._streamed.append((current_prompt(body), data))
 
     def _choose(self, body: Body) -> Text | ToolUse | SlowText | ApiError:
         """The step that answers ``body`` according to the registered rules."""
@@ -350,12 +390,14 @@ def _content_blocks(fake: FakeAnthropic, step: Text | ToolUse | SlowText) -> lis
     return blocks
 
 
-def _usage(input_tokens: int, output_tokens: int) -> Body:
+def _usage(
+    input_tokens: int, output_tokens: int, cache_creation: int = 0, cache_read: int = 0
+) -> Body:
     return {
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": cache_creation,
+        "cache_read_input_tokens": cache_read,
     }
 
 
@@ -389,6 +431,7 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             path = urlsplit(self.path).path
+            fake._record_headers(self.headers)
             try:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 body = json.loads(raw or b"{}")
@@ -432,13 +475,17 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             input_tokens = _estimate_tokens(body)
             if body.get("stream"):
                 with contextlib.suppress(ConnectionError, TimeoutError):
-                    self._stream(step, model, input_tokens)
+                    self._stream(step, model, input_tokens, body)
                 self.close_connection = True
                 return
             if isinstance(step, SlowText):
                 fake._sleep(step.delay * max(0, len(step.chunks) - 1))
             blocks = _content_blocks(fake, step)
             output_tokens = max(1, len(json.dumps(blocks)) // 4)
+            usage = _usage(
+                input_tokens, output_tokens, fake.cache_creation_tokens, fake.cache_read_tokens
+            )
+            fake._report(body, model, usage)
             self._send_json(
                 200,
                 {
@@ -449,17 +496,21 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                     "content": blocks,
                     "stop_reason": "tool_use" if isinstance(step, ToolUse) else "end_turn",
                     "stop_sequence": None,
-                    "usage": _usage(input_tokens, output_tokens),
+                    "usage": usage,
                 },
             )
 
         def _event(self, payload: Body) -> None:
             data = f"event: {payload['type']}\ndata: {json.dumps(payload)}\n\n".encode()
+            self._sent.append(data)
             self.wfile.write(data)
             self.wfile.flush()
 
-        def _stream(self, step: Text | ToolUse | SlowText, model: str, input_tokens: int) -> None:
+        def _stream(
+            self, step: Text | ToolUse | SlowText, model: str, input_tokens: int, body: Body
+        ) -> None:
             """Server-sent events; the body ends when the connection closes."""
+            self._sent: list[bytes] = []
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream; charset=utf-8")
             self.send_header("Cache-Control", "no-cache")
@@ -477,7 +528,9 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                         "content": [],
                         "stop_reason": None,
                         "stop_sequence": None,
-                        "usage": _usage(input_tokens, 1),
+                        "usage": _usage(
+                            input_tokens, 1, fake.cache_creation_tokens, fake.cache_read_tokens
+                        ),
                     },
                 }
             )
@@ -535,6 +588,12 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 }
             )
             self._event({"type": "message_stop"})
+            fake._report(
+                body,
+                model,
+                _usage(input_tokens, output, fake.cache_creation_tokens, fake.cache_read_tokens),
+            )
+            fake._record_stream(body, b"".join(self._sent))
 
     return Handler
 

@@ -59,7 +59,14 @@ async def assemble(settings: WrapperSettings) -> AsyncIterator[Supervisor]:
 
 async def run(settings: WrapperSettings) -> int:
     from wrapper.claude_process import has_transcript, spawn_cli
+    from wrapper.token_file import write_token_file
 
+    if settings.session_token is not None:
+        # Before the CLI starts: its apiKeyHelper reads the model credential from this file.
+        try:
+            write_token_file(settings.token_file, settings.session_token)
+        except OSError as exc:
+            log.warning("cannot write the token file %s: %s", settings.token_file, exc)
     first = await spawn_cli(settings, resume=has_transcript(settings))
     try:
         async with assemble(settings) as supervisor:

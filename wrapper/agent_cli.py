@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from wrapper.config import AgentSettings
 from wrapper.gateway_client import GatewayClient, GatewayError
 from wrapper.protocol import ENV_SESSION_TOKEN
-from wrapper.session_token import read_token_file
+from wrapper.token_file import read_token_file
 
 EXIT_GATEWAY_ERROR = 1
 EXIT_USAGE = 2

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import TypeVar
 
-from wrapper.protocol import ENV_GATEWAY_URL, ENV_SESSION_ID, ContainerEnv
+from wrapper.protocol import ENV_GATEWAY_URL, ENV_SESSION_ID, SESSION_TOKEN_FILE, ContainerEnv
 
 # Variables that must not leak from the wrapper's environment into the CLI: CLAUDECODE makes
 # the CLI believe it runs nested inside another Claude Code; CCD_* are ours, not the model's,
@@ -28,6 +28,13 @@ MCP_CONFIG = json.dumps(
     separators=(",", ":"),
 )
 MCP_TOOLS = f"mcp__{MCP_SERVER_NAME}"  # as an --allowedTools entry: every tool of the server
+
+# The CLI's model credential: the session's capability token, read from the file the wrapper
+# keeps fresh (the CLI runs the helper again every CLAUDE_CODE_API_KEY_HELPER_TTL_MS). The CLI
+# sends it as both x-api-key and a bearer token to ANTHROPIC_BASE_URL, the gateway's proxy.
+MODEL_KEY_SETTINGS = json.dumps(
+    {"apiKeyHelper": f'cat "$HOME/{SESSION_TOKEN_FILE}"'}, separators=(",", ":")
+)
 
 
 def build_argv(binary: str, env: ContainerEnv, *, resume: bool) -> list[str]:
@@ -50,6 +57,7 @@ def build_argv(binary: str, env: ContainerEnv, *, resume: bool) -> list[str]:
         argv += ["--session-id", env.claude_session_id]
     if config.model:
         argv += ["--model", config.model]
+    argv += ["--settings", MODEL_KEY_SETTINGS]
     argv += ["--mcp-config", MCP_CONFIG]
     argv += ["--allowedTools", ",".join([*(config.allowed_tools or []), MCP_TOOLS])]
     if config.disallowed_tools:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 KEY_PREFIX = "ccd"
 
@@ -81,6 +81,9 @@ class GatewayEvent(StrEnum):
     # one reader (id null) when its cursor is older than what is kept, or written into the
     # stream (with an id) when the gateway found the stream itself lost or broken.
     GAP = "gap"
+    # The session's tree spent its model budget: {"root_id", "spent_tokens", "max_tokens",
+    # "spent_cost_usd", "max_cost_usd"}. Its model calls are refused from now on.
+    BUDGET_EXCEEDED = "budget_exceeded"
 
 
 class InputType(StrEnum):
@@ -158,6 +161,29 @@ def gateway_event(
 PermissionMode = Literal["default", "acceptEdits", "bypassPermissions", "plan", "dontAsk"]
 
 
+class Budget(BaseModel):
+    """What a whole spawn tree may spend on the model (set on its root; either or both)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=10**12,
+        description="Tokens of every kind (input, output, cache writes and reads) the tree may "
+        "use.",
+    )
+    max_cost_usd: float | None = Field(
+        default=None, gt=0, le=10**6, description="USD the tree may spend (MODEL_PRICES)."
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> Budget:
+        if self.max_tokens is None and self.max_cost_usd is None:
+            raise ValueError("a budget needs max_tokens, max_cost_usd or both")
+        return self
+
+
 class SessionConfig(BaseModel):
     """What a caller may choose about the CLI in a session. Unset fields use gateway defaults."""
 
@@ -190,6 +216,11 @@ class SessionConfig(BaseModel):
         le=7 * 24 * 3600,
         description="Idle seconds before the session is stopped "
         "(default CONTAINER_TIMEOUT_DEFAULT).",
+    )
+    budget: Budget | None = Field(
+        default=None,
+        description="Model budget of the whole spawn tree rooted at this session (roots only: "
+        "children count toward their root's and cannot change it).",
     )
 
 
@@ -249,6 +280,10 @@ class ContainerEnv(BaseModel):
 # The name under which a session container reaches the machine that runs it (and through it
 # the gateway and Redis): the runtime maps it to the host's address on the session network.
 SESSION_HOST_ALIAS = "ccd-host"
+# Where the gateway serves the Anthropic Messages API for its sessions (below its own URL): the
+# CLI's ANTHROPIC_BASE_URL. The CLI authenticates with its session's capability token, read
+# through an apiKeyHelper (the token is refreshed while the CLI runs; its environment is not).
+MODEL_PROXY_PREFIX = "/model"
 
 # What the session image promises (container/Dockerfile): the user the CLI runs as, its home,
 # and the working directory whose files are the session's workspace.

@@ -11,16 +11,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Protocol
 
 from wrapper.gateway_client import GatewayError, TokenGrant
+from wrapper.token_file import write_token_file
 
 log = logging.getLogger(__name__)
 
@@ -45,33 +43,6 @@ def token_expiry(token: str) -> float | None:
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
-
-
-def read_token_file(path: Path) -> str | None:
-    """The token saved at ``path``, or ``None`` when there is none."""
-    try:
-        token = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return token or None
-
-
-def write_token_file(path: Path, token: str) -> None:
-    """Replace ``path`` atomically with ``token`` (mode 0600, directory 0700): a reader sees the
-    old token or the new one, never a torn write."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".token-")  # created 0600
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as file:
-            file.write(token + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 class SessionToken:

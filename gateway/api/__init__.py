@@ -4,7 +4,16 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from gateway.api import health, session_files, sessions, stream, tree, workspaces
+from gateway.api import (
+    health,
+    model,
+    session_files,
+    sessions,
+    stream,
+    tree,
+    usage,
+    workspaces,
+)
 from gateway.schemas import ErrorResponse
 
 API_PREFIX = "/api/v1"
@@ -32,4 +41,6 @@ def build_router() -> APIRouter:
     for api in (sessions, tree, session_files, workspaces):
         router.include_router(api.router, prefix=API_PREFIX, responses=GUARD_RESPONSES)
     router.include_router(stream.router, prefix=API_PREFIX)
+    router.include_router(usage.router, prefix=API_PREFIX)
+    router.include_router(model.router)
     return router

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
     String,
     Text,
     UniqueConstraint,
@@ -89,7 +91,22 @@ def _in(column: str, values: type[StrEnum]) -> str:
     return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
 
 
-class SessionRow(Base):
+class UsageCounters:
+    """Model usage running totals (sessions, trees): what the upstream reported, summed."""
+
+    requests: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    cache_creation_input_tokens: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0"
+    )
+    cache_read_input_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    cost_usd: Mapped[Decimal] = mapped_column(
+        Numeric(18, 8), default=Decimal(0), server_default="0"
+    )
+
+
+class SessionRow(UsageCounters, Base):
     __tablename__ = "sessions"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -229,6 +246,86 @@ class IdempotencyKeyRow(Base):
     )
     session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
+
+
+class TreeUsageRow(UsageCounters, Base):
+    """Running totals and the budget of one spawn tree (keyed by its root)."""
+
+    __tablename__ = "tree_usage"
+
+    root_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    owner: Mapped[str] = mapped_column(String(200))
+    reserved_tokens: Mapped[int] = mapped_column(
+        BigInteger,
+        default=0,
+        server_default="0",
+        comment="Upper bound of what admitted calls still in flight may use.",
+    )
+    reserved_cost_usd: Mapped[Decimal] = mapped_column(
+        Numeric(18, 8), default=Decimal(0), server_default="0"
+    )
+    max_tokens: Mapped[int | None] = mapped_column(BigInteger, comment="The tree's budget.")
+    max_cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(18, 8))
+    exceeded_at: Mapped[datetime | None] = mapped_column(
+        comment="When the budget was found spent (budget_exceeded sent once)."
+    )
+
+
+class CallState(StrEnum):
+    RESERVED = "reserved"  # admitted, in flight
+    SETTLED = "settled"  # its actual usage is counted
+    ABANDONED = "abandoned"  # its gateway died mid-call: the reservation was released
+
+
+class ModelCallRow(Base):
+    """One proxied model call. No foreign key to sessions: what was spent stays counted after
+    a session is deleted."""
+
+    __tablename__ = "model_calls"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        index=True,
+        comment="No foreign key: what was spent stays counted after a session is deleted.",
+    )
+    root_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    ancestors: Mapped[list[uuid.UUID]] = mapped_column(
+        ARRAY(Uuid()),
+        comment="The session's ancestors: a subtree's usage counts deleted sessions too.",
+    )
+    owner: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))
+    endpoint: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(
+        String(16),
+        default=CallState.RESERVED,
+        comment="reserved (in flight), settled, or abandoned (its gateway died).",
+    )
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    reserved_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    reserved_cost_usd: Mapped[Decimal] = mapped_column(
+        Numeric(18, 8), default=Decimal(0), server_default="0"
+    )
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    cache_creation_input_tokens: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0"
+    )
+    cache_read_input_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    cost_usd: Mapped[Decimal] = mapped_column(
+        Numeric(18, 8), default=Decimal(0), server_default="0"
+    )
+    started_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(_in("state", CallState), name="state"),
+        Index("ix_model_calls_owner_started", "owner", "started_at"),
+        Index("ix_model_calls_ancestors", "ancestors", postgresql_using="gin"),
+        Index("ix_model_calls_in_flight", "started_at", postgresql_where="state = 'reserved'"),
+    )
 
 
 class TurnRow(Base):

@@ -19,6 +19,9 @@ from wrapper.protocol import (
 )
 
 _RUN_SIZE = 16 * 1024 * 1024
+# How often the CLI reads its model key again: well within the token's half life, after which
+# the wrapper has written a fresh one.
+MODEL_KEY_REFRESH_MS = 60_000
 
 
 def build_container_spec(
@@ -44,6 +47,10 @@ def build_container_spec(
         **settings.session_cli_env(),
         **contract.to_env(),
         ENV_SESSION_TOKEN: session_token,
+        # The model is reached through the gateway's proxy, never directly, and with no
+        # credential of the operator's: the CLI's key is its session's token (apiKeyHelper).
+        "ANTHROPIC_BASE_URL": settings.model_proxy_url,
+        "CLAUDE_CODE_API_KEY_HELPER_TTL_MS": str(MODEL_KEY_REFRESH_MS),
     }
     user = (CONTAINER_UID, CONTAINER_GID)
     return ContainerSpec(

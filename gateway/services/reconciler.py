@@ -28,6 +28,7 @@ from gateway.db import queries
 from gateway.db.models import ACTIVE_STATUSES, FINAL_STATUSES, SessionRow, SessionStatus
 from gateway.events.access import SessionAccess
 from gateway.events.hub import EventHub
+from gateway.model.ledger import Ledger
 from gateway.runtime import ContainerPhase, ContainerState, SessionRuntime
 from gateway.runtime.naming import LABEL_SESSION
 from gateway.services.termination import Terminator, describe_exit
@@ -45,6 +46,7 @@ class Reconciler:
         terminator: Terminator,
         hub: EventHub,
         access: SessionAccess,
+        ledger: Ledger,
         workspaces: WorkspaceService | None = None,
     ) -> None:
         self._settings = settings
@@ -53,6 +55,7 @@ class Reconciler:
         self._terminator = terminator
         self._hub = hub
         self._access = access
+        self._ledger = ledger
         self._workspaces = workspaces
         self._first_pass = True
 
@@ -146,6 +149,13 @@ class Reconciler:
         for session_key, state in containers.items():
             await self._remove_orphan(session_key, state)
         await self._sync_redis_users(rows)
+        # A model call outlives no upstream timeout: one still reserved after it lost its
+        # gateway; its reservation goes back to its tree's budget.
+        abandoned = await self._ledger.abandon_stale(
+            timedelta(seconds=self._settings.model_upstream_timeout + 60)
+        )
+        if abandoned:
+            log.warning("released the reservations of %d model calls left in flight", abandoned)
 
     async def _remove_orphan(self, session_key: str, state: ContainerState) -> None:
         """A container no active session owns (its stop or failure was cut short): save what

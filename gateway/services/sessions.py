@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -32,6 +33,7 @@ from gateway.db.models import (
     FINAL_STATUSES,
     SessionRow,
     SessionStatus,
+    TreeUsageRow,
     TurnRow,
 )
 from gateway.errors import (
@@ -187,8 +189,15 @@ class SessionService:
         parent's stream gets ``child_spawned``. ``by_session``: a session token asks, so the
         workspace must be one its tree may give (``capabilities``). ``idempotency`` as for
         ``create``."""
+        if overrides.budget is not None:
+            raise InvalidRequest(
+                "a child counts toward its root's budget and cannot set its own; set "
+                "config.budget when creating the root",
+                code="budget_not_allowed",
+            )
         parent = await self.get(parent_id)
-        config = {**parent.config, **overrides.model_dump(exclude_none=True)}
+        inherited = {name: value for name, value in parent.config.items() if name != "budget"}
+        config = {**inherited, **overrides.model_dump(exclude_none=True)}
         created = await self._insert(
             parent.owner,
             config,
@@ -260,6 +269,17 @@ class SessionService:
             if self._workspaces is not None:
                 await self._workspaces.attach(db, row, workspace, parent)
             db.add(row)
+            if parent is None:  # a new tree: its running totals and its budget
+                await db.flush()
+                budget = config.get("budget") or {}
+                db.add(
+                    TreeUsageRow(
+                        root_id=session_id,
+                        owner=owner,
+                        max_tokens=budget.get("max_tokens"),
+                        max_cost_usd=_decimal(budget.get("max_cost_usd")),
+                    )
+                )
             if idempotency is not None:
                 await db.flush()  # the key refers to the session
                 await idempotency_keys.remember(db, owner, idempotency, session_id)
@@ -408,6 +428,10 @@ class SessionService:
             row.event_cursor = cursor
             status = row.status
         await self._bus.publish(str(session_id), GatewayEvent.STATUS, status=status)
+
+
+def _decimal(value: object) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
 
 
 def _encode_cursor(row: SessionRow) -> str:

@@ -86,8 +86,9 @@ def test_container_spec_carries_labels_limits_and_the_contract() -> None:
     assert spec.labels[LABEL_INSTANCE] == "prod"
     assert (spec.cpus, spec.memory_bytes, spec.pids_limit) == (0.5, 1024**3, 100)
     assert spec.env["CCD_REDIS_URL"] == "redis://ccd-session-x:pw@ccd-host:6379/0"
-    assert spec.env["ANTHROPIC_API_KEY"] == "sk-1"
-    assert spec.env["ANTHROPIC_BASE_URL"] == "http://api"
+    # The operator's key stays in the gateway; the CLI reaches the model through its proxy.
+    assert "sk-1" not in json.dumps(dict(spec.env))
+    assert spec.env["ANTHROPIC_BASE_URL"] == "http://ccd-host:8000/model"
     assert spec.env["HTTP_PROXY"] == "http://proxy"
     assert spec.env[ENV_SESSION_ID] == sid  # operators' extras cannot spoof the identity
     assert spec.env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
@@ -97,11 +98,19 @@ def test_container_spec_carries_labels_limits_and_the_contract() -> None:
     assert contract.claude_session_id == "66666666-2222-3333-4444-555555555555"
 
 
-def test_container_spec_never_forwards_unset_credentials() -> None:
-    spec = build_container_spec(settings(), _row(), "token", "redis://u:p@h:1/0")
+def test_no_model_credential_ever_reaches_a_container() -> None:
+    operator = settings(
+        anthropic_api_key="sk-op-1",
+        anthropic_auth_token="tok-op-2",
+        claude_code_oauth_token="oauth-op-3",
+    )
+    spec = build_container_spec(operator, _row(), "token", "redis://u:p@h:1/0")
     assert not {"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN"} & set(
         spec.env
     )
+    assert not {"sk-op-1", "tok-op-2", "oauth-op-3"} & set(spec.env.values())
+    with pytest.raises(ValidationError, match="SESSION_EXTRA_ENV may not set ANTHROPIC_API_KEY"):
+        settings(session_extra_env="ANTHROPIC_API_KEY=sk-sneaky")
 
 
 def test_stream_ids_compare_numerically() -> None:

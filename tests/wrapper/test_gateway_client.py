@@ -18,7 +18,8 @@ from tests.wrapper.stub_gateway import Reply, StubGateway, error, make_jwt
 from wrapper import protocol
 from wrapper.config import AgentSettings, WrapperSettings
 from wrapper.gateway_client import WAIT_MARGIN, GatewayClient, GatewayError
-from wrapper.session_token import SessionToken, read_token_file, token_expiry, write_token_file
+from wrapper.session_token import SessionToken, token_expiry
+from wrapper.token_file import read_token_file, write_token_file
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -1,0 +1,1 @@
+"""Model access through the gateway: the Anthropic Messages API proxy, metering and budgets."""

@@ -1,0 +1,321 @@
+"""Who may call the model, what each call used, and what a tree may still spend.
+
+Every proxied call is a row in ``model_calls``: inserted when it is admitted (``reserved``),
+settled to what the upstream reported when it ends, or ``abandoned`` by the reconciler when
+its gateway died mid-call. Settling adds the call's usage to its session's and its tree's
+running totals in the same transaction.
+
+Budgets (``config.budget`` of a root, for its whole tree): a call is admitted only while the
+tree's spent plus reserved usage is below the budget, and it reserves an upper bound of what it
+may use (its request body's size in bytes as input tokens, at most one token per byte, plus its
+``max_tokens`` as output, priced at its model's rates). So concurrent calls of one tree overshoot
+the budget by at most one call. A call that finds the remaining budget held by calls in flight
+waits (``BUDGET_WAIT``) for them to settle rather than being refused early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.db import queries
+from gateway.db.models import (
+    ACTIVE_STATUSES,
+    CallState,
+    ModelCallRow,
+    SessionRow,
+    TreeUsageRow,
+)
+from gateway.events.bus import EventBus
+from gateway.model.meter import USAGE_FIELDS, Usage
+from gateway.model.prices import PriceTable
+from wrapper.protocol import GatewayEvent
+
+log = logging.getLogger(__name__)
+
+_RETRY_ADMISSION = 0.25  # seconds between looks at a tree whose budget is held in flight
+
+
+class NotRunning(Exception):
+    """The calling session has ended (or never was): its token no longer counts."""
+
+
+class BudgetSpent(Exception):
+    """The tree may not spend more. ``figures`` say how much it spent of what."""
+
+    def __init__(self, message: str, figures: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.figures = figures
+
+
+@dataclass(frozen=True)
+class Caller:
+    session_id: uuid.UUID
+    root_id: uuid.UUID
+    owner: str
+    ancestors: list[uuid.UUID]
+    max_tokens: int | None
+    max_cost_usd: Decimal | None
+
+    @property
+    def has_budget(self) -> bool:
+        return self.max_tokens is not None or self.max_cost_usd is not None
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """An admitted call: what it reserved, to be settled exactly once."""
+
+    call_id: uuid.UUID
+    caller: Caller
+    model: str
+    endpoint: str
+    reserved_tokens: int
+    reserved_cost: Decimal
+
+
+def budget_figures(tree: TreeUsageRow) -> dict[str, Any]:
+    spent = sum(getattr(tree, name) for name in USAGE_FIELDS)
+    return {
+        "root_id": str(tree.root_id),
+        "spent_tokens": spent,
+        "max_tokens": tree.max_tokens,
+        "spent_cost_usd": float(tree.cost_usd),
+        "max_cost_usd": float(tree.max_cost_usd) if tree.max_cost_usd is not None else None,
+    }
+
+
+def _exhausted(tree: TreeUsageRow, extra_tokens: int, extra_cost: Decimal) -> bool:
+    spent = sum(getattr(tree, name) for name in USAGE_FIELDS)
+    if tree.max_tokens is not None and spent + extra_tokens >= tree.max_tokens:
+        return True
+    return tree.max_cost_usd is not None and tree.cost_usd + extra_cost >= tree.max_cost_usd
+
+
+class Ledger:
+    def __init__(
+        self,
+        db: async_sessionmaker[AsyncSession],
+        prices: PriceTable,
+        bus: EventBus,
+        budget_wait: float,
+    ) -> None:
+        self._db = db
+        self._prices = prices
+        self._bus = bus
+        self._budget_wait = budget_wait
+
+    # -- admission ---------------------------------------------------------------------------
+
+    async def caller(self, session_id: uuid.UUID) -> Caller:
+        """The running session a token names, with its tree's budget; raises ``NotRunning``."""
+        statement = (
+            select(
+                SessionRow.status,
+                SessionRow.root_id,
+                SessionRow.owner,
+                SessionRow.path,
+                TreeUsageRow.max_tokens,
+                TreeUsageRow.max_cost_usd,
+            )
+            .outerjoin(TreeUsageRow, TreeUsageRow.root_id == SessionRow.root_id)
+            .where(SessionRow.id == session_id)
+        )
+        async with self._db() as db:
+            row = (await db.execute(statement)).one_or_none()
+        if row is None or row.status not in ACTIVE_STATUSES:
+            raise NotRunning(f"session {session_id} is {row.status if row else 'gone'}")
+        return Caller(
+            session_id, row.root_id, row.owner, list(row.path), row.max_tokens, row.max_cost_usd
+        )
+
+    async def admit(
+        self, caller: Caller, model: str, endpoint: str, body_bytes: int, max_tokens: int
+    ) -> Ticket:
+        """Admit one call; raises ``BudgetSpent`` when its tree may not spend more."""
+        ticket = Ticket(uuid.uuid4(), caller, model, endpoint, 0, Decimal(0))
+        if caller.has_budget and endpoint == "messages":
+            bound = Usage(input_tokens=body_bytes, output_tokens=max_tokens)
+            ticket = Ticket(
+                ticket.call_id,
+                caller,
+                model,
+                endpoint,
+                bound.total_tokens,
+                self._prices.cost(model, bound),
+            )
+            await self._reserve(ticket)
+        else:
+            async with self._db() as db, db.begin():
+                await db.execute(insert(ModelCallRow).values(**self._call_values(ticket)))
+        return ticket
+
+    async def _reserve(self, ticket: Ticket) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._budget_wait
+        while True:
+            async with self._db() as db, db.begin():
+                tree = await self._tree_for_update(db, ticket.caller)
+                if _exhausted(tree, 0, Decimal(0)):
+                    raise BudgetSpent(
+                        f"the budget of session tree {tree.root_id} is spent",
+                        budget_figures(tree),
+                    )
+                if not _exhausted(tree, tree.reserved_tokens, tree.reserved_cost_usd):
+                    tree.reserved_tokens += ticket.reserved_tokens
+                    tree.reserved_cost_usd += ticket.reserved_cost
+                    await db.execute(insert(ModelCallRow).values(**self._call_values(ticket)))
+                    return
+                figures = budget_figures(tree)
+            if loop.time() >= deadline:
+                raise BudgetSpent(
+                    f"the rest of the budget of session tree {ticket.caller.root_id} is held by "
+                    f"its calls in flight after {self._budget_wait:g} s",
+                    figures,
+                )
+            await asyncio.sleep(_RETRY_ADMISSION)
+
+    async def _tree_for_update(self, db: AsyncSession, caller: Caller) -> TreeUsageRow:
+        tree = await db.get(TreeUsageRow, caller.root_id, with_for_update=True)
+        if tree is None:  # a tree from before budgets existed: its row appears on first use
+            await db.execute(
+                pg_insert(TreeUsageRow)
+                .values(root_id=caller.root_id, owner=caller.owner)
+                .on_conflict_do_nothing()
+            )
+            tree = await db.get(TreeUsageRow, caller.root_id, with_for_update=True)
+        assert tree is not None
+        return tree
+
+    @staticmethod
+    def _call_values(ticket: Ticket) -> dict[str, Any]:
+        return {
+            "id": ticket.call_id,
+            "session_id": ticket.caller.session_id,
+            "root_id": ticket.caller.root_id,
+            "ancestors": ticket.caller.ancestors,
+            "owner": ticket.caller.owner,
+            "model": ticket.model[:200],
+            "endpoint": ticket.endpoint,
+            "state": CallState.RESERVED,
+            "reserved_tokens": ticket.reserved_tokens,
+            "reserved_cost_usd": ticket.reserved_cost,
+        }
+
+    # -- settling ----------------------------------------------------------------------------
+
+    async def settle(
+        self, ticket: Ticket, model: str, usage: Usage, http_status: int | None
+    ) -> None:
+        """Count what the call used (exactly what the upstream reported) for its session, its
+        tree and its owner, and release its reservation. Idempotent per call. Sends
+        ``budget_exceeded`` to the tree's running sessions once, when this call spent the
+        last of the budget."""
+        cost = self._prices.cost(model, usage)
+        counted = {name: getattr(usage, name) for name in USAGE_FIELDS}
+        async with self._db() as db, db.begin():
+            prior = await db.scalar(
+                select(ModelCallRow.state)
+                .where(ModelCallRow.id == ticket.call_id)
+                .with_for_update()
+            )
+            if prior is None or prior == CallState.SETTLED:
+                return  # settled already
+            # An abandoned call (its reservation already released) still counts what it used.
+            release = prior == CallState.RESERVED
+            await db.execute(
+                update(ModelCallRow)
+                .where(ModelCallRow.id == ticket.call_id)
+                .values(
+                    state=CallState.SETTLED,
+                    model=model[:200],
+                    http_status=http_status,
+                    cost_usd=cost,
+                    finished_at=func.now(),
+                    **counted,
+                )
+            )
+            increments = {
+                name: getattr(SessionRow, name) + value for name, value in counted.items()
+            }
+            await db.execute(
+                update(SessionRow)
+                .where(SessionRow.id == ticket.caller.session_id)
+                .values(
+                    requests=SessionRow.requests + 1,
+                    cost_usd=SessionRow.cost_usd + cost,
+                    **increments,
+                )
+            )
+            tree = await self._tree_for_update(db, ticket.caller)
+            tree.requests += 1
+            tree.cost_usd += cost
+            for name, value in counted.items():
+                setattr(tree, name, getattr(tree, name) + value)
+            if release:
+                tree.reserved_tokens = max(0, tree.reserved_tokens - ticket.reserved_tokens)
+                tree.reserved_cost_usd = max(
+                    Decimal(0), tree.reserved_cost_usd - ticket.reserved_cost
+                )
+            crossed = (
+                (tree.max_tokens is not None or tree.max_cost_usd is not None)
+                and tree.exceeded_at is None
+                and _exhausted(tree, 0, Decimal(0))
+            )
+            if crossed:
+                tree.exceeded_at = queries.utcnow()
+            figures = budget_figures(tree)
+            running = (
+                (
+                    await db.scalars(
+                        select(SessionRow.id).where(
+                            SessionRow.root_id == ticket.caller.root_id,
+                            SessionRow.status.in_(ACTIVE_STATUSES),
+                        )
+                    )
+                ).all()
+                if crossed
+                else []
+            )
+        for session_id in running:
+            await self._bus.publish(str(session_id), GatewayEvent.BUDGET_EXCEEDED, **figures)
+
+    async def abandon_stale(self, older_than: timedelta) -> int:
+        """Release the reservations of calls whose gateway died mid-call (older than any call
+        can last); returns how many."""
+        cutoff = queries.utcnow() - older_than
+        async with self._db() as db, db.begin():
+            stale = (
+                await db.execute(
+                    update(ModelCallRow)
+                    .where(
+                        ModelCallRow.state == CallState.RESERVED,
+                        ModelCallRow.started_at < cutoff,
+                    )
+                    .values(state=CallState.ABANDONED, finished_at=func.now())
+                    .returning(
+                        ModelCallRow.root_id,
+                        ModelCallRow.reserved_tokens,
+                        ModelCallRow.reserved_cost_usd,
+                    )
+                )
+            ).all()
+            for root_id, tokens, cost in stale:
+                await db.execute(
+                    update(TreeUsageRow)
+                    .where(TreeUsageRow.root_id == root_id)
+                    .values(
+                        reserved_tokens=func.greatest(TreeUsageRow.reserved_tokens - tokens, 0),
+                        reserved_cost_usd=func.greatest(TreeUsageRow.reserved_cost_usd - cost, 0),
+                    )
+                )
+        return len(stale)

@@ -1,0 +1,234 @@
+"""The Anthropic Messages API, served to the gateway's own sessions.
+
+A session's CLI sends its model calls here (``ANTHROPIC_BASE_URL`` = the gateway's
+``/model``), authenticated with its session's capability token (read through an apiKeyHelper,
+so it is refreshed while the CLI runs). The proxy checks the token like any other (refused once
+its session has ended), admits the call against its tree's budget, forwards it upstream with
+the operator's credential, and passes the answer back byte for byte as it arrives, errors too,
+while it meters the usage the upstream reports. Retries stay the CLI's job: every refusal is an
+Anthropic-shaped error whose status tells the CLI whether to retry (429, 5xx) or not (400).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from redis.exceptions import RedisError
+
+from gateway.config import Settings
+from gateway.db.outage import database_unavailable
+from gateway.errors import Unauthorized
+from gateway.model.ledger import BudgetSpent, Caller, Ledger, NotRunning, Ticket
+from gateway.model.meter import StreamMeter, Usage, usage_of_json
+from gateway.model.slots import CallSlots
+from gateway.model.upstream import NoCredential, Upstream, response_headers
+from gateway.security import authenticate_token, bearer_token
+from gateway.services.background import TaskSet
+from wrapper.protocol import MODEL_PROXY_PREFIX
+
+log = logging.getLogger(__name__)
+
+_JSON_BODY_CAP = 16 * 1024 * 1024  # a non-streamed answer is read this far for its usage
+_SLOT_RETRY_AFTER = "1"
+
+
+def anthropic_error(
+    status: int, kind: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error as the Anthropic API writes it, so the CLI shows the message."""
+    body = {"type": "error", "error": {"type": kind, "message": f"CC-Docker: {message}"}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class ModelProxy:
+    def __init__(
+        self, settings: Settings, upstream: Upstream, ledger: Ledger, slots: CallSlots
+    ) -> None:
+        self._settings = settings
+        self._upstream = upstream
+        self._ledger = ledger
+        self._slots = slots
+        self._settling = TaskSet()  # settlements outlive the responses that start them
+
+    async def close(self) -> None:
+        await self._settling.close()
+
+    async def forward(self, endpoint: str, request: Request) -> Response:
+        try:
+            caller = await self._caller(request)
+        except (Unauthorized, NotRunning) as exc:
+            return anthropic_error(401, "authentication_error", str(exc))
+        body = await _read_body(request, self._settings.model_max_request_bytes)
+        if body is None:
+            return anthropic_error(
+                413,
+                "request_too_large",
+                f"a model request may be at most {self._settings.model_max_request_bytes} bytes "
+                "(MODEL_MAX_REQUEST_BYTES)",
+            )
+        try:
+            headers = self._upstream.request_headers(request.headers)
+        except NoCredential as exc:
+            return anthropic_error(500, "api_error", str(exc))
+        call_id = str(uuid.uuid4())
+        if not await self._take_slot(caller.owner, call_id):
+            return anthropic_error(
+                429,
+                "rate_limit_error",
+                f"owner {caller.owner!r} has {self._settings.model_max_streams_per_owner} model "
+                "calls in flight (MODEL_MAX_STREAMS_PER_OWNER)",
+                {"retry-after": _SLOT_RETRY_AFTER},
+            )
+        try:
+            ticket = await self._admit(caller, endpoint, body)
+        except BudgetSpent as exc:
+            await self._give_back(caller.owner, call_id)
+            return anthropic_error(400, "invalid_request_error", f"{exc} ({_spent(exc.figures)})")
+        except Exception:
+            await self._give_back(caller.owner, call_id)
+            raise
+        path = request.url.path.removeprefix(MODEL_PROXY_PREFIX)
+        try:
+            answer = await self._upstream.send(path, request.url.query, headers, body)
+        except httpx.HTTPError as exc:
+            self._settle_later(ticket, ticket.model, Usage(), None, caller.owner, call_id)
+            log.warning("model upstream unreachable for %s: %s", caller.session_id, exc)
+            return anthropic_error(502, "api_error", f"the model API could not be reached: {exc}")
+        return StreamingResponse(
+            self._relay(answer, ticket, call_id),
+            status_code=answer.status_code,
+            headers=response_headers(answer),
+        )
+
+    async def _caller(self, request: Request) -> Caller:
+        token = bearer_token(request.headers.get("authorization")) or request.headers.get(
+            "x-api-key"
+        )
+        if not token:
+            raise Unauthorized("no session token", code="missing_token")
+        principal = authenticate_token(self._settings, token)
+        if principal.session_id is None:
+            raise Unauthorized("only a session's own token may call the model through here")
+        return await self._ledger.caller(principal.session_id)
+
+    async def _admit(self, caller: Caller, endpoint: str, body: bytes) -> Ticket:
+        model, max_tokens = "unknown", 0
+        if caller.has_budget:  # only a budget needs the request's own figures
+            model, max_tokens = _model_and_max_tokens(body)
+        return await self._ledger.admit(caller, model, endpoint, len(body), max_tokens)
+
+    async def _relay(
+        self, answer: httpx.Response, ticket: Ticket, call_id: str
+    ) -> AsyncIterator[bytes]:
+        streamed = answer.headers.get("content-type", "").startswith("text/event-stream")
+        meter = StreamMeter(ticket.model)
+        kept = bytearray()
+        try:
+            async for chunk in answer.aiter_raw():
+                if streamed:
+                    meter.feed(chunk)
+                elif len(kept) < _JSON_BODY_CAP:
+                    kept += chunk
+                yield chunk
+        finally:
+            # Counted first: closing may be cut short when the client went away.
+            model, usage = meter.model, meter.usage
+            if not streamed:
+                model, usage = usage_of_json(bytes(kept), ticket.model)
+            self._settle_later(
+                ticket, model, usage, answer.status_code, ticket.caller.owner, call_id
+            )
+            await answer.aclose()
+
+    def _settle_later(
+        self,
+        ticket: Ticket,
+        model: str,
+        usage: Usage,
+        status: int | None,
+        owner: str,
+        call_id: str,
+    ) -> None:
+        self._settling.spawn(
+            self._settle(ticket, model, usage, status, owner, call_id),
+            name=f"settle-{ticket.call_id}",
+        )
+
+    async def _settle(
+        self,
+        ticket: Ticket,
+        model: str,
+        usage: Usage,
+        status: int | None,
+        owner: str,
+        call_id: str,
+    ) -> None:
+        """Never lost to a database hiccup: retried until it is recorded."""
+        await self._give_back(owner, call_id)
+        delay = 0.2
+        while True:
+            try:
+                await self._ledger.settle(ticket, model, usage, status)
+                return
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    log.exception("could not settle model call %s", ticket.call_id)
+                    return
+                log.warning("settling model call %s waits for the database", ticket.call_id)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _take_slot(self, owner: str, call_id: str) -> bool:
+        try:
+            return await self._slots.take(owner, call_id)
+        except RedisError as exc:  # availability over limiting, as for the request rate
+            log.warning("model call slots unavailable (%s); letting the call through", exc)
+            return True
+
+    async def _give_back(self, owner: str, call_id: str) -> None:
+        try:
+            await self._slots.give_back(owner, call_id)
+        except RedisError as exc:  # the slot expires by itself
+            log.warning("could not give back model call slot %s: %s", call_id, exc)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or ``None`` once it passes ``limit`` (never held beyond it)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def _model_and_max_tokens(body: bytes) -> tuple[str, int]:
+    try:
+        request: Any = json.loads(body)
+    except ValueError:
+        return "unknown", 0
+    if not isinstance(request, dict):
+        return "unknown", 0
+    model = request.get("model") if isinstance(request.get("model"), str) else "unknown"
+    limit = request.get("max_tokens")
+    return str(model), limit if isinstance(limit, int) and limit > 0 else 0
+
+
+def _spent(figures: dict[str, Any]) -> str:
+    parts = []
+    if figures.get("max_tokens") is not None:
+        parts.append(f"{figures['spent_tokens']} of {figures['max_tokens']} tokens")
+    if figures.get("max_cost_usd") is not None:
+        parts.append(f"${figures['spent_cost_usd']:.4f} of ${figures['max_cost_usd']:.4f}")
+    return ", ".join(parts) or "no budget"

@@ -1,0 +1,302 @@
+"""Model access through the gateway: the real CLI in real containers, the scripted fake of the
+Anthropic API as the upstream. The operator's key stays in the gateway, every token the upstream
+reports is counted exactly, and a tree's budget stops it mid-turn."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.model.meter import Usage
+from gateway.model.prices import PriceTable
+from tests.client import Api, is_claude, marker, mint_token, read_until
+from tests.fake_anthropic import api_error, slow_text, text, tool_use
+from tests.stack import run_gateway
+
+pytestmark = pytest.mark.docker
+
+OPERATOR_KEY = "sk-test-not-a-real-key"  # tests/stack.py gives every test gateway this key
+FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+# Everything a process in the session could read: every process's environment, and every file
+# it may open under the writable places and its home.
+HUNT = r"""
+import os, sys
+needle = sys.argv[1].encode()
+found = []
+for pid in os.listdir("/proc"):
+    if pid.isdigit() and int(pid) != os.getpid():  # the needle is in this probe's own argv
+        for name in ("environ", "cmdline"):
+            try:
+                if needle in open(f"/proc/{pid}/{name}", "rb").read():
+                    found.append(f"/proc/{pid}/{name}")
+            except OSError:
+                pass
+for top in ("/home/claude", "/workspace", "/tmp", "/run"):
+    for root, dirs, files in os.walk(top):
+        for name in files:
+            path = os.path.join(root, name)
+            try:
+                if needle in open(path, "rb").read():
+                    found.append(path)
+            except OSError:
+                pass
+print("\n".join(found) or "clean")
+"""
+
+
+async def session_token(api: Api, session_id: str) -> str:
+    minted = await api.http.post(f"/api/v1/sessions/{session_id}/token")
+    assert minted.status_code == 200, minted.text
+    return str(minted.json()["token"])
+
+
+def messages_body(tag: str, stream: bool = True) -> dict[str, Any]:
+    return {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "stream": stream,
+        "messages": [{"role": "user", "content": f"say it {tag}"}],
+    }
+
+
+async def test_the_operator_key_stays_in_the_gateway(api_for, fake_api, docker_client) -> None:
+    alice = api_for(f"alice-{marker()}")
+    tag = marker()
+    fake_api.on(tag, tool_use("Bash", {"command": "env | sort > /tmp/env.txt"}), text(f"ok {tag}"))
+    session = await alice.create(prompt=f"look around {tag}")
+    async with alice.stream(session["id"], after="0") as ws:
+        events = await read_until(ws, is_claude("result"), timeout=90)
+    assert events[-1]["event"]["result"] == f"ok {tag}"
+    # The upstream saw the operator's key on this session's calls, never the session's token.
+    calls = [h for h in fake_api.headers if tag in json.dumps(h) or h.get("x-api-key")]
+    assert calls and all(h.get("x-api-key") == OPERATOR_KEY for h in calls)
+    assert all("authorization" not in h for h in calls)
+    attrs = docker_client.api.inspect_container(session["container_id"])
+    assert not [v for v in attrs["Config"]["Env"] if OPERATOR_KEY in v]
+    base_urls = [v for v in attrs["Config"]["Env"] if v.startswith("ANTHROPIC_BASE_URL=")]
+    assert len(base_urls) == 1 and base_urls[0].endswith("/model")
+    code, output = docker_client.containers.get(session["container_id"]).exec_run(
+        ["python3", "-c", HUNT, OPERATOR_KEY]
+    )
+    assert code == 0 and output.decode().strip() == "clean", output
+    await alice.stop(session["id"])
+
+
+async def test_streams_pass_through_byte_for_byte_as_they_arrive(
+    api_for, fake_api, gateway
+) -> None:
+    alice = api_for(f"alice-{marker()}")
+    session = await alice.create()
+    await alice.wait_status(session["id"], "ready")
+    token = await session_token(alice, session["id"])
+    tag = marker()
+    fake_api.on(tag, slow_text(["one ", "two ", "three"], delay=0.8))
+    arrivals: list[float] = []
+    received = bytearray()
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        start = time.monotonic()
+        async with http.stream(
+            "POST",
+            "/model/v1/messages?beta=true",
+            json=messages_body(tag),
+            headers={"x-api-key": token, "anthropic-version": "2023-06-01"},
+        ) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            async for chunk in response.aiter_raw():
+                received += chunk
+                arrivals.append(time.monotonic() - start)
+        # Errors pass through unchanged too (status and body), and are not retried here.
+        failing = marker()
+        fake_api.on(failing, api_error(529, "overloaded, try later"))
+        error = await http.post(
+            "/model/v1/messages", json=messages_body(failing), headers={"x-api-key": token}
+        )
+    (sent,) = fake_api.streamed(tag)
+    assert bytes(received) == sent
+    # Not buffered: the first bytes arrived well before the last (two 0.8 s pauses between).
+    assert arrivals[0] < arrivals[-1] - 1.0
+    assert error.status_code == 529
+    assert error.json() == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "overloaded, try later"},
+    }
+    await alice.stop(session["id"])
+
+
+async def test_only_a_running_sessions_own_token_reaches_the_model(api_for, gateway) -> None:
+    alice = api_for(f"alice-{marker()}")
+    session = await alice.create()
+    await alice.wait_status(session["id"], "ready")
+    token = await session_token(alice, session["id"])
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        for headers in ({}, {"x-api-key": "sk-guess"}, {"x-api-key": alice.token}):
+            refused = await http.post(
+                "/model/v1/messages", json=messages_body("x"), headers=headers
+            )
+            assert refused.status_code == 401, refused.text
+            assert refused.json()["error"]["type"] == "authentication_error"
+        counted = await http.post(
+            "/model/v1/messages/count_tokens", json=messages_body("x"), headers={"x-api-key": token}
+        )
+        assert counted.status_code == 200 and counted.json()["input_tokens"] > 0
+        await alice.stop(session["id"])
+        revoked = await http.post(
+            "/model/v1/messages", json=messages_body("x"), headers={"x-api-key": token}
+        )
+    assert revoked.status_code == 401 and "stopped" in revoked.json()["error"]["message"]
+
+
+async def test_usage_is_exactly_what_the_upstream_reported(api_for, fake_api) -> None:
+    owner = f"alice-{marker()}"
+    alice = api_for(owner)
+    since = (await alice.http.get("/api/v1/usage")).json()["usage"]
+    assert since["requests"] == 0
+    tag = marker()
+    fake_api.cache_creation_tokens, fake_api.cache_read_tokens = 7, 11
+    try:
+        fake_api.on(tag, tool_use("Bash", {"command": "echo hi"}), text(f"done {tag}"))
+        session = await alice.create()
+        await alice.wait_status(session["id"], "ready")
+        await alice.chat(session["id"], f"work {tag}")
+        await alice.chat(session["id"], f"again {tag}")
+    finally:
+        fake_api.cache_creation_tokens, fake_api.cache_read_tokens = 0, 0
+    reported = fake_api.reported(tag)
+    assert len(reported) >= 3  # tool call, its result, the second turn
+    expected = {name: sum(usage[name] for _, usage in reported) for name in FIELDS}
+    prices = PriceTable()
+    expected_cost = sum(
+        (prices.cost(model, Usage(**{n: usage[n] for n in FIELDS})) for model, usage in reported),
+        Decimal(0),
+    )
+    deadline = time.monotonic() + 10  # settlement follows the response by a moment
+    while True:
+        usage = (await alice.http.get(f"/api/v1/sessions/{session['id']}/usage")).json()
+        if usage["session"]["requests"] >= len(reported) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    own = usage["session"]
+    assert {name: own[name] for name in FIELDS} == expected
+    assert own["requests"] == len(reported)
+    assert Decimal(str(own["cost_usd"])).quantize(Decimal("1e-8")) == expected_cost.quantize(
+        Decimal("1e-8")
+    )
+    ((model, figures),) = own["models"].items()
+    assert model == reported[0][0] and figures["input_tokens"] == expected["input_tokens"]
+    assert usage["tree"] == own and usage["budget"] is None
+    # The session object and the owner's totals carry the same figures.
+    got = await alice.get(session["id"])
+    assert {name: got["usage"][name] for name in FIELDS} == expected
+    totals = (await alice.http.get("/api/v1/usage")).json()["usage"]
+    assert {name: totals[name] for name in FIELDS} == expected
+    await alice.stop(session["id"])
+
+
+async def test_a_budget_stops_the_whole_tree_mid_turn(api_for, fake_api) -> None:
+    alice = api_for(f"alice-{marker()}")
+    root = await alice.create(config={"budget": {"max_tokens": 3000}})
+    await alice.wait_status(root["id"], "ready")
+    refused = await alice.http.post(
+        f"/api/v1/sessions/{root['id']}/spawn",
+        json={"prompt": "x", "config": {"budget": {"max_tokens": 10**9}}},
+    )
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "budget_not_allowed"
+    child_tag = marker()
+    fake_api.on(child_tag, text("child " + "words " * 200))  # large enough to count
+    spawned = await alice.http.post(
+        f"/api/v1/sessions/{root['id']}/spawn", json={"prompt": f"help {child_tag}"}
+    )
+    assert spawned.status_code == 201, spawned.text
+    child = spawned.json()
+    await alice.wait_status(child["id"], "ready")
+    # The child's spending counts in its root's tree.
+    usage = (await alice.http.get(f"/api/v1/sessions/{root['id']}/usage")).json()
+    assert usage["tree"]["requests"] >= 1 and usage["session"]["requests"] == 0
+    assert usage["budget"]["max_tokens"] == 3000 and usage["budget"]["exceeded"] is False
+
+    # A turn of many model calls: it crosses the budget mid-turn and its next call is refused.
+    tag = marker()
+    fake_api.on(
+        tag,
+        *[tool_use("Bash", {"command": f"echo step {i}"}) for i in range(10)],
+        text("never reached"),
+    )
+    async with (
+        alice.stream(root["id"], after="$") as ws,
+        alice.stream(child["id"], after="$") as cws,
+    ):
+        reply = await alice.chat(root["id"], f"loop {tag} " + "padding " * 300, timeout=120)
+        result = reply["result"]
+        assert result["is_error"] is True and "budget" in result["result"], result
+        events = await read_until(ws, lambda e: e["event"].get("type") == "budget_exceeded", 20)
+        exceeded = events[-1]["event"]
+        assert exceeded["max_tokens"] == 3000 and exceeded["spent_tokens"] >= 3000
+        child_events = await read_until(
+            cws, lambda e: e["event"].get("type") == "budget_exceeded", 20
+        )
+        assert child_events[-1]["event"]["root_id"] == root["id"]
+    calls_made = len(fake_api.requests_for(tag))
+    assert 1 <= calls_made < 11  # stopped mid-turn, not after its last call
+    # Any session of the tree is refused from now on, at once, without a retry upstream.
+    again = await alice.chat(child["id"], f"more {child_tag}", timeout=60)
+    assert again["result"]["is_error"] is True and "budget" in again["result"]["result"]
+    assert len(fake_api.requests_for(tag)) == calls_made
+    # The tree's sessions stay usable for files and can be stopped.
+    files = await alice.http.get(f"/api/v1/sessions/{root['id']}/files")
+    assert files.status_code == 200
+    budget = (await alice.http.get(f"/api/v1/sessions/{child['id']}/usage")).json()["budget"]
+    assert budget["exceeded"] is True and budget["reserved_tokens"] == 0
+    stopped = await alice.stop(root["id"])
+    assert stopped["status"] == "stopped"
+
+
+async def test_an_owner_has_a_bounded_number_of_calls_in_flight(
+    infra, fake_api, s3_endpoint, tmp_path
+) -> None:
+    with run_gateway(
+        infra, fake_api.base_url, s3_endpoint, tmp_path, MODEL_MAX_STREAMS_PER_OWNER="1"
+    ) as gw:
+        alice = Api(gw.url, mint_token(gw.jwt_secret, "alice"))
+        try:
+            session = await alice.create()
+            await alice.wait_status(session["id"], "ready")
+            token = await session_token(alice, session["id"])
+            slow = marker()
+            fake_api.on(slow, slow_text(["a", "b", "c"], delay=1.0))
+            async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
+                first = asyncio.create_task(
+                    http.post(
+                        "/model/v1/messages", json=messages_body(slow), headers={"x-api-key": token}
+                    )
+                )
+                await asyncio.sleep(0.5)
+                second = await http.post(
+                    "/model/v1/messages",
+                    json=messages_body(str(uuid.uuid4())),
+                    headers={"x-api-key": token},
+                )
+                assert second.status_code == 429
+                assert second.json()["error"]["type"] == "rate_limit_error"
+                assert int(second.headers["retry-after"]) >= 1
+                assert (await first).status_code == 200
+                third = await http.post(
+                    "/model/v1/messages", json=messages_body(slow), headers={"x-api-key": token}
+                )
+                assert third.status_code == 200  # the slot came back
+            await alice.stop(session["id"])
+        finally:
+            await alice.aclose()
