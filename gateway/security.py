@@ -30,6 +30,8 @@ class Principal:
 
     owner: str
     session_id: uuid.UUID | None = None
+    root_id: uuid.UUID | None = None
+    budgeted: bool = False  # a session token of a tree with a model budget
 
     @property
     def is_session(self) -> bool:
@@ -58,11 +60,18 @@ def mint_user_token(settings: Settings, subject: str, ttl: int | None = None) ->
 
 
 def mint_session_token(
-    settings: Settings, session_id: uuid.UUID, root_id: uuid.UUID, owner: str
+    settings: Settings,
+    session_id: uuid.UUID,
+    root_id: uuid.UUID,
+    owner: str,
+    *,
+    budgeted: bool = False,
 ) -> IssuedToken:
+    """``budgeted``: its tree has a model budget (fixed when the root is created), so the
+    model proxy knows, even while PostgreSQL is unreachable, whether a call may go on."""
     now = int(time.time())
     expires = now + settings.session_token_ttl
-    claims = {
+    claims: dict[str, object] = {
         "sub": owner,
         "sid": str(session_id),
         "root": str(root_id),
@@ -70,6 +79,8 @@ def mint_session_token(
         "iat": now,
         "exp": expires,
     }
+    if budgeted:
+        claims["bgt"] = True
     token = jwt.encode(claims, settings.session_token_key, _SESSION_ALGORITHM)
     return IssuedToken(
         token=token,
@@ -111,9 +122,15 @@ def _verify_session_token(settings: Settings, token: str) -> Principal:
     )
     try:
         session_id = uuid.UUID(str(claims["sid"]))
+        root_id = uuid.UUID(str(claims.get("root") or session_id))
     except ValueError:
         raise Unauthorized("invalid token: bad session id", code="invalid_token") from None
-    return Principal(owner=_subject(claims), session_id=session_id)
+    return Principal(
+        owner=_subject(claims),
+        session_id=session_id,
+        root_id=root_id,
+        budgeted=claims.get("bgt") is True,
+    )
 
 
 def _decode(

@@ -243,7 +243,13 @@ async def session_token(
     if principal.session_id not in (None, session.id):
         raise SessionTokenNotAllowed("a session token may only refresh itself")
     await services.sessions.require_running(session.id)
-    issued = mint_session_token(services.settings, session.id, session.root_id, session.owner)
+    issued = mint_session_token(
+        services.settings,
+        session.id,
+        session.root_id,
+        session.owner,
+        budgeted=await services.sessions.tree_budgeted(session.root_id),
+    )
     return SessionToken(
         token=issued.token, expires_at=issued.expires_at, expires_in=issued.expires_in
     )

@@ -35,9 +35,11 @@ from gateway.db.models import (
     SessionRow,
     TreeUsageRow,
 )
+from gateway.db.outage import database_unavailable
 from gateway.events.bus import EventBus
 from gateway.model.meter import USAGE_FIELDS, Usage
 from gateway.model.prices import PriceTable
+from gateway.security import Principal
 from wrapper.protocol import GatewayEvent
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,6 @@ class Caller:
     session_id: uuid.UUID
     root_id: uuid.UUID
     owner: str
-    ancestors: list[uuid.UUID]
     max_tokens: int | None
     max_cost_usd: Decimal | None
 
@@ -116,32 +117,47 @@ class Ledger:
 
     # -- admission ---------------------------------------------------------------------------
 
-    async def caller(self, session_id: uuid.UUID) -> Caller:
-        """The running session a token names, with its tree's budget; raises ``NotRunning``."""
+    async def caller(self, principal: Principal) -> Caller:
+        """The running session a session token names, with its tree's budget; raises
+        ``NotRunning``. While PostgreSQL cannot be reached, a session whose tree has no budget
+        (the token says so) goes on with what its token says, unchecked for revocation, so
+        running sessions keep working through an outage; a budgeted one cannot be admitted
+        (the database error propagates)."""
+        assert principal.session_id is not None and principal.root_id is not None
         statement = (
             select(
                 SessionRow.status,
                 SessionRow.root_id,
                 SessionRow.owner,
-                SessionRow.path,
                 TreeUsageRow.max_tokens,
                 TreeUsageRow.max_cost_usd,
             )
             .outerjoin(TreeUsageRow, TreeUsageRow.root_id == SessionRow.root_id)
-            .where(SessionRow.id == session_id)
+            .where(SessionRow.id == principal.session_id)
         )
-        async with self._db() as db:
-            row = (await db.execute(statement)).one_or_none()
+        try:
+            async with self._db() as db:
+                row = (await db.execute(statement)).one_or_none()
+        except Exception as exc:
+            if principal.budgeted or not database_unavailable(exc):
+                raise
+            log.warning(
+                "database unreachable: model call of %s admitted on its token alone",
+                principal.session_id,
+            )
+            return Caller(principal.session_id, principal.root_id, principal.owner, None, None)
         if row is None or row.status not in ACTIVE_STATUSES:
-            raise NotRunning(f"session {session_id} is {row.status if row else 'gone'}")
+            raise NotRunning(f"session {principal.session_id} is {row.status if row else 'gone'}")
         return Caller(
-            session_id, row.root_id, row.owner, list(row.path), row.max_tokens, row.max_cost_usd
+            principal.session_id, row.root_id, row.owner, row.max_tokens, row.max_cost_usd
         )
 
     async def admit(
         self, caller: Caller, model: str, endpoint: str, body_bytes: int, max_tokens: int
     ) -> Ticket:
-        """Admit one call; raises ``BudgetSpent`` when its tree may not spend more."""
+        """Admit one call; raises ``BudgetSpent`` when its tree may not spend more. A call of
+        a tree without a budget writes nothing before it goes upstream (its row is written
+        when it is settled): the proxy adds no database write to the time to first byte."""
         ticket = Ticket(uuid.uuid4(), caller, model, endpoint, 0, Decimal(0))
         if caller.has_budget and endpoint == "messages":
             bound = Usage(input_tokens=body_bytes, output_tokens=max_tokens)
@@ -154,9 +170,6 @@ class Ledger:
                 self._prices.cost(model, bound),
             )
             await self._reserve(ticket)
-        else:
-            async with self._db() as db, db.begin():
-                await db.execute(insert(ModelCallRow).values(**self._call_values(ticket)))
         return ticket
 
     async def _reserve(self, ticket: Ticket) -> None:
@@ -173,7 +186,10 @@ class Ledger:
                 if not _exhausted(tree, tree.reserved_tokens, tree.reserved_cost_usd):
                     tree.reserved_tokens += ticket.reserved_tokens
                     tree.reserved_cost_usd += ticket.reserved_cost
-                    await db.execute(insert(ModelCallRow).values(**self._call_values(ticket)))
+                    ancestors = await self._ancestors(db, ticket.caller.session_id)
+                    await db.execute(
+                        insert(ModelCallRow).values(**self._call_values(ticket, ancestors))
+                    )
                     return
                 figures = budget_figures(tree)
             if loop.time() >= deadline:
@@ -197,12 +213,12 @@ class Ledger:
         return tree
 
     @staticmethod
-    def _call_values(ticket: Ticket) -> dict[str, Any]:
+    def _call_values(ticket: Ticket, ancestors: list[uuid.UUID]) -> dict[str, Any]:
         return {
             "id": ticket.call_id,
             "session_id": ticket.caller.session_id,
             "root_id": ticket.caller.root_id,
-            "ancestors": ticket.caller.ancestors,
+            "ancestors": ancestors,
             "owner": ticket.caller.owner,
             "model": ticket.model[:200],
             "endpoint": ticket.endpoint,
@@ -210,6 +226,10 @@ class Ledger:
             "reserved_tokens": ticket.reserved_tokens,
             "reserved_cost_usd": ticket.reserved_cost,
         }
+
+    async def _ancestors(self, db: AsyncSession, session_id: uuid.UUID) -> list[uuid.UUID]:
+        path = await db.scalar(select(SessionRow.path).where(SessionRow.id == session_id))
+        return list(path or [])
 
     # -- settling ----------------------------------------------------------------------------
 
@@ -228,8 +248,13 @@ class Ledger:
                 .where(ModelCallRow.id == ticket.call_id)
                 .with_for_update()
             )
-            if prior is None or prior == CallState.SETTLED:
+            if prior == CallState.SETTLED:
                 return  # settled already
+            if prior is None:  # a call of a tree without a budget: first written now
+                ancestors = await self._ancestors(db, ticket.caller.session_id)
+                await db.execute(
+                    insert(ModelCallRow).values(**self._call_values(ticket, ancestors))
+                )
             # An abandoned call (its reservation already released) still counts what it used.
             release = prior == CallState.RESERVED
             await db.execute(

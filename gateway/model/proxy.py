@@ -66,6 +66,10 @@ class ModelProxy:
             caller = await self._caller(request)
         except (Unauthorized, NotRunning) as exc:
             return anthropic_error(401, "authentication_error", str(exc))
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            return _database_down()
         body = await _read_body(request, self._settings.model_max_request_bytes)
         if body is None:
             return anthropic_error(
@@ -92,8 +96,10 @@ class ModelProxy:
         except BudgetSpent as exc:
             await self._give_back(caller.owner, call_id)
             return anthropic_error(400, "invalid_request_error", f"{exc} ({_spent(exc.figures)})")
-        except Exception:
+        except Exception as exc:
             await self._give_back(caller.owner, call_id)
+            if database_unavailable(exc):  # a budgeted call cannot be admitted: retry later
+                return _database_down()
             raise
         path = request.url.path.removeprefix(MODEL_PROXY_PREFIX)
         try:
@@ -117,7 +123,7 @@ class ModelProxy:
         principal = authenticate_token(self._settings, token)
         if principal.session_id is None:
             raise Unauthorized("only a session's own token may call the model through here")
-        return await self._ledger.caller(principal.session_id)
+        return await self._ledger.caller(principal)
 
     async def _admit(self, caller: Caller, endpoint: str, body: bytes) -> Ticket:
         model, max_tokens = "unknown", 0
@@ -223,6 +229,16 @@ def _model_and_max_tokens(body: bytes) -> tuple[str, int]:
     model = request.get("model") if isinstance(request.get("model"), str) else "unknown"
     limit = request.get("max_tokens")
     return str(model), limit if isinstance(limit, int) and limit > 0 else 0
+
+
+def _database_down() -> JSONResponse:
+    # 503: the CLI retries it, by which time the database may be back.
+    return anthropic_error(
+        503,
+        "overloaded_error",
+        "the gateway's database is unavailable; retry shortly",
+        {"retry-after": "5"},
+    )
 
 
 def _spent(figures: dict[str, Any]) -> str:

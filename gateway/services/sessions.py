@@ -114,6 +114,12 @@ class SessionService:
             raise SessionNotFound(session_id)
         return row
 
+    async def tree_budgeted(self, root_id: uuid.UUID) -> bool:
+        """Whether the tree has a model budget (set once, when its root was created)."""
+        async with self._db() as db:
+            tree = await db.get(TreeUsageRow, root_id)
+        return tree is not None and (tree.max_tokens is not None or tree.max_cost_usd is not None)
+
     async def require_running(self, session_id: uuid.UUID) -> None:
         """A session token is good only while its session runs (it dies with the session)."""
         async with self._db() as db:
@@ -351,7 +357,13 @@ class SessionService:
     async def _start_container(self, row: SessionRow, resumed: bool = False) -> SessionRow:
         """Start the session's container. On failure the session is failed and the error says
         why: 503 ``image_not_found``, ``runtime_unavailable`` or ``events_unavailable``."""
-        token = mint_session_token(self._settings, row.id, row.root_id, row.owner)
+        token = mint_session_token(
+            self._settings,
+            row.id,
+            row.root_id,
+            row.owner,
+            budgeted=await self.tree_budgeted(row.root_id),
+        )
         try:
             # Its own Redis user exists before its container does.
             redis_url = await self._access.grant(row.id, row.started_at)
