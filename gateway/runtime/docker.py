@@ -109,9 +109,12 @@ class DockerRuntime(SessionRuntime):
             raise RuntimeFailure(_describe(exc)) from exc
 
     async def setup(self, egress: EgressPolicy) -> None:
-        with self._prepare_lock:
-            self._egress, self._network = egress, None  # prepared (again) just below
-        await self._call(self._session_network)
+        def prepare() -> None:
+            with self._prepare_lock:
+                self._egress, self._network = egress, None  # prepared again, now
+            self._session_network()
+
+        await self._call(prepare)
 
     def _session_network(self) -> SessionNetwork:
         """The network, made and its egress policy enforced once (again after ``setup``);
