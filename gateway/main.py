@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
@@ -27,7 +28,13 @@ from gateway.model.slots import CallSlots
 from gateway.model.upstream import Upstream
 from gateway.model.usage import UsageService
 from gateway.ratelimit import RateLimiter
-from gateway.runtime import IsolationUnavailable, RuntimeFailure
+from gateway.runtime import (
+    OPEN_EGRESS,
+    EgressPolicy,
+    IsolationUnavailable,
+    RuntimeFailure,
+    SessionRuntime,
+)
 from gateway.runtime.docker import DockerRuntime
 from gateway.services import idempotency
 from gateway.services.background import TaskSet
@@ -75,9 +82,10 @@ def create_app(settings: Settings) -> FastAPI:
                 settings.docker_host,
                 network=settings.session_network,
                 host_alias=SESSION_HOST_ALIAS,
+                helper_image=settings.session_image,
             )
             stack.push_async_callback(runtime.close)
-            await _setup_runtime(runtime)
+            await _setup_runtime(runtime, settings)
             store = ObjectStore(
                 settings.s3_endpoint,
                 settings.s3_access_key.get_secret_value(),
@@ -167,13 +175,40 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def _setup_runtime(runtime: DockerRuntime) -> None:
-    """Sessions must be kept apart: a network that cannot do it stops the gateway here, with
-    the reason. An engine that does not answer yet is not fatal (``/ready`` says so, and the
-    network is made on first use)."""
+def egress_policy(settings: Settings) -> EgressPolicy:
+    """SESSION_EGRESS as the runtime's policy: open, or only the host ports where sessions
+    reach the gateway and Redis (the ports of SESSION_GATEWAY_URL and SESSION_REDIS_URL, which
+    must then name the host as sessions see it). Raises ``ValueError`` when they do not."""
+    if settings.session_egress == "open":
+        return OPEN_EGRESS
+    ports = []
+    urls = {
+        "SESSION_GATEWAY_URL": settings.effective_session_gateway_url,
+        "SESSION_REDIS_URL": settings.effective_session_redis_url,
+    }
+    for name, url in urls.items():
+        parts = urlsplit(url)
+        if parts.hostname != SESSION_HOST_ALIAS:
+            raise ValueError(
+                f"SESSION_EGRESS=none lets sessions reach only {SESSION_HOST_ALIAS} (the host "
+                f"on their network), but {name} is {url}: point it there, or set "
+                "SESSION_EGRESS=open"
+            )
+        ports.append(
+            parts.port or {"https": 443, "rediss": 6379, "redis": 6379}.get(parts.scheme, 80)
+        )
+    return EgressPolicy.only_host_ports(*ports)
+
+
+async def _setup_runtime(runtime: SessionRuntime, settings: Settings) -> None:
+    """Sessions must be kept apart and confined as SESSION_EGRESS says: a network that cannot
+    keep them apart, or an engine that cannot enforce the egress policy, stops the gateway
+    here, with the reason. Applied at every start, so a rebooted host gets its rules back. An
+    engine that does not answer yet is not fatal (``/ready`` says so, and the network is made
+    and confined before the first session)."""
     try:
-        await runtime.setup()
-    except IsolationUnavailable as exc:
+        await runtime.setup(egress_policy(settings))
+    except (IsolationUnavailable, ValueError) as exc:
         raise SystemExit(f"gateway: {exc}") from exc
     except RuntimeFailure as exc:
         log.warning("the container runtime is not ready: %s", exc)

@@ -5,9 +5,9 @@
   ``TEST_POSTGRES_IMAGE``/``TEST_REDIS_IMAGE`` to use the official images instead) on a docker
   network of their own. Redis requires authentication, as in production: the default user is
   off and the gateway has a user of its own.
-- Session containers join a second network on which containers cannot reach each other
-  (``enable_icc=false``); they reach Redis (its published port) and the gateway through the
-  host, as ``ccd-host``.
+- Each gateway makes its own session network (``ccd-<instance>-sessions``, on which containers
+  cannot reach each other) with its own egress rules, removed with it when the gateway ends;
+  sessions reach Redis (its published port) and the gateway through the host, as ``ccd-host``.
 - The scripted fake of the Anthropic API and the gateway itself run on the host and listen on
   that network's gateway address, so session containers reach them and so do the tests.
 - The gateway is the real ``python -m gateway`` in a subprocess, configured only by environment.
@@ -37,13 +37,15 @@ from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
+from gateway.runtime import RuntimeFailure
+from gateway.runtime.docker_egress import sweep_egress_rules
+
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_IMAGE = os.environ.get("TEST_POSTGRES_IMAGE", "cc-docker/standin-postgres:15")
 REDIS_IMAGE = os.environ.get("TEST_REDIS_IMAGE", "cc-docker/standin-redis:7")
 SESSION_IMAGE = os.environ.get("SESSION_IMAGE", "cc-docker/session:latest")
 TEST_LABEL = "cc-docker.test-run"
 REDIS_GATEWAY_USER = "ccd-gateway"
-ICC_OPTION = "com.docker.network.bridge.enable_icc"
 
 
 def free_port(host: str = "0.0.0.0") -> int:
@@ -71,7 +73,6 @@ class Infra:
     database_url: str
     redis_url: str  # with the gateway user's credentials
     session_redis_url: str  # as a session container reaches it, no credentials
-    sessions_network: str  # isolated: containers on it cannot reach each other
 
     @property
     def network_name(self) -> str:
@@ -103,10 +104,15 @@ def sweep_stale_runs(client: docker.DockerClient, max_age: float = 3600) -> None
         for network in client.networks.list(filters={"label": "cc-docker.instance"})
         if network.attrs.get("Labels", {}).get("cc-docker.instance", "").startswith("test-")
     ]
+    removed = 0
     for network in networks:
         if created(network.attrs) < cutoff:
             with contextlib.suppress(docker.errors.APIError):
                 network.remove()
+                removed += 1
+    if removed:  # and the egress rules of their bridges
+        with contextlib.suppress(RuntimeFailure):
+            sweep_egress_rules(client, SESSION_IMAGE)
 
 
 @contextlib.contextmanager
@@ -117,14 +123,7 @@ def start_infra(client: docker.DockerClient) -> Iterator[Infra]:
     run_id = secrets.token_hex(4)
     labels = {TEST_LABEL: run_id}
     redis_password = secrets.token_urlsafe(24)
-    sessions = client.networks.create(
-        f"ccd-test-{run_id}-sessions", driver="bridge", options={ICC_OPTION: "false"}, labels=labels
-    )
-    with (
-        contextlib.ExitStack() as cleanup,
-        Network(docker_network_kw={"labels": labels}) as network,
-    ):
-        cleanup.callback(_remove_network, client, sessions.id)
+    with Network(docker_network_kw={"labels": labels}) as network:
         attrs = client.networks.get(network.name).attrs
         gateway_ip = attrs["IPAM"]["Config"][0]["Gateway"]
         postgres = (
@@ -156,7 +155,6 @@ def start_infra(client: docker.DockerClient) -> Iterator[Infra]:
                 database_url=f"postgresql+asyncpg://ccd:ccd-test@127.0.0.1:{pg_port}/ccd",
                 redis_url=f"redis://{REDIS_GATEWAY_USER}:{redis_password}@127.0.0.1:{redis_port}/0",
                 session_redis_url=f"redis://ccd-host:{redis_port}/0",
-                sessions_network=str(sessions.name),
             )
 
 
@@ -170,11 +168,6 @@ def redis_command(password: str) -> list[str]:
         "--user", "default", "off",
         "--user", REDIS_GATEWAY_USER, "on", f">{password}", "~*", "&*", "+@all",
     ]  # fmt: skip
-
-
-def _remove_network(client: docker.DockerClient, network_id: str) -> None:
-    with contextlib.suppress(docker.errors.APIError):
-        client.networks.get(network_id).remove()
 
 
 @dataclass
@@ -300,8 +293,13 @@ def gateway_env(
         JWT_SECRET=jwt_secret,
         INSTANCE_NAME=instance,
         SESSION_IMAGE=SESSION_IMAGE,
-        SESSION_NETWORK=infra.sessions_network,
+        # No SESSION_NETWORK: each gateway makes its own (ccd-<instance>-sessions), since its
+        # egress rules name its own ports.
         SESSION_REDIS_URL=infra.session_redis_url,
+        # The CLI in a session still talks to ANTHROPIC_BASE_URL (the fake API, a host service)
+        # directly, which SESSION_EGRESS=none refuses; tests/e2e/test_egress.py runs gateways
+        # with none.
+        SESSION_EGRESS="open",
         S3_ENDPOINT=s3_endpoint,
         S3_ACCESS_KEY=S3_ACCESS_KEY,
         S3_SECRET_KEY=S3_SECRET_KEY,
@@ -362,7 +360,8 @@ def run_gateway(
 
 def remove_instance_containers(instance: str) -> None:
     """Everything a test gateway instance made on the engine: containers, then the session
-    network it may have made itself (when SESSION_NETWORK was left empty)."""
+    network it made itself (when SESSION_NETWORK was left empty) and that network's egress
+    rules on the engine's host."""
     client = docker.from_env()
     try:
         for container in client.containers.list(
@@ -370,9 +369,12 @@ def remove_instance_containers(instance: str) -> None:
         ):
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True, v=True)
-        for network in client.networks.list(filters={"label": f"cc-docker.instance={instance}"}):
+        networks = client.networks.list(filters={"label": f"cc-docker.instance={instance}"})
+        for network in networks:
             with contextlib.suppress(docker.errors.APIError):
                 network.remove()
+        if networks:
+            sweep_egress_rules(client, SESSION_IMAGE)
     finally:
         client.close()
 

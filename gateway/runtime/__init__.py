@@ -1,12 +1,14 @@
 """Session runtimes: the mechanism that runs one container per session."""
 
 from gateway.runtime.base import (
+    OPEN_EGRESS,
     ArchiveStream,
     ContainerExit,
     ContainerMissing,
     ContainerPhase,
     ContainerSpec,
     ContainerState,
+    EgressPolicy,
     ExecResult,
     ImageMissing,
     IsolationUnavailable,
@@ -17,12 +19,14 @@ from gateway.runtime.base import (
 )
 
 __all__ = [
+    "OPEN_EGRESS",
     "ArchiveStream",
     "ContainerExit",
     "ContainerMissing",
     "ContainerPhase",
     "ContainerSpec",
     "ContainerState",
+    "EgressPolicy",
     "ExecResult",
     "ImageMissing",
     "IsolationUnavailable",

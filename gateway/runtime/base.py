@@ -31,12 +31,35 @@ class ContainerMissing(RuntimeFailure):
 
 
 class IsolationUnavailable(RuntimeFailure):
-    """The engine's configuration would let sessions reach each other (a shared network that
-    does not keep containers apart): nothing may start until an operator fixes it."""
+    """The engine cannot keep sessions apart or confined as asked (a shared network that does
+    not keep containers apart, an egress policy it cannot enforce): nothing may start until an
+    operator fixes it."""
 
 
 class PathMissing(RuntimeFailure):
     """The path does not exist in a container that does."""
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    """What session containers may open connections to, beyond answering what they are asked.
+
+    ``open``: anything their network routes to (the engine's defaults). Otherwise only TCP to
+    ``host_ports`` of the host as the sessions see it (``ccd-host``: the gateway and Redis);
+    no other host service, no other network, no internet, no cloud metadata address, no name
+    resolution beyond the session network. A backend enforces it outside the container (a
+    firewall of the engine's host, a NetworkPolicy), never by anything the session can change.
+    """
+
+    open: bool
+    host_ports: tuple[int, ...] = ()
+
+    @classmethod
+    def only_host_ports(cls, *ports: int) -> EgressPolicy:
+        return cls(open=False, host_ports=tuple(sorted(set(ports))))
+
+
+OPEN_EGRESS = EgressPolicy(open=True)
 
 
 @dataclass(frozen=True)
@@ -140,10 +163,14 @@ class ContainerExit:
 
 
 class SessionRuntime(abc.ABC):
-    async def setup(self) -> None:  # noqa: B027 - optional hook
-        """Prepare what every session shares (say, an isolated network), once at start-up.
-        Raises ``RuntimeFailure`` with a clear message when sessions could not be kept apart;
-        the gateway then refuses to start."""
+    @abc.abstractmethod
+    async def setup(self, egress: EgressPolicy) -> None:
+        """Prepare what every session shares (an isolated network, the egress policy ``egress``
+        enforced on it), at start-up; idempotent, so calling it again re-applies the policy
+        (after a reboot lost it). Raises ``IsolationUnavailable`` with a clear message when
+        sessions could not be kept apart or confined as asked (the gateway then refuses to
+        start), ``RuntimeFailure`` when the engine does not answer (then ``create`` prepares
+        the same before the first container, and fails rather than start one unconfined)."""
 
     @abc.abstractmethod
     async def create(self, spec: ContainerSpec) -> ContainerState:

@@ -26,12 +26,14 @@ from gateway.runtime.base import (
     ContainerPhase,
     ContainerSpec,
     ContainerState,
+    EgressPolicy,
     ExecResult,
     ImageMissing,
     PathMissing,
     RuntimeFailure,
     SessionRuntime,
 )
+from gateway.runtime.docker_egress import apply_egress
 from gateway.runtime.docker_network import SessionNetwork, ensure_network
 from gateway.runtime.docker_spec import create_kwargs
 from gateway.runtime.naming import instance_filter, managed_labels, session_network_name
@@ -59,18 +61,23 @@ class DockerRuntime(SessionRuntime):
         instance: str,
         docker_host: str | None = None,
         *,
+        helper_image: str,
         network: str | None = None,
         host_alias: str | None = None,
         workers: int = 16,
     ) -> None:
         """``network``: the session network (default ``ccd-<instance>-sessions``, made by
         ``setup``); ``host_alias``: a name every container resolves to the host's address on
-        that network."""
+        that network; ``helper_image``: an image with ``iptables`` that installs the egress
+        rules (the session image)."""
         self._instance = instance
         self._base_url = docker_host or _DEFAULT_SOCKET
         self._network_name = network or session_network_name(instance)
         self._host_alias = host_alias
+        self._helper_image = helper_image
+        self._egress: EgressPolicy | None = None
         self._network: SessionNetwork | None = None
+        self._prepare_lock = threading.Lock()
         self._workers = workers
         self._client_lock = threading.Lock()
         self._docker: docker.DockerClient | None = None
@@ -101,15 +108,27 @@ class DockerRuntime(SessionRuntime):
         except docker.errors.DockerException as exc:
             raise RuntimeFailure(_describe(exc)) from exc
 
-    async def setup(self) -> None:
-        await self._call(self._session_network)
+    async def setup(self, egress: EgressPolicy) -> None:
+        def prepare() -> None:
+            with self._prepare_lock:
+                self._egress, self._network = egress, None  # prepared again, now
+            self._session_network()
+
+        await self._call(prepare)
 
     def _session_network(self) -> SessionNetwork:
-        if self._network is None:
-            self._network = ensure_network(
-                self._client, self._network_name, managed_labels(self._instance)
-            )
-        return self._network
+        """The network, made and its egress policy enforced once (again after ``setup``);
+        under a lock, since the first creates may race here."""
+        with self._prepare_lock:
+            if self._network is None:
+                if self._egress is None:
+                    raise RuntimeFailure("the runtime was not set up (setup() names the egress)")
+                network = ensure_network(
+                    self._client, self._network_name, managed_labels(self._instance)
+                )
+                apply_egress(self._client, self._helper_image, network, self._egress)
+                self._network = network
+            return self._network
 
     async def create(self, spec: ContainerSpec) -> ContainerState:
         container = await self._call(self._create, spec)
@@ -163,11 +182,18 @@ class DockerRuntime(SessionRuntime):
 
     def _create(self, spec: ContainerSpec) -> Container:
         network = self._session_network()
+        closed = self._egress is not None and not self._egress.open
         options = create_kwargs(
             spec,
             network=network.name,
             extra_hosts={self._host_alias: network.host_address} if self._host_alias else {},
             volume_labels=spec.labels,
+            # Docker's resolver forwards names it does not know: under closed egress only to
+            # the host address, where the rules refuse it (on any engine, even one that would
+            # forward to a host loopback resolver from the host's namespace), giving up after
+            # a second rather than glibc's ten.
+            dns=[network.host_address] if closed else (),
+            dns_options=["timeout:1", "attempts:1"] if closed else (),
         )
         # create rather than run: run would try to pull a missing image.
         return self._client.containers.create(spec.image, **options)

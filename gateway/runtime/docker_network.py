@@ -23,10 +23,14 @@ log = logging.getLogger(__name__)
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 
 
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+
+
 @dataclass(frozen=True)
 class SessionNetwork:
     name: str
     host_address: str  # the bridge's address: how a container reaches the host
+    bridge: str  # the bridge's interface on the engine's host (where egress rules match)
 
 
 def ensure_network(
@@ -45,7 +49,9 @@ def ensure_network(
             f"create it with `docker network create -o {ICC_OPTION}=false {name}`, or leave "
             "SESSION_NETWORK empty and the gateway makes its own"
         )
-    return SessionNetwork(name=name, host_address=_gateway_address(attrs, name))
+    return SessionNetwork(
+        name=name, host_address=_gateway_address(attrs, name), bridge=bridge_name(attrs)
+    )
 
 
 def isolation_problem(attrs: Mapping[str, Any]) -> str | None:
@@ -56,6 +62,14 @@ def isolation_problem(attrs: Mapping[str, Any]) -> str | None:
     if (attrs.get("Options") or {}).get(ICC_OPTION) != "false":
         return f"does not set {ICC_OPTION}=false"
     return None
+
+
+def bridge_name(attrs: Mapping[str, Any]) -> str:
+    """The host interface of a bridge network: its ``bridge.name`` option, else Docker's
+    ``br-`` and the first 12 characters of the network's id (``docker0`` for the default
+    network sets the option)."""
+    named = (attrs.get("Options") or {}).get(BRIDGE_NAME_OPTION)
+    return str(named) if named else f"br-{str(attrs.get('Id', ''))[:12]}"
 
 
 def _create(client: docker.DockerClient, name: str, labels: Mapping[str, str]) -> dict[str, Any]:

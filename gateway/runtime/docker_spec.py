@@ -5,7 +5,7 @@ No I/O, so the exact hardening a container gets is testable without an engine.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from docker.types import LogConfig, Mount, Ulimit
@@ -21,8 +21,11 @@ def create_kwargs(
     network: str | None,
     extra_hosts: Mapping[str, str],
     volume_labels: Mapping[str, str],
+    dns: Sequence[str] = (),
+    dns_options: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Keyword arguments for ``client.containers.create(spec.image, **kwargs)``."""
+    """Keyword arguments for ``client.containers.create(spec.image, **kwargs)``. ``dns``: where
+    the engine's resolver forwards names it does not know (default: the host's servers)."""
     options: dict[str, Any] = {
         "name": spec.name,
         "environment": dict(spec.env),
@@ -51,6 +54,10 @@ def create_kwargs(
         options["security_opt"] = ["no-new-privileges"]
     if network:
         options["network"] = network
+    if dns:
+        options["dns"] = list(dns)
+    if dns_options:
+        options["dns_opt"] = list(dns_options)
     if spec.cpus:
         options["nano_cpus"] = int(spec.cpus * 1e9)
     if spec.memory_bytes:

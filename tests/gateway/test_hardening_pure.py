@@ -58,6 +58,20 @@ def test_docker_gets_every_hardening_option() -> None:
     targets = {mount["Target"] for mount in options["mounts"] if isinstance(mount, Mount)}
     assert targets == {"/workspace", "/home/claude/.claude"}
     assert all(mount["Type"] == "volume" and not mount["Source"] for mount in options["mounts"])
+    assert "dns" not in options  # the engine's defaults, unless egress is closed
+
+
+def test_closed_egress_points_the_resolver_at_the_host() -> None:
+    options = create_kwargs(
+        _spec(),
+        network="net",
+        extra_hosts={"ccd-host": "172.30.0.1"},
+        volume_labels={},
+        dns=["172.30.0.1"],
+        dns_options=["timeout:1", "attempts:1"],
+    )
+    assert options["dns"] == ["172.30.0.1"]
+    assert options["dns_opt"] == ["timeout:1", "attempts:1"]
 
 
 def test_a_network_that_lets_containers_talk_is_refused() -> None:
