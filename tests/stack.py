@@ -296,10 +296,6 @@ def gateway_env(
         # No SESSION_NETWORK: each gateway makes its own (ccd-<instance>-sessions), since its
         # egress rules name its own ports.
         SESSION_REDIS_URL=infra.session_redis_url,
-        # The CLI in a session still talks to ANTHROPIC_BASE_URL (the fake API, a host service)
-        # directly, which SESSION_EGRESS=none refuses; tests/e2e/test_egress.py runs gateways
-        # with none.
-        SESSION_EGRESS="open",
         S3_ENDPOINT=s3_endpoint,
         S3_ACCESS_KEY=S3_ACCESS_KEY,
         S3_SECRET_KEY=S3_SECRET_KEY,

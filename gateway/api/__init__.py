@@ -38,9 +38,8 @@ GUARD_RESPONSES: dict[int | str, dict[str, Any]] = {
 def build_router() -> APIRouter:
     router = APIRouter()
     router.include_router(health.router)
-    for api in (sessions, tree, session_files, workspaces):
+    for api in (sessions, tree, session_files, workspaces, usage):
         router.include_router(api.router, prefix=API_PREFIX, responses=GUARD_RESPONSES)
     router.include_router(stream.router, prefix=API_PREFIX)
-    router.include_router(usage.router, prefix=API_PREFIX)
     router.include_router(model.router)
     return router

@@ -113,6 +113,10 @@ class Reconciler:
         start_timeout = timedelta(seconds=self._settings.session_start_timeout)
         for row in rows:
             state = containers.pop(str(row.id), None)
+            if state is None and row.container_id:
+                # Created after the listing above (the row was read later): ask for it, rather
+                # than fail a session whose container is being started right now.
+                state = await self._runtime.inspect(row.container_id)
             if row.status == SessionStatus.STOPPING:
                 stale = now - row.updated_at > timedelta(
                     seconds=self._settings.session_stop_grace

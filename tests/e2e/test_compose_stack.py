@@ -78,9 +78,6 @@ def stack(docker_client, quickstart_api) -> Iterator[Stack]:
         "ANTHROPIC_BASE_URL": quickstart_api.public_url,  # type: ignore[attr-defined]
         "ANTHROPIC_API_KEY": "sk-test-not-a-real-key",
         "CLAUDE_CODE_MAX_RETRIES": "0",
-        # The CLI still calls ANTHROPIC_BASE_URL (here a host service) directly, which the
-        # default SESSION_EGRESS=none refuses (tests/e2e/test_egress.py).
-        "SESSION_EGRESS": "open",
         "CCD_USER": "alice",
     }
     for name in ("JWT_SECRET", "DATABASE_URL", "REDIS_URL"):  # nothing from a developer's shell

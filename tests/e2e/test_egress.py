@@ -195,9 +195,11 @@ async def test_under_none_a_session_reaches_only_the_gateway_and_redis(
                 "cloud metadata": "ConnectionRefusedError",
                 EXTERNAL_NAME: "gaierror",
             }, reached
-            # The CLI still calls the model API directly (ANTHROPIC_BASE_URL, a host service
-            # this policy refuses, as asserted above): a chat turn under none is asserted here
-            # once model traffic goes through the gateway's proxy.
+            # The model API is out of reach, yet chat works: through the gateway's proxy.
+            tag = marker()
+            fake_api.on(tag, text(f"through the proxy {tag}"))
+            reply = await alice.chat(session["id"], f"hello {tag}")
+            assert reply["result"]["result"] == f"through the proxy {tag}"
             rules = host_rules(docker_client, bridge)
             assert f"-A INPUT -i {bridge} -j CCD-IN-{bridge}" in rules
             assert f"-A DOCKER-USER -i {bridge} -j CCD-FWD-{bridge}" in rules
