@@ -16,6 +16,9 @@ scripted fake Anthropic API, ``python -m gateway``) and prints, in one run:
 - confinement: what a session's credentials cost (its own Redis user: ACL SETUSER before the
   container starts, ACL DELUSER when it ends), as a share of create -> ready; the isolated
   network is made once when the gateway starts and costs nothing per session;
+- the model proxy (scripts/bench_proxy.py): time to first streamed byte and to the end of a
+  trivial answer, and a real CLI's trivial turn, through the proxy beside the upstream reached
+  directly; the gateway's CPU per 1,000 proxied streamed events;
 - relay: events published with the wrapper's own publisher (``wrapper.channel.Channel``) at
   ``--rate`` per second into a live session's stream, measured until they arrive at WebSocket
   clients (p50, p99, max). This is the path a CLI line takes after the wrapper reads it.
@@ -39,12 +42,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import bench_proxy  # noqa: E402
 import docker  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
 from gateway.events.access import SessionAccess  # noqa: E402
 from tests.client import Api, mint_token  # noqa: E402
-from tests.fake_anthropic import FakeAnthropic, text  # noqa: E402
 from tests.stack import SESSION_IMAGE, run_gateway, start_infra, start_s3  # noqa: E402
 from wrapper.channel import Channel  # noqa: E402
 
@@ -216,14 +219,14 @@ def summary(name: str, values: list[float], floor: list[float] | None = None) ->
 
 async def main(args: argparse.Namespace) -> None:
     client = docker.from_env()
-    with start_infra(client) as infra, FakeAnthropic(host=infra.gateway_ip) as fake:
-        fake.on("bench", text("hi"))
+    with start_infra(client) as infra:
+        upstream, upstream_url = bench_proxy.start_upstream(infra.gateway_ip)
         with (
             tempfile.TemporaryDirectory() as logs,
             start_s3(Path(logs)) as s3,
             run_gateway(
                 infra,
-                fake.base_url,
+                upstream_url,
                 s3,
                 Path(logs),
                 LOG_LEVEL="WARNING",
@@ -240,8 +243,8 @@ async def main(args: argparse.Namespace) -> None:
                 "--cap-drop=ALL",
                 "--security-opt=no-new-privileges",
             ]
-            unlimited = [bare_run(infra.network_name, fake.base_url, []) for _ in range(args.runs)]
-            bare = [bare_run(infra.network_name, fake.base_url, limits) for _ in range(args.runs)]
+            unlimited = [bare_run(infra.network_name, upstream_url, []) for _ in range(args.runs)]
+            bare = [bare_run(infra.network_name, upstream_url, limits) for _ in range(args.runs)]
             api = Api(gateway.url, mint_token(gateway.jwt_secret, "bench"))
             ours = [await ours_run(api) for _ in range(args.runs)]
             print(f"session image {SESSION_IMAGE}, {args.runs} runs each (first run included)")
@@ -274,7 +277,10 @@ async def main(args: argparse.Namespace) -> None:
             for _, _, session_id in ours:
                 with contextlib.suppress(Exception):
                     await api.stop(session_id)
+            if not args.skip_proxy:
+                await bench_proxy.run(gateway, api, upstream_url, args.proxy_requests)
             await api.aclose()
+        upstream.kill()
 
 
 if __name__ == "__main__":
@@ -283,6 +289,10 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=int, default=1000, help="relay events per second")
     parser.add_argument("--seconds", type=float, default=5.0, help="relay duration")
     parser.add_argument("--clients", type=int, default=1, help="WebSocket clients in the relay")
+    parser.add_argument("--skip-proxy", action="store_true", help="skip the model proxy figures")
+    parser.add_argument(
+        "--proxy-requests", type=int, default=300, help="requests each way for the proxy figures"
+    )
     parser.add_argument(
         "--gateway-env",
         action="append",

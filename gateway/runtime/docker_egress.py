@@ -37,7 +37,7 @@ import docker
 import docker.errors
 from docker.types import Mount
 
-from gateway.runtime.base import EgressPolicy, IsolationUnavailable
+from gateway.runtime.base import EgressPolicy, ImageMissing, IsolationUnavailable
 from gateway.runtime.docker_network import SessionNetwork
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,9 @@ def _run_helper(
                 raise
             container = client.containers.create(image, **options)
     except docker.errors.ImageNotFound as exc:
-        raise IsolationUnavailable(
+        # Not fatal at start-up: no session can start without the image either, and the
+        # policy is applied before the first one once the image is there.
+        raise ImageMissing(
             f"the egress helper runs the session image {image}, which the engine lacks: {exc}"
         ) from exc
     except docker.errors.DockerException as exc:

@@ -167,7 +167,7 @@ async def test_a_session_that_never_gets_ready_fails_with_start_timeout(
         fake_api.base_url,
         s3_endpoint,
         tmp_path,
-        SESSION_REDIS_URL="redis://redis-that-does-not-exist:6379/0",
+        SESSION_REDIS_URL="redis://ccd-host:1/0",  # nothing listens there
         SESSION_START_TIMEOUT="3",
     ) as gw:
         client = Api(gw.url, mint_token(gw.jwt_secret, "alice"))

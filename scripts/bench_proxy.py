@@ -1,0 +1,220 @@
+"""The model proxy's cost, measured beside the upstream reached directly (part of bench.py).
+
+- time to the first streamed byte and to the end of a trivial streamed answer, for the same
+  request sent to the upstream directly and through the gateway's proxy (sequential requests
+  from this process; the upstream, the scripted fake API, runs in a process of its own);
+- a full trivial turn of the real CLI (one long-lived `claude -p` on this host, prompt ->
+  result) talking to the upstream directly, and through the proxy with a session's token;
+- the gateway's CPU time per 1,000 streamed events it relays (read from /proc).
+
+Run with bench.py, or alone: .venv/bin/python scripts/bench_proxy.py (it starts its own stack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.claude_cli import claude_binary  # noqa: E402
+from tests.stack import free_port  # noqa: E402
+
+MANY_EVENTS = 1000
+
+# The upstream in a process of its own: trivial answers, and one with many events.
+UPSTREAM = f"""
+import sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from tests.fake_anthropic import FakeAnthropic, slow_text, text
+fake = FakeAnthropic(host=sys.argv[1], port=int(sys.argv[2]))
+fake.on("", text("hi"))
+fake.on("many-events", slow_text(["x"] * {MANY_EVENTS}, 0))
+fake.start()
+print("ready", flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
+def start_upstream(host: str) -> tuple[subprocess.Popen[str], str]:
+    port = free_port(host)
+    process = subprocess.Popen(
+        [sys.executable, "-c", UPSTREAM, host, str(port)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    process.stdout.readline()
+    return process, f"http://{host}:{port}"
+
+
+def body(prompt: str) -> dict[str, Any]:
+    return {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "stream": True,
+        "messages": [{"role": "user", "content": prompt}],
+    }
+
+
+async def timed_requests(base_url: str, key: str, runs: int) -> tuple[list[float], list[float]]:
+    """(first byte, whole answer) in seconds for ``runs`` sequential streamed requests."""
+    first, whole = [], []
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        for i in range(runs + 5):  # the first five warm the connections up
+            start = time.perf_counter()
+            async with http.stream(
+                "POST", "/v1/messages?beta=true", json=body(f"bench {i}"), headers=headers
+            ) as response:
+                assert response.status_code == 200, await response.aread()
+                got_first = None
+                async for _ in response.aiter_raw():
+                    if got_first is None:
+                        got_first = time.perf_counter() - start
+            if i >= 5:
+                first.append(got_first or 0.0)
+                whole.append(time.perf_counter() - start)
+    return first, whole
+
+
+def cli_turns(base_url: str, key_file: Path | None, runs: int) -> list[float]:
+    """Prompt -> result of a trivial turn, ``runs`` times in one long-lived CLI."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": tempfile.mkdtemp(prefix="bench-cli-"),
+        "ANTHROPIC_BASE_URL": base_url,
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CODE_MAX_RETRIES": "0",
+    }
+    argv = [
+        claude_binary(), "-p", "--input-format", "stream-json", "--output-format",
+        "stream-json", "--verbose", "--permission-mode", "bypassPermissions",
+    ]  # fmt: skip
+    if key_file is None:
+        env["ANTHROPIC_API_KEY"] = "bench-direct"
+    else:
+        argv += ["--settings", json.dumps({"apiKeyHelper": f"cat {key_file}"})]
+    process = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert process.stdin is not None and process.stdout is not None
+    durations = []
+    try:
+        for i in range(runs + 2):  # two warm-up turns
+            turn = {
+                "type": "user",
+                "message": {"role": "user", "content": f"bench turn {i}"},
+                "parent_tool_use_id": None,
+                "session_id": "",
+            }
+            start = time.perf_counter()
+            process.stdin.write(json.dumps(turn) + "\n")
+            process.stdin.flush()
+            for line in process.stdout:
+                message = json.loads(line)
+                if message.get("type") == "result":
+                    assert not message.get("is_error"), message
+                    break
+            if i >= 2:
+                durations.append(time.perf_counter() - start)
+    finally:
+        process.kill()
+        process.wait()
+    return durations
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def relay_cpu(gateway_url: str, token: str, pid: int, answers: int) -> float:
+    """Gateway CPU milliseconds per 1,000 streamed events it relays."""
+    headers = {"x-api-key": token, "anthropic-version": "2023-06-01"}
+    events = 0
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=60) as http:
+        before = cpu_seconds(pid)
+        for _ in range(answers):
+            async with http.stream(
+                "POST", "/model/v1/messages", json=body("many-events"), headers=headers
+            ) as response:
+                async for chunk in response.aiter_raw():
+                    events += chunk.count(b"\nevent: ") + chunk.startswith(b"event: ")
+        used = cpu_seconds(pid) - before
+    return used * 1000 / (events / 1000)
+
+
+def p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))] * 1000
+
+
+def line(name: str, direct: list[float], proxied: list[float]) -> str:
+    added50 = p(proxied, 50) - p(direct, 50)
+    added99 = p(proxied, 99) - p(direct, 99)
+    return (
+        f"{name:<40} direct p50 {p(direct, 50):6.2f} p99 {p(direct, 99):6.2f} ms | proxy "
+        f"p50 {p(proxied, 50):6.2f} p99 {p(proxied, 99):6.2f} ms | added p50 {added50:+.2f} "
+        f"p99 {added99:+.2f} ms"
+    )
+
+
+async def run(gateway: Any, api: Any, upstream_url: str, runs: int = 300) -> None:
+    """Print the proxy's figures for a running gateway whose upstream is ``upstream_url``."""
+    session = await api.create()
+    await api.wait_status(session["id"], "ready")
+    token = (await api.http.post(f"/api/v1/sessions/{session['id']}/token")).json()["token"]
+    direct_first, direct_whole = await timed_requests(upstream_url, "bench-direct", runs)
+    proxy_first, proxy_whole = await timed_requests(f"{gateway.url}/model", token, runs)
+    print(f"model proxy, {runs} sequential streamed requests each way:")
+    print(line("  time to first streamed byte", direct_first, proxy_first))
+    print(line("  whole trivial streamed answer", direct_whole, proxy_whole))
+    with tempfile.NamedTemporaryFile("w", suffix=".token", delete=False) as key:
+        key.write(token)
+    turns = max(10, runs // 10)
+    direct_turns = await asyncio.to_thread(cli_turns, upstream_url, None, turns)
+    proxy_turns = await asyncio.to_thread(cli_turns, f"{gateway.url}/model", Path(key.name), turns)
+    os.unlink(key.name)
+    print(line(f"  real CLI trivial turn ({turns} turns)", direct_turns, proxy_turns))
+    assert gateway.process is not None
+    per_thousand = await relay_cpu(gateway.url, token, gateway.process.pid, 20)
+    print(f"  gateway CPU per 1,000 proxied streamed events: {per_thousand:.1f} ms")
+    print(f"  (medians: first byte {statistics.median(proxy_first) * 1000:.2f} ms)")
+    await api.stop(session["id"])
+
+
+async def main() -> None:
+    import docker
+
+    from tests.client import Api, mint_token
+    from tests.stack import run_gateway, start_infra, start_s3
+
+    with start_infra(docker.from_env()) as infra:
+        process, upstream_url = start_upstream(infra.gateway_ip)
+        try:
+            with (
+                tempfile.TemporaryDirectory() as logs,
+                start_s3(Path(logs)) as s3,
+                run_gateway(infra, upstream_url, s3, Path(logs), LOG_LEVEL="WARNING") as gateway,
+            ):
+                api = Api(gateway.url, mint_token(gateway.jwt_secret, "bench"))
+                await run(gateway, api, upstream_url)
+                await api.aclose()
+        finally:
+            process.kill()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,117 @@
+"""The model proxy's pure parts: the operator's credential on the way out, the usage read from
+an answer, and prices."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from gateway.config import Settings
+from gateway.model.meter import StreamMeter, Usage, usage_of_json
+from gateway.model.prices import PriceTable
+from gateway.model.upstream import OAUTH_BETA, NoCredential, Upstream
+
+SECRET = "x" * 40
+INCOMING = {
+    "authorization": "Bearer session-token",
+    "x-api-key": "session-token",
+    "anthropic-version": "2023-06-01",
+    "anthropic-beta": "claude-code-20250219",
+    "content-type": "application/json",
+    "user-agent": "claude-cli/2",
+    "x-stainless-os": "Linux",
+    "cookie": "nope",
+}
+
+
+def upstream(**values: object) -> Upstream:
+    return Upstream(Settings(_env_file=None, jwt_secret=SECRET, **values))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("credential", "expected"),
+    [
+        ({"anthropic_api_key": "sk-op"}, {"x-api-key": "sk-op"}),
+        ({"anthropic_auth_token": "tok-op"}, {"authorization": "Bearer tok-op"}),
+        ({"claude_code_oauth_token": "oauth-op"}, {"authorization": "Bearer oauth-op"}),
+    ],
+)
+def test_the_operators_credential_replaces_the_sessions(
+    credential: dict[str, str], expected: dict[str, str]
+) -> None:
+    headers = upstream(**credential).request_headers(INCOMING)
+    for name, value in expected.items():
+        assert headers[name] == value
+    assert "session-token" not in json.dumps(headers)
+    assert "cookie" not in headers
+    assert headers["anthropic-version"] == "2023-06-01"
+    assert headers["x-stainless-os"] == "Linux"
+    betas = headers["anthropic-beta"].split(",")
+    assert "claude-code-20250219" in betas
+    assert (OAUTH_BETA in betas) == ("claude_code_oauth_token" in credential)
+
+
+def test_no_credential_is_an_error_not_a_silent_anonymous_call() -> None:
+    with pytest.raises(NoCredential):
+        upstream().request_headers(INCOMING)
+
+
+def sse(*events: dict[str, object]) -> bytes:
+    return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
+
+
+def test_the_meter_keeps_the_last_cumulative_counts_across_split_chunks() -> None:
+    body = sse(
+        {
+            "type": "message_start",
+            "message": {
+                "model": "claude-opus-4-1",
+                "usage": {
+                    "input_tokens": 100,
+                    "output_tokens": 1,
+                    "cache_creation_input_tokens": 20,
+                    "cache_read_input_tokens": 30,
+                },
+            },
+        },
+        {"type": "content_block_delta", "delta": {"text": '"message_delta" in text'}},
+        {"type": "message_delta", "usage": {"output_tokens": 40}},
+        {"type": "message_delta", "usage": {"output_tokens": 55}},
+        {"type": "message_stop"},
+    )
+    for size in (1, 7, 64, len(body)):
+        meter = StreamMeter("unknown")
+        for start in range(0, len(body), size):
+            meter.feed(body[start : start + size])
+        assert meter.model == "claude-opus-4-1"
+        assert meter.usage == Usage(100, 55, 20, 30)
+
+
+def test_a_json_answer_reports_its_usage() -> None:
+    answer = json.dumps(
+        {"model": "claude-haiku-4-5", "usage": {"input_tokens": 3, "output_tokens": 4}}
+    )
+    assert usage_of_json(answer.encode(), "x") == ("claude-haiku-4-5", Usage(3, 4, 0, 0))
+    assert usage_of_json(b"not json", "x") == ("x", Usage())
+
+
+def test_prices_by_family_with_overrides_and_a_safe_default() -> None:
+    table = PriceTable(
+        {"claude-sonnet-4": {"input": 2, "output": 10}, "acme-": {"input": 1, "output": 1}}
+    )
+    million = Usage(1_000_000, 1_000_000, 1_000_000, 1_000_000)
+    # 2 + 10 + 2.5 (cache write 1.25x) + 0.2 (cache read 0.1x)
+    assert table.cost("claude-sonnet-4-5-20250929", million) == Decimal("14.7")
+    assert table.cost("claude-opus-4-5", Usage(1_000_000, 0, 0, 0)) == Decimal(5)
+    assert table.cost("claude-opus-4-1", Usage(1_000_000, 0, 0, 0)) == Decimal(15)
+    assert table.cost("acme-7", Usage(0, 1_000_000, 0, 0)) == Decimal(1)
+    # An unknown model is priced as the dearest family: a budget never under-counts.
+    assert table.cost("mystery-model", Usage(0, 1_000_000, 0, 0)) == Decimal(75)
+
+
+def test_prices_come_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_PRICES", '{"new-model": {"input": 9, "output": 99}}')
+    settings = Settings(_env_file=None, jwt_secret=SECRET)  # type: ignore[call-arg]
+    assert PriceTable(settings.model_prices).price("new-model-1").output == Decimal(99)
