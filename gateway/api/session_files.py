@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from gateway.api.workspaces import OCTAL_MODE
 from gateway.db.models import ACTIVE_STATUSES, SessionRow
 from gateway.deps import OwnedSession, ServicesDep
+from gateway.error_codes import ErrorCode
 from gateway.errors import Conflict, SessionNotRunning
 from gateway.schemas import ErrorResponse, FileEntry, FileList, SaveOut
 from gateway.services.session_files import LiveEntry
@@ -57,11 +58,13 @@ async def snapshot(session: OwnedSession, services: ServicesDep) -> SaveOut:
     if session.workspace_mode != MODE_RW:
         raise Conflict(
             f"session {session.id} has a read-only copy of its workspace; it is never saved",
-            code="workspace_read_only",
+            code=ErrorCode.WORKSPACE_READ_ONLY,
         )
     stats = await services.workspaces.save(session, "request")
     if stats is None:
-        raise Conflict(f"session {session.id} has no workspace to save", code="no_workspace")
+        raise Conflict(
+            f"session {session.id} has no workspace to save", code=ErrorCode.NO_WORKSPACE
+        )
     return SaveOut(**vars(stats))
 
 

@@ -12,6 +12,7 @@ from sse_starlette import EventSourceResponse
 
 from gateway.db.models import SessionStatus
 from gateway.deps import CurrentPrincipal, CurrentUser, OwnedSession, ServicesDep
+from gateway.error_codes import ErrorCode
 from gateway.errors import Conflict, GatewayError, InvalidRequest, SessionTokenNotAllowed
 from gateway.schemas import (
     ChatAccepted,
@@ -110,7 +111,7 @@ async def create_session(
     key = idempotency.parse(idempotency_key, idempotency.CREATE_SCOPE, body)
     if body.workspace.type == "inherit":
         raise InvalidRequest(
-            'workspace "inherit" is only for spawned sessions', code="invalid_workspace"
+            'workspace "inherit" is only for spawned sessions', code=ErrorCode.INVALID_WORKSPACE
         )
     result = await services.sessions.create(
         principal.owner, body.config, body.prompt, body.workspace.choice(), idempotency=key
@@ -221,7 +222,7 @@ async def wait_for_session(
     """Wait until the session runs no turn (or has ended); answers its status and the result
     of its last finished turn. A session cannot wait for itself (409 ``wait_on_self``)."""
     if principal.session_id == session.id:
-        raise Conflict("a session cannot wait for its own turn to end", code="wait_on_self")
+        raise Conflict("a session cannot wait for its own turn to end", code=ErrorCode.WAIT_ON_SELF)
     row, turn = await services.turns.wait_idle(session.id, body.timeout)
     return WaitResponse(
         session=SessionOut.of(row),

@@ -34,6 +34,7 @@ from gateway.db.models import (
     SessionStatus,
     TurnRow,
 )
+from gateway.error_codes import ErrorCode
 from gateway.errors import (
     Conflict,
     GatewayError,
@@ -119,7 +120,7 @@ class SessionService:
         if status not in ACTIVE_STATUSES:
             raise Unauthorized(
                 f"session {session_id} is {status or 'gone'}: its token is no longer valid",
-                code="token_revoked",
+                code=ErrorCode.TOKEN_REVOKED,
             )
 
     async def list(
@@ -279,13 +280,13 @@ class SessionService:
             raise Conflict(
                 f"session {session_id} is {row.status}; only a stopped or failed session "
                 "can be resumed",
-                code="session_not_resumable",
+                code=ErrorCode.SESSION_NOT_RESUMABLE,
             )
         if row.workspace_dirty and not await self._terminator.retry_unsaved(row):
             raise Unavailable(
                 f"the files of session {session_id} could not be saved yet from its last "
                 "container; try again when the store is reachable",
-                code="workspace_unsaved",
+                code=ErrorCode.WORKSPACE_UNSAVED,
             )
         async with self._db() as db, db.begin():
             await limits.lock_owner(db, row.owner)
@@ -316,7 +317,7 @@ class SessionService:
                 last_activity_at=func.now(),
             )
             if again is None:
-                raise Conflict(f"session {session_id} changed meanwhile", code="conflict")
+                raise Conflict(f"session {session_id} changed meanwhile", code=ErrorCode.CONFLICT)
         await self._hub.track(str(session_id))
         await self._bus.publish(
             str(session_id), GatewayEvent.STATUS, status=SessionStatus.STARTING, reason="resumed"
@@ -338,7 +339,9 @@ class SessionService:
         except RedisError as exc:
             reason = f"could not create the session's Redis user: {exc}"
             await self._terminator.fail(row.id, reason)
-            raise Unavailable(reason, code="events_unavailable", session_id=str(row.id)) from exc
+            raise Unavailable(
+                reason, code=ErrorCode.EVENTS_UNAVAILABLE, session_id=str(row.id)
+            ) from exc
         spec = build_container_spec(self._settings, row, token.token, redis_url)
         try:
             state = await self._runtime.create(spec)
@@ -373,7 +376,8 @@ class SessionService:
             if isinstance(exc, GatewayError):
                 raise
             if isinstance(exc, StoreError):  # the stored workspace is left as it was
-                raise Unavailable(reason, code=exc.code, session_id=str(row.id)) from exc
+                code = exc.code if exc.code.status >= 500 else ErrorCode.STORE_ERROR
+                raise GatewayError(reason, code=code, session_id=str(row.id)) from exc
             raise RuntimeUnavailable(reason, session_id=str(row.id)) from exc
         self._background.spawn(self._watch_start(row.id), name=f"start-watch-{row.id}")
         return updated
@@ -422,5 +426,5 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return datetime.fromisoformat(created_at), uuid.UUID(session_id)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidRequest(
-            "cursor is not a cursor this API returned", code="invalid_cursor"
+            "cursor is not a cursor this API returned", code=ErrorCode.INVALID_CURSOR
         ) from None
