@@ -15,9 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
+from starlette.routing import Match
 
 from gateway.db.outage import database_unavailable
 from gateway.error_codes import ErrorCode
@@ -273,7 +272,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return JSONResponse(error_body(code, str(exc.detail)), status_code=code.status)
         if exc.status_code == 405:
             code = ErrorCode.METHOD_NOT_ALLOWED
-            allow = ", ".join(allowed_methods(request.app, request.url.path))
+            allow = ", ".join(allowed_methods(request))
             body = error_body(code, f"{request.method} is not allowed here; use {allow}")
             return JSONResponse(body, status_code=code.status, headers={"Allow": allow})
         if exc.status_code == 400:
@@ -290,14 +289,20 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(code, "internal server error"), status_code=code.status)
 
 
-def allowed_methods(app: Starlette, path: str) -> list[str]:
-    """Every method some route serves at ``path`` (FastAPI makes a route per method, so the
-    router's own 405 names only the first route's)."""
-    methods: set[str] = set()
-    for route in app.router.routes:
-        if isinstance(route, Route) and route.methods and route.path_regex.match(path):
-            methods |= route.methods
-    return sorted(methods)
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path: the router's own 405 names only
+    the methods of the first route that matched the path, and FastAPI makes one per method."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    ]
 
 
 def _jsonable_errors(exc: RequestValidationError) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from gateway.errors import GatewayError, InvalidRequest, SessionNotFound, error_
 from gateway.events.bus import is_stream_id
 from gateway.schemas import MAX_PROMPT_CHARS
 from wrapper.aio import cancel_and_wait
-from wrapper.protocol import Source
+from wrapper.protocol import NO_NUL, Source
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ LIVE_ONLY = "$"
 class PromptMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["prompt"]
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=NO_NUL)
 
 
 class InterruptMessage(BaseModel):

@@ -12,13 +12,10 @@ stream, so clients see the same history the database records.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -26,6 +23,7 @@ from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
+from gateway.cursors import decode_session_cursor, encode_session_cursor
 from gateway.db import queries
 from gateway.db.models import (
     ACTIVE_STATUSES,
@@ -39,7 +37,6 @@ from gateway.errors import (
     Conflict,
     GatewayError,
     ImageNotFound,
-    InvalidRequest,
     RuntimeUnavailable,
     SessionNotFound,
     SessionNotRunning,
@@ -130,15 +127,16 @@ class SessionService:
         statement = select(SessionRow).where(SessionRow.owner == owner)
         if status is not None:
             statement = statement.where(SessionRow.status == status)
-        if cursor:
-            created_at, last_id = _decode_cursor(cursor)
+        if cursor is not None:
+            created_at, last_id = decode_session_cursor(cursor)
             statement = statement.where(
                 tuple_(SessionRow.created_at, SessionRow.id) < tuple_(created_at, last_id)
             )
         statement = statement.order_by(SessionRow.created_at.desc(), SessionRow.id.desc())
         async with self._db() as db:
             rows = list((await db.scalars(statement.limit(limit + 1))).all())
-        next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+        last = rows[limit - 1] if len(rows) > limit else None
+        next_cursor = encode_session_cursor(last.created_at, last.id) if last else None
         return rows[:limit], next_cursor
 
     async def turns(self, session_id: uuid.UUID) -> Sequence[TurnRow]:
@@ -412,19 +410,3 @@ class SessionService:
             row.event_cursor = cursor
             status = row.status
         await self._bus.publish(str(session_id), GatewayEvent.STATUS, status=status)
-
-
-def _encode_cursor(row: SessionRow) -> str:
-    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created_at, _, session_id = raw.partition("|")
-        return datetime.fromisoformat(created_at), uuid.UUID(session_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidRequest(
-            "cursor is not a cursor this API returned", code=ErrorCode.INVALID_CURSOR
-        ) from None
