@@ -149,7 +149,7 @@ class ErrorCode(StrEnum):
     INVALID_WORKSPACE = (
         "invalid_workspace",
         422,
-        "The workspace cannot be used so (`inherit` for a root session, a session's own by name).",
+        "`inherit` for a root, a session's own by name (the body's schema refuses both first).",
     )
     UNSAFE_PATH = (
         "unsafe_path",
