@@ -69,7 +69,8 @@ async def authenticate(
 
 async def current_principal(
     services: ServicesDep,
-    authorization: Annotated[str | None, Header()] = None,
+    # Declared as the schema's bearer scheme (gateway/api/openapi.py), not as a parameter.
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
     return await authenticate(services, authorization)
 

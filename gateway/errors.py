@@ -9,35 +9,38 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from gateway.db.outage import database_unavailable
+from gateway.error_codes import ErrorCode
 from gateway.runtime.base import RuntimeFailure
-from gateway.store.objects import ObjectMissing, StoreError, StoreUnavailable
-from gateway.workspaces.manifest import WorkspaceError, WorkspaceTooLarge
+from gateway.store.objects import StoreError
+from gateway.workspaces.manifest import WorkspaceError
 
 log = logging.getLogger(__name__)
 
 
 class GatewayError(Exception):
-    """An expected failure with a stable machine-readable ``code`` and an HTTP status.
-    ``headers`` go on the response (``Retry-After``, ...); a 401 always says
-    ``WWW-Authenticate: Bearer``."""
+    """An expected failure with a stable machine-readable ``code`` (an ``ErrorCode``), whose
+    status is the response's. ``headers`` go on the response (``Retry-After``, ...); a 401
+    always says ``WWW-Authenticate: Bearer``. A category (``Conflict``, ...) takes only codes
+    of its ``family`` status: a mismatch is a bug, refused where the error is made."""
 
-    status = 500
-    code = "internal_error"
+    code: ErrorCode = ErrorCode.INTERNAL_ERROR
+    family: ClassVar[int | None] = None
 
     def __init__(
         self,
         message: str,
         *,
-        code: str | None = None,
+        code: ErrorCode | None = None,
         headers: Mapping[str, str] | None = None,
         **details: Any,
     ) -> None:
@@ -45,8 +48,17 @@ class GatewayError(Exception):
         self.message = message
         if code is not None:
             self.code = code
+        if self.family is not None and self.code.status != self.family:
+            raise TypeError(
+                f"{type(self).__name__} takes {self.family} codes, not {self.code} "
+                f"({self.code.status})"
+            )
         self.headers = dict(headers or {})
         self.details = details
+
+    @property
+    def status(self) -> int:
+        return self.code.status
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, **self.details}}
@@ -63,54 +75,54 @@ def error_response(exc: GatewayError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.response_headers())
 
 
+def error_body(code: ErrorCode, message: str, **details: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **details}}
+
+
+# Categories: each takes the codes of one status (``code=`` says which, unless a subclass
+# fixes it).
+
+
 class Unauthorized(GatewayError):
-    status = 401
-    code = "unauthorized"
+    family = 401
 
 
 class Forbidden(GatewayError):
-    status = 403
-    code = "forbidden"
+    family = 403
 
 
 class NotFound(GatewayError):
-    status = 404
-    code = "not_found"
+    family = 404
 
 
 class Conflict(GatewayError):
-    status = 409
-    code = "conflict"
+    family = 409
 
 
 class InvalidRequest(GatewayError):
-    status = 422
-    code = "invalid_request"
+    family = 422
 
 
 class GatewayTimeout(GatewayError):
-    status = 504
-    code = "timeout"
+    family = 504
 
 
 class Unavailable(GatewayError):
-    status = 503
-    code = "unavailable"
+    family = 503
 
 
 class RequestTooLarge(GatewayError):
-    status = 413
-    code = "request_too_large"
+    family = 413
+    code = ErrorCode.REQUEST_TOO_LARGE
 
 
 class TooManyRequests(GatewayError):
     """Refused for now; a retry after ``retry_after`` seconds may pass (``Retry-After``)."""
 
-    status = 429
-    code = "too_many_requests"
+    family = 429
 
     def __init__(
-        self, message: str, *, retry_after: int, code: str | None = None, **details: Any
+        self, message: str, *, retry_after: int, code: ErrorCode | None = None, **details: Any
     ) -> None:
         retry_after = max(1, retry_after)
         super().__init__(
@@ -123,7 +135,7 @@ class TooManyRequests(GatewayError):
 
 
 class RateLimited(TooManyRequests):
-    code = "rate_limited"
+    code = ErrorCode.RATE_LIMITED
 
 
 class CapacityReached(TooManyRequests):
@@ -132,18 +144,18 @@ class CapacityReached(TooManyRequests):
 
 
 class SessionNotFound(NotFound):
-    code = "session_not_found"
+    code = ErrorCode.SESSION_NOT_FOUND
 
     def __init__(self, session_id: object) -> None:
         super().__init__(f"session {session_id} not found")
 
 
 class SessionBusy(Conflict):
-    code = "session_busy"
+    code = ErrorCode.SESSION_BUSY
 
 
 class SessionNotRunning(Conflict):
-    code = "session_not_running"
+    code = ErrorCode.SESSION_NOT_RUNNING
 
 
 class LimitExceeded(Forbidden):
@@ -151,36 +163,35 @@ class LimitExceeded(Forbidden):
 
 
 class SessionTokenNotAllowed(Forbidden):
-    code = "session_token_not_allowed"
+    code = ErrorCode.SESSION_TOKEN_NOT_ALLOWED
 
 
 class WaitTimeout(GatewayTimeout):
-    code = "wait_timeout"
+    code = ErrorCode.WAIT_TIMEOUT
 
 
 class NoRunningTurn(Conflict):
-    code = "no_running_turn"
+    code = ErrorCode.NO_RUNNING_TURN
 
 
 class TurnFailed(GatewayError):
-    status = 502
-    code = "turn_failed"
+    code = ErrorCode.TURN_FAILED
 
 
 class TurnTimeout(GatewayTimeout):
-    code = "turn_timeout"
+    code = ErrorCode.TURN_TIMEOUT
 
 
 class RuntimeUnavailable(Unavailable):
-    code = "runtime_unavailable"
+    code = ErrorCode.RUNTIME_UNAVAILABLE
 
 
 class ImageNotFound(Unavailable):
-    code = "image_not_found"
+    code = ErrorCode.IMAGE_NOT_FOUND
 
 
 class DatabaseUnavailable(Unavailable):
-    code = "database_unavailable"
+    code = ErrorCode.DATABASE_UNAVAILABLE
 
 
 # Seconds a client is asked to wait when PostgreSQL cannot be reached (a restart takes a few).
@@ -211,27 +222,21 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RuntimeFailure)
     async def _runtime_failure(request: Request, exc: RuntimeFailure) -> JSONResponse:
         log.warning("%s %s -> container runtime failed: %s", request.method, request.url.path, exc)
-        error = RuntimeUnavailable(f"the container runtime failed: {exc}")
-        return JSONResponse(error.body(), status_code=error.status)
+        return error_response(RuntimeUnavailable(f"the container runtime failed: {exc}"))
 
     @app.exception_handler(WorkspaceError)
     async def _workspace_error(request: Request, exc: WorkspaceError) -> JSONResponse:
-        status = 413 if isinstance(exc, WorkspaceTooLarge) else 422
+        status = exc.code.status
         log.info(
             "%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code, exc.message
         )
-        body = {"error": {"code": exc.code, "message": exc.message}}
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(error_body(exc.code, exc.message), status_code=status)
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
-        status = (
-            404
-            if isinstance(exc, ObjectMissing)
-            else (503 if isinstance(exc, StoreUnavailable) else 502)
-        )
+        status = exc.code.status
         log.warning("%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code, exc)
-        body = {"error": {"code": exc.code, "message": f"object storage: {exc}"}}
+        body = error_body(exc.code, f"object storage: {exc}")
         return JSONResponse(body, status_code=status)
 
     # OSError too: asyncpg lets a refused connection out unwrapped when the pool connects.
@@ -252,28 +257,52 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        body = {
-            "error": {
-                "code": "validation_error",
-                "message": _validation_message(exc),
-                "details": _jsonable_errors(exc),
-            }
-        }
-        return JSONResponse(body, status_code=422)
+        body = error_body(
+            ErrorCode.VALIDATION_ERROR, _validation_message(exc), details=_jsonable_errors(exc)
+        )
+        return JSONResponse(body, status_code=ErrorCode.VALIDATION_ERROR.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        body = {
-            "error": {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)}
-        }
-        return JSONResponse(body, status_code=exc.status_code)
+        """What the framework itself refuses: no route (404), a method the path has not (405,
+        with ``Allow``), a body FastAPI could not decode (its 400, answered as the 422 every
+        other malformed body gets)."""
+        if exc.status_code == 404:
+            code = ErrorCode.NOT_FOUND
+            return JSONResponse(error_body(code, str(exc.detail)), status_code=code.status)
+        if exc.status_code == 405:
+            code = ErrorCode.METHOD_NOT_ALLOWED
+            allow = ", ".join(allowed_methods(request))
+            body = error_body(code, f"{request.method} is not allowed here; use {allow}")
+            return JSONResponse(body, status_code=code.status, headers={"Allow": allow})
+        if exc.status_code == 400:
+            code = ErrorCode.VALIDATION_ERROR
+            details = [{"loc": ["body"], "msg": str(exc.detail), "type": "json_invalid"}]
+            body = error_body(code, f"body: {exc.detail}", details=details)
+            return JSONResponse(body, status_code=code.status)
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        body = {"error": {"code": "internal_error", "message": "internal server error"}}
-        return JSONResponse(body, status_code=500)
+        code = ErrorCode.INTERNAL_ERROR
+        return JSONResponse(error_body(code, "internal server error"), status_code=code.status)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path: the router's own 405 names only
+    the methods of the first route that matched the path, and FastAPI makes one per method."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    ]
 
 
 def _jsonable_errors(exc: RequestValidationError) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from gateway.config import Settings
+from gateway.error_codes import ErrorCode
 from gateway.errors import GatewayError, RateLimited, RequestTooLarge, error_response
 from gateway.security import Principal, verify_credentials
 
@@ -105,7 +106,7 @@ class RequestGuard:
             if declared is not None and declared > maximum:
                 raise RequestTooLarge(
                     f"the file is {declared} bytes; WORKSPACE_MAX_BYTES is {maximum}",
-                    code="workspace_too_large",
+                    code=ErrorCode.WORKSPACE_TOO_LARGE,
                     limit=maximum,
                 )
             return None  # counted by the upload itself

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.db.models import (
     SessionRow,
@@ -18,7 +18,7 @@ from gateway.db.models import (
 )
 from gateway.services.trees import TreeNode
 from gateway.services.workspaces import MODE_RO, WorkspaceChoice
-from wrapper.protocol import SessionConfig
+from wrapper.protocol import NO_NUL, SessionConfig
 
 MAX_PROMPT_CHARS = 1_000_000
 
@@ -31,59 +31,93 @@ WORKSPACE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 RESERVED_WORKSPACE_PREFIX = "session-"  # sessions' own workspaces are named session-<id>
 
 
-class WorkspaceSpec(_Strict):
-    """``ephemeral``: the session's own files, kept until it is deleted; ``persistent``: a named
-    workspace of the caller's, created on first use and outliving sessions; ``inherit`` (spawn
-    only): the session's own, starting as a copy of the parent's current files."""
+class _OwnWorkspace(_Strict):
+    # `id` and `read_only` are only for persistent workspaces; their empty values are taken
+    # here too (as they always were), and keep a request's idempotency hash as it was.
+    id: None = Field(default=None, description="Only for persistent workspaces.")
+    read_only: Literal[False] = Field(default=False, description="Only for persistent ones.")
 
-    type: Literal["ephemeral", "persistent", "inherit"] = "ephemeral"
-    id: str | None = Field(
-        default=None, pattern=WORKSPACE_NAME, description="The persistent workspace's name."
+
+class EphemeralWorkspace(_OwnWorkspace):
+    """The session's own files (the default), kept until the session is deleted."""
+
+    type: Literal["ephemeral"] = "ephemeral"
+
+    def choice(self) -> WorkspaceChoice:
+        return WorkspaceChoice(type="ephemeral")
+
+
+class PersistentWorkspace(_Strict):
+    """A named workspace of the caller's, created on first use and outliving sessions."""
+
+    type: Literal["persistent"]
+    id: str = Field(
+        pattern=WORKSPACE_NAME,
+        description="The workspace's name (names starting "
+        f'"{RESERVED_WORKSPACE_PREFIX}" are sessions\' own).',
+        # The schema says both rules in one pattern; pydantic's regex engine has no lookahead,
+        # so the validator below checks the prefix.
+        json_schema_extra={"pattern": f"^(?!{RESERVED_WORKSPACE_PREFIX}){WORKSPACE_NAME[1:]}"},
     )
     read_only: bool = Field(
         default=False,
-        description="persistent only: a copy that is never saved back (may run beside a "
-        "session that writes the workspace).",
+        description="A copy that is never saved back (may run beside a session that writes the "
+        "workspace).",
     )
 
-    @model_validator(mode="after")
-    def _consistent(self) -> WorkspaceSpec:
-        if self.type == "persistent" and not self.id:
-            raise ValueError('a persistent workspace needs an "id"')
-        if self.id is not None and self.id.startswith(RESERVED_WORKSPACE_PREFIX):
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.startswith(RESERVED_WORKSPACE_PREFIX):
             raise ValueError(f'workspace ids starting "{RESERVED_WORKSPACE_PREFIX}" are reserved')
-        if self.type != "persistent" and (self.id is not None or self.read_only):
-            raise ValueError('"id" and "read_only" are only for persistent workspaces')
-        return self
+        return value
 
     def choice(self) -> WorkspaceChoice:
-        return WorkspaceChoice(type=self.type, name=self.id, read_only=self.read_only)
+        return WorkspaceChoice(type="persistent", name=self.id, read_only=self.read_only)
+
+
+class InheritWorkspace(_OwnWorkspace):
+    """Spawn only: the child's own, starting as a copy of the parent's current files."""
+
+    type: Literal["inherit"]
+
+    def choice(self) -> WorkspaceChoice:
+        return WorkspaceChoice(type="inherit")
+
+
+# Not a discriminated union: ``{}`` (no ``type``) means ephemeral.
+RootWorkspace = EphemeralWorkspace | PersistentWorkspace
+ChildWorkspace = EphemeralWorkspace | PersistentWorkspace | InheritWorkspace
 
 
 class CreateSessionRequest(_Strict):
     config: SessionConfig = Field(default_factory=SessionConfig)
-    workspace: WorkspaceSpec = Field(default_factory=WorkspaceSpec)
+    workspace: RootWorkspace = Field(default_factory=EphemeralWorkspace)
     prompt: str | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_PROMPT_CHARS,
+        pattern=NO_NUL,
         description="Optional first turn, queued until the CLI is ready.",
     )
 
 
 class SpawnRequest(_Strict):
     prompt: str = Field(
-        min_length=1, max_length=MAX_PROMPT_CHARS, description="The child's first turn."
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        pattern=NO_NUL,
+        description="The child's first turn.",
     )
     config: SessionConfig = Field(
         default_factory=SessionConfig,
         description="Overrides of the parent's config; unset fields are inherited.",
     )
-    workspace: WorkspaceSpec = Field(default_factory=WorkspaceSpec)
+    workspace: ChildWorkspace = Field(default_factory=EphemeralWorkspace)
 
 
 class ChatRequest(_Strict):
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=NO_NUL)
     stream: bool = Field(
         default=False, description="Answer text/event-stream, one event per line of the turn."
     )

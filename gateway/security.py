@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import jwt
 
 from gateway.config import Settings
+from gateway.error_codes import ErrorCode
 from gateway.errors import Unauthorized
 
 SESSION_AUDIENCE = "cc-docker:session"
@@ -95,7 +96,7 @@ def authenticate_token(settings: Settings, token: str) -> Principal:
     try:
         unverified = jwt.decode(token, options={"verify_signature": False})
     except jwt.InvalidTokenError as exc:
-        raise Unauthorized(f"invalid token: {exc}", code="invalid_token") from None
+        raise Unauthorized(f"invalid token: {exc}", code=ErrorCode.INVALID_TOKEN) from None
     if unverified.get("aud") == SESSION_AUDIENCE:
         return _verify_session_token(settings, token)
     return _verify_user_token(settings, token)
@@ -124,7 +125,7 @@ def _verify_session_token(settings: Settings, token: str) -> Principal:
         session_id = uuid.UUID(str(claims["sid"]))
         root_id = uuid.UUID(str(claims.get("root") or session_id))
     except ValueError:
-        raise Unauthorized("invalid token: bad session id", code="invalid_token") from None
+        raise Unauthorized("invalid token: bad session id", code=ErrorCode.INVALID_TOKEN) from None
     return Principal(
         owner=_subject(claims),
         session_id=session_id,
@@ -145,16 +146,16 @@ def _decode(
             options={"require": required, "verify_aud": audience is not None},
         )
     except jwt.ExpiredSignatureError:
-        raise Unauthorized("token expired", code="token_expired") from None
+        raise Unauthorized("token expired", code=ErrorCode.TOKEN_EXPIRED) from None
     except jwt.InvalidTokenError as exc:
-        raise Unauthorized(f"invalid token: {exc}", code="invalid_token") from None
+        raise Unauthorized(f"invalid token: {exc}", code=ErrorCode.INVALID_TOKEN) from None
     return claims
 
 
 def _subject(claims: dict[str, object]) -> str:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject or len(subject) > _MAX_SUBJECT_LENGTH:
-        raise Unauthorized("token subject must be a non-empty string", code="invalid_token")
+        raise Unauthorized("token subject must be a non-empty string", code=ErrorCode.INVALID_TOKEN)
     return subject
 
 
@@ -166,7 +167,7 @@ def verify_credentials(
     not check that a session token's session still runs: that needs the database."""
     token = bearer_token(authorization) or query_token
     if not token:
-        raise Unauthorized("missing bearer token", code="missing_token")
+        raise Unauthorized("missing bearer token", code=ErrorCode.MISSING_TOKEN)
     return authenticate_token(settings, token)
 
 

@@ -18,7 +18,7 @@ import json
 import os
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -159,6 +159,10 @@ def gateway_event(
 
 
 PermissionMode = Literal["default", "acceptEdits", "bypassPermissions", "plan", "dontAsk"]
+# Text a session is given never holds NUL: PostgreSQL's text and jsonb cannot store it, and a
+# process's arguments and environment cannot carry it.
+NO_NUL = r"^[^\x00]*$"
+ToolName = Annotated[str, Field(pattern=NO_NUL)]
 
 
 class Budget(BaseModel):
@@ -190,25 +194,35 @@ class SessionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(
-        default=None, min_length=1, max_length=200, description="Model name passed to --model."
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=NO_NUL,
+        description="Model name passed to --model.",
     )
     permission_mode: PermissionMode | None = Field(
         default=None, description="--permission-mode; default SESSION_PERMISSION_MODE."
     )
-    allowed_tools: list[str] | None = Field(
+    allowed_tools: list[ToolName] | None = Field(
         default=None, max_length=200, description="--allowedTools, e.g. ['Bash', 'Read']."
     )
-    disallowed_tools: list[str] | None = Field(
+    disallowed_tools: list[ToolName] | None = Field(
         default=None, max_length=200, description="--disallowedTools."
     )
     max_turns: int | None = Field(
         default=None, ge=1, le=1000, description="--max-turns: model round trips per chat turn."
     )
     system_prompt: str | None = Field(
-        default=None, max_length=100_000, description="Replaces the CLI's system prompt."
+        default=None,
+        max_length=100_000,
+        pattern=NO_NUL,
+        description="Replaces the CLI's system prompt.",
     )
     append_system_prompt: str | None = Field(
-        default=None, max_length=100_000, description="Appended to the CLI's system prompt."
+        default=None,
+        max_length=100_000,
+        pattern=NO_NUL,
+        description="Appended to the CLI's system prompt.",
     )
     timeout: int | None = Field(
         default=None,

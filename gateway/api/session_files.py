@@ -7,9 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from gateway.api.workspaces import OCTAL_MODE
+from gateway.api.params import FilePath, PathPrefix
+from gateway.api.workspaces import OCTAL_MODE, UPLOAD_BODY
 from gateway.db.models import ACTIVE_STATUSES, SessionRow
 from gateway.deps import OwnedSession, ServicesDep
+from gateway.error_codes import ErrorCode
 from gateway.errors import Conflict, SessionNotRunning
 from gateway.schemas import ErrorResponse, FileEntry, FileList, SaveOut
 from gateway.services.session_files import LiveEntry
@@ -57,19 +59,21 @@ async def snapshot(session: OwnedSession, services: ServicesDep) -> SaveOut:
     if session.workspace_mode != MODE_RW:
         raise Conflict(
             f"session {session.id} has a read-only copy of its workspace; it is never saved",
-            code="workspace_read_only",
+            code=ErrorCode.WORKSPACE_READ_ONLY,
         )
     stats = await services.workspaces.save(session, "request")
     if stats is None:
-        raise Conflict(f"session {session.id} has no workspace to save", code="no_workspace")
+        raise Conflict(
+            f"session {session.id} has no workspace to save", code=ErrorCode.NO_WORKSPACE
+        )
     return SaveOut(**vars(stats))
 
 
 @router.get("/{session_id}/files", response_model=FileList)
 async def list_live_files(
+    prefix: PathPrefix,
     session: OwnedSession,
     services: ServicesDep,
-    prefix: Annotated[str, Query(max_length=1024)] = "",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> FileList:
     """Entries below ``prefix`` in the running container's workspace."""
@@ -78,11 +82,11 @@ async def list_live_files(
 
 
 @router.get(
-    "/{session_id}/files/{path:path}",
+    "/{session_id}/files/{path:anypath}",
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 async def download_live_file(
-    session: OwnedSession, path: str, services: ServicesDep
+    path: FilePath, session: OwnedSession, services: ServicesDep
 ) -> StreamingResponse:
     """A file of the running container, streamed."""
     size, chunks = await services.live_files.download(_container(session), path)
@@ -92,14 +96,15 @@ async def download_live_file(
 
 
 @router.put(
-    "/{session_id}/files/{path:path}",
+    "/{session_id}/files/{path:anypath}",
     response_model=FileEntry,
     status_code=status.HTTP_201_CREATED,
     responses={413: {"model": ErrorResponse}},
+    openapi_extra=UPLOAD_BODY,
 )
 async def upload_live_file(
+    path: FilePath,
     session: OwnedSession,
-    path: str,
     request: Request,
     services: ServicesDep,
     mode: Annotated[str, Query(pattern=OCTAL_MODE)] = "0644",
@@ -111,8 +116,10 @@ async def upload_live_file(
     return _entry(entry)
 
 
-@router.delete("/{session_id}/files/{path:path}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_live_file(session: OwnedSession, path: str, services: ServicesDep) -> Response:
+@router.delete("/{session_id}/files/{path:anypath}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_live_file(
+    path: FilePath, session: OwnedSession, services: ServicesDep
+) -> Response:
     """Delete a file, a link (not its target) or a directory tree in the running container."""
     await services.live_files.remove(_container(session), path)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -10,9 +10,11 @@ from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
+from gateway.cursors import SESSION_CURSOR_PATTERN
 from gateway.db.models import SessionStatus
 from gateway.deps import CurrentPrincipal, CurrentUser, OwnedSession, ServicesDep
-from gateway.errors import Conflict, GatewayError, InvalidRequest, SessionTokenNotAllowed
+from gateway.error_codes import ErrorCode
+from gateway.errors import Conflict, GatewayError, SessionTokenNotAllowed
 from gateway.schemas import (
     ChatAccepted,
     ChatRequest,
@@ -108,10 +110,6 @@ async def create_session(
     """Start a session in its own container. It is ``starting`` until the CLI is ready; a
     ``prompt`` given here (or sent by chat meanwhile) runs as soon as it is."""
     key = idempotency.parse(idempotency_key, idempotency.CREATE_SCOPE, body)
-    if body.workspace.type == "inherit":
-        raise InvalidRequest(
-            'workspace "inherit" is only for spawned sessions', code="invalid_workspace"
-        )
     result = await services.sessions.create(
         principal.owner, body.config, body.prompt, body.workspace.choice(), idempotency=key
     )
@@ -123,7 +121,13 @@ async def list_sessions(
     principal: CurrentUser,
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            description="The `next_cursor` of the previous page.",
+            json_schema_extra={"pattern": SESSION_CURSOR_PATTERN},
+        ),
+    ] = None,
     status_filter: Annotated[SessionStatus | None, Query(alias="status")] = None,
 ) -> SessionList:
     """The caller's sessions, newest first."""
@@ -221,7 +225,7 @@ async def wait_for_session(
     """Wait until the session runs no turn (or has ended); answers its status and the result
     of its last finished turn. A session cannot wait for itself (409 ``wait_on_self``)."""
     if principal.session_id == session.id:
-        raise Conflict("a session cannot wait for its own turn to end", code="wait_on_self")
+        raise Conflict("a session cannot wait for its own turn to end", code=ErrorCode.WAIT_ON_SELF)
     row, turn = await services.turns.wait_idle(session.id, body.timeout)
     return WaitResponse(
         session=SessionOut.of(row),

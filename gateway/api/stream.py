@@ -15,11 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from gateway.db.models import ACTIVE_STATUSES, SessionRow
 from gateway.deps import Services, authenticate, may_access
+from gateway.error_codes import ErrorCode
 from gateway.errors import GatewayError, InvalidRequest, SessionNotFound, error_response
 from gateway.events.bus import is_stream_id
 from gateway.schemas import MAX_PROMPT_CHARS
 from wrapper.aio import cancel_and_wait
-from wrapper.protocol import Source
+from wrapper.protocol import NO_NUL, Source
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ LIVE_ONLY = "$"
 class PromptMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["prompt"]
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=NO_NUL)
 
 
 class InterruptMessage(BaseModel):
@@ -79,7 +80,7 @@ async def _authorize(websocket: WebSocket, services: Services, session_id: str) 
         parsed = uuid.UUID(session_id)
     except ValueError:
         raise InvalidRequest(
-            f"{session_id!r} is not a session id", code="invalid_session_id"
+            f"{session_id!r} is not a session id", code=ErrorCode.INVALID_SESSION_ID
         ) from None
     session = await services.sessions.get(parsed)
     if not may_access(principal, session):
@@ -94,7 +95,7 @@ def _parse_after(value: str | None) -> str | None:
     if value == LIVE_ONLY:
         return None
     if not is_stream_id(value):
-        raise InvalidRequest(f"after={value!r} is not a cursor", code="invalid_cursor")
+        raise InvalidRequest(f"after={value!r} is not a cursor", code=ErrorCode.INVALID_CURSOR)
     return value
 
 
@@ -145,7 +146,7 @@ async def _receive_commands(websocket: WebSocket, services: Services, session: S
                 sid,
                 {
                     "type": "error",
-                    "code": "invalid_message",
+                    "code": ErrorCode.INVALID_MESSAGE,
                     "message": 'expected {"type": "prompt", "prompt": "..."} or '
                     f'{{"type": "interrupt"}}: {exc.errors()[0].get("msg", "invalid")}',
                 },

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from gateway.db.models import TreeUsageRow
 from gateway.deps import CurrentUser, OwnedSession, ServicesDep
+from gateway.error_codes import ErrorCode
 from gateway.errors import InvalidRequest
 from gateway.model.meter import USAGE_FIELDS
 from gateway.model.usage import Totals
@@ -86,7 +87,7 @@ async def owner_usage(
 ) -> OwnerUsage:
     """The caller's model usage (sessions deleted since included), per model."""
     if since is not None and until is not None and since >= until:
-        raise InvalidRequest("since must be before until", code="invalid_range")
+        raise InvalidRequest("since must be before until", code=ErrorCode.INVALID_RANGE)
     totals = await services.usage.of_owner(principal.owner, since, until)
     return OwnerUsage(since=since, until=until, usage=UsageTotals.of_totals(totals))
 

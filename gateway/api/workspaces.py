@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
+from gateway.api.params import AfterPath, FilePath, PathPrefix
 from gateway.db.models import WorkspaceRow
 from gateway.deps import CurrentUser, ServicesDep
 from gateway.schemas import WORKSPACE_NAME, ErrorResponse, FileEntry, FileList, WorkspaceList
@@ -19,7 +20,7 @@ router = APIRouter(
     responses={
         401: {"model": ErrorResponse},
         403: {"model": ErrorResponse, "description": "session_token_not_allowed"},
-        503: {"model": ErrorResponse, "description": "storage_unavailable"},
+        503: {"model": ErrorResponse, "description": "store_unavailable"},
     },
 )
 
@@ -30,8 +31,23 @@ _IN_USE: dict[int | str, dict[str, object]] = {
     409: {"model": ErrorResponse, "description": "workspace_in_use"}
 }
 OCTAL_MODE = r"^[0-7]{3,4}$"
-# Uploads create the workspace on first use, so its name is validated there.
+# Uploads create the workspace on first use, so its name is validated there. File routes take
+# the path (``FilePath``) first: a refused path answers 422 before any lookup or creation.
 NewWorkspaceName = Annotated[str, Path(pattern=WORKSPACE_NAME)]
+# Upload bodies are streamed, not parsed by FastAPI: the schema says what they are.
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "description": "The file's bytes (any Content-Type is taken as is).",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+ARCHIVE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A tar archive, gzip-compressed, whose members stay inside the workspace.",
+        "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 async def owned_workspace(
@@ -82,10 +98,10 @@ async def delete_workspace(workspace: OwnedWorkspace, services: ServicesDep) -> 
 
 @router.get("/{workspace_id}/files", response_model=FileList, responses=_NOT_FOUND)
 async def list_files(
+    prefix: PathPrefix,
+    after: AfterPath,
     workspace: OwnedWorkspace,
     services: ServicesDep,
-    prefix: Annotated[str, Query(max_length=1024)] = "",
-    after: Annotated[str | None, Query(max_length=1024)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> FileList:
     """Entries below ``prefix`` in path order; pass ``next_after`` back as ``after``."""
@@ -94,11 +110,11 @@ async def list_files(
 
 
 @router.get(
-    "/{workspace_id}/files/{path:path}",
+    "/{workspace_id}/files/{path:anypath}",
     responses={**_NOT_FOUND, 200: {"content": {"application/octet-stream": {}}}},
 )
 async def download_file(
-    workspace: OwnedWorkspace, path: str, services: ServicesDep
+    path: FilePath, workspace: OwnedWorkspace, services: ServicesDep
 ) -> StreamingResponse:
     """A stored file's bytes, streamed."""
     entry, chunks = await services.files.download(workspace, path)
@@ -110,14 +126,15 @@ async def download_file(
 
 
 @router.put(
-    "/{workspace_id}/files/{path:path}",
+    "/{workspace_id}/files/{path:anypath}",
     response_model=FileEntry,
     status_code=status.HTTP_201_CREATED,
     responses={**_IN_USE, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    openapi_extra=UPLOAD_BODY,
 )
 async def upload_file(
+    path: FilePath,
     workspace_id: NewWorkspaceName,
-    path: str,
     request: Request,
     principal: CurrentUser,
     services: ServicesDep,
@@ -131,11 +148,11 @@ async def upload_file(
 
 
 @router.delete(
-    "/{workspace_id}/files/{path:path}",
+    "/{workspace_id}/files/{path:anypath}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**_NOT_FOUND, **_IN_USE},
 )
-async def delete_file(workspace: OwnedWorkspace, path: str, services: ServicesDep) -> Response:
+async def delete_file(path: FilePath, workspace: OwnedWorkspace, services: ServicesDep) -> Response:
     """Delete a file, a link, or a directory with everything below it."""
     await services.files.remove(workspace, path)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -158,6 +175,7 @@ async def download_archive(workspace: OwnedWorkspace, services: ServicesDep) -> 
     "/{workspace_id}/archive",
     response_model=WorkspaceOutSchema,
     responses={**_IN_USE, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    openapi_extra=ARCHIVE_BODY,
 )
 async def upload_archive(
     workspace_id: NewWorkspaceName, request: Request, principal: CurrentUser, services: ServicesDep

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from gateway.config import Settings
 from gateway.db.outage import database_unavailable
+from gateway.error_codes import ErrorCode
 from gateway.errors import Unauthorized
 from gateway.model.ledger import BudgetSpent, Caller, Ledger, NotRunning, Ticket
 from gateway.model.meter import StreamMeter, Usage, usage_of_json
@@ -119,10 +120,13 @@ class ModelProxy:
             "x-api-key"
         )
         if not token:
-            raise Unauthorized("no session token", code="missing_token")
+            raise Unauthorized("no session token", code=ErrorCode.MISSING_TOKEN)
         principal = authenticate_token(self._settings, token)
         if principal.session_id is None:
-            raise Unauthorized("only a session's own token may call the model through here")
+            raise Unauthorized(
+                "only a session's own token may call the model through here",
+                code=ErrorCode.INVALID_TOKEN,
+            )
         return await self._ledger.caller(principal)
 
     async def _admit(self, caller: Caller, endpoint: str, body: bytes) -> Ticket:

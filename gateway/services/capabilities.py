@@ -13,12 +13,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.models import SessionRow, WorkspaceKind, WorkspaceRow
+from gateway.error_codes import ErrorCode
 from gateway.errors import Forbidden
 from gateway.services.workspaces import IN_USE_STATUSES, WorkspaceChoice
 
 
 class WorkspaceNotAllowed(Forbidden):
-    code = "workspace_not_allowed"
+    code = ErrorCode.WORKSPACE_NOT_ALLOWED
 
 
 async def check_session_workspace(

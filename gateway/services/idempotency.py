@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import IdempotencyKeyRow
+from gateway.error_codes import ErrorCode
 from gateway.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def parse(raw: str | None, scope: str, body: BaseModel) -> IdempotencyKey | None
     if not _KEY.fullmatch(raw):
         raise InvalidRequest(
             f"{HEADER} must be 1 to {MAX_KEY_LENGTH} printable ASCII characters",
-            code="invalid_idempotency_key",
+            code=ErrorCode.INVALID_IDEMPOTENCY_KEY,
         )
     return IdempotencyKey(key=raw, scope=scope, request_hash=request_hash(body))
 
@@ -97,7 +98,7 @@ async def lookup(db: AsyncSession, owner: str, key: IdempotencyKey, ttl: int) ->
         raise InvalidRequest(
             f"this {HEADER} was used with a different request (for session {row.session_id}); "
             "use a new key for a new request",
-            code="idempotency_key_reused",
+            code=ErrorCode.IDEMPOTENCY_KEY_REUSED,
         )
     return row.session_id
 

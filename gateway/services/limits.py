@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.config import Settings
 from gateway.db.models import ACTIVE_STATUSES, SessionRow
+from gateway.error_codes import ErrorCode
 from gateway.errors import CapacityReached, LimitExceeded
 
 # Advisory locks on two int4 keys live in a key space apart from the one-bigint keys of the
@@ -41,7 +42,7 @@ async def check_limits(
         raise CapacityReached(
             f"MAX_SESSIONS_PER_OWNER is {settings.max_sessions_per_owner}: {owner!r} already has "
             f"{running} running sessions; retry when one has ended",
-            code="owner_limit_reached",
+            code=ErrorCode.OWNER_LIMIT_REACHED,
             retry_after=settings.capacity_retry_after,
             limit=settings.max_sessions_per_owner,
         )
@@ -65,7 +66,7 @@ async def check_limits(
         raise CapacityReached(
             f"MAX_SESSIONS_PER_ENGINE is {settings.max_sessions_per_engine}: this gateway "
             f"({settings.instance_name}) already runs {on_engine} sessions; retry later",
-            code="engine_at_capacity",
+            code=ErrorCode.ENGINE_AT_CAPACITY,
             retry_after=settings.capacity_retry_after,
             limit=settings.max_sessions_per_engine,
         )
@@ -77,7 +78,7 @@ async def _check_tree(db: AsyncSession, settings: Settings, parent: SessionRow) 
         raise LimitExceeded(
             f"MAX_SPAWN_DEPTH is {settings.max_spawn_depth}: a child of session {parent.id} "
             f"(depth {parent.depth}) would be at depth {depth}",
-            code="spawn_depth_exceeded",
+            code=ErrorCode.SPAWN_DEPTH_EXCEEDED,
             limit=settings.max_spawn_depth,
         )
     children = await _count(db, SessionRow.parent_id == parent.id)
@@ -85,7 +86,7 @@ async def _check_tree(db: AsyncSession, settings: Settings, parent: SessionRow) 
         raise LimitExceeded(
             f"MAX_CHILDREN_PER_SESSION is {settings.max_children_per_session}: session "
             f"{parent.id} has already spawned {children}",
-            code="children_limit_reached",
+            code=ErrorCode.CHILDREN_LIMIT_REACHED,
             limit=settings.max_children_per_session,
         )
     tree = await _count(db, SessionRow.root_id == parent.root_id)
@@ -93,7 +94,7 @@ async def _check_tree(db: AsyncSession, settings: Settings, parent: SessionRow) 
         raise LimitExceeded(
             f"MAX_SESSIONS_PER_TREE is {settings.max_sessions_per_tree}: the tree of root "
             f"{parent.root_id} already has {tree} sessions",
-            code="tree_limit_reached",
+            code=ErrorCode.TREE_LIMIT_REACHED,
             limit=settings.max_sessions_per_tree,
         )
 

@@ -20,6 +20,7 @@ from typing import IO, BinaryIO, cast
 
 from starlette.concurrency import iterate_in_threadpool
 
+from gateway.error_codes import ErrorCode
 from gateway.errors import Conflict, NotFound
 from gateway.runtime import PathMissing, SessionRuntime
 from gateway.workspaces import paths, tarstream
@@ -35,7 +36,7 @@ _KINDS = {"f": "file", "d": "dir", "l": "symlink"}
 
 
 class LiveFileNotFound(NotFound):
-    code = "file_not_found"
+    code = ErrorCode.FILE_NOT_FOUND
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class LiveFiles:
         """Write one file (creating its directories) as the container's user."""
         target = await self._resolve(container_id, path, follow=False)
         if target == WORKSPACE_DIR:
-            raise Conflict("the workspace root is a directory", code="path_conflict")
+            raise Conflict("the workspace root is a directory", code=ErrorCode.PATH_CONFLICT)
         parent, name = posixpath.split(target)
         spool = await asyncio.to_thread(tempfile.SpooledTemporaryFile, _SPOOL_IN_MEMORY)
         try:
@@ -142,7 +143,7 @@ class LiveFiles:
             made = await self._runtime.exec(container_id, ["mkdir", "-p", "--", parent])
             if made.exit_code != 0:
                 raise Conflict(
-                    made.stderr.decode(errors="replace").strip()[:300], code="path_conflict"
+                    made.stderr.decode(errors="replace").strip()[:300], code=ErrorCode.PATH_CONFLICT
                 )
             archive = await asyncio.to_thread(_one_file_tar, spool, name, size, mode)
             await self._runtime.put_archive(container_id, parent, cast(BinaryIO, archive))
@@ -155,14 +156,14 @@ class LiveFiles:
         """Delete a file, a link (not what it points to) or a directory tree."""
         target = await self._resolve(container_id, path, follow=False)
         if target == WORKSPACE_DIR:
-            raise Conflict("the workspace root cannot be deleted", code="path_conflict")
+            raise Conflict("the workspace root cannot be deleted", code=ErrorCode.PATH_CONFLICT)
         exists = await self._runtime.exec(container_id, ["test", "-e", target, "-o", "-L", target])
         if exists.exit_code != 0:
             raise LiveFileNotFound(f"{path!r} does not exist in the session's workspace")
         removed = await self._runtime.exec(container_id, ["rm", "-rf", "--", target])
         if removed.exit_code != 0:
             raise Conflict(
-                removed.stderr.decode(errors="replace").strip()[:300], code="delete_failed"
+                removed.stderr.decode(errors="replace").strip()[:300], code=ErrorCode.DELETE_FAILED
             )
 
 

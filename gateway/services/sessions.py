@@ -12,13 +12,10 @@ stream, so clients see the same history the database records.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -27,6 +24,7 @@ from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
+from gateway.cursors import decode_session_cursor, encode_session_cursor
 from gateway.db import queries
 from gateway.db.models import (
     ACTIVE_STATUSES,
@@ -36,6 +34,7 @@ from gateway.db.models import (
     TreeUsageRow,
     TurnRow,
 )
+from gateway.error_codes import ErrorCode
 from gateway.errors import (
     Conflict,
     GatewayError,
@@ -127,7 +126,7 @@ class SessionService:
         if status not in ACTIVE_STATUSES:
             raise Unauthorized(
                 f"session {session_id} is {status or 'gone'}: its token is no longer valid",
-                code="token_revoked",
+                code=ErrorCode.TOKEN_REVOKED,
             )
 
     async def list(
@@ -137,15 +136,16 @@ class SessionService:
         statement = select(SessionRow).where(SessionRow.owner == owner)
         if status is not None:
             statement = statement.where(SessionRow.status == status)
-        if cursor:
-            created_at, last_id = _decode_cursor(cursor)
+        if cursor is not None:
+            created_at, last_id = decode_session_cursor(cursor)
             statement = statement.where(
                 tuple_(SessionRow.created_at, SessionRow.id) < tuple_(created_at, last_id)
             )
         statement = statement.order_by(SessionRow.created_at.desc(), SessionRow.id.desc())
         async with self._db() as db:
             rows = list((await db.scalars(statement.limit(limit + 1))).all())
-        next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+        last = rows[limit - 1] if len(rows) > limit else None
+        next_cursor = encode_session_cursor(last.created_at, last.id) if last else None
         return rows[:limit], next_cursor
 
     async def turns(self, session_id: uuid.UUID) -> Sequence[TurnRow]:
@@ -199,7 +199,7 @@ class SessionService:
             raise InvalidRequest(
                 "a child counts toward its root's budget and cannot set its own; set "
                 "config.budget when creating the root",
-                code="budget_not_allowed",
+                code=ErrorCode.BUDGET_NOT_ALLOWED,
             )
         parent = await self.get(parent_id)
         inherited = {name: value for name, value in parent.config.items() if name != "budget"}
@@ -305,13 +305,13 @@ class SessionService:
             raise Conflict(
                 f"session {session_id} is {row.status}; only a stopped or failed session "
                 "can be resumed",
-                code="session_not_resumable",
+                code=ErrorCode.SESSION_NOT_RESUMABLE,
             )
         if row.workspace_dirty and not await self._terminator.retry_unsaved(row):
             raise Unavailable(
                 f"the files of session {session_id} could not be saved yet from its last "
                 "container; try again when the store is reachable",
-                code="workspace_unsaved",
+                code=ErrorCode.WORKSPACE_UNSAVED,
             )
         async with self._db() as db, db.begin():
             await limits.lock_owner(db, row.owner)
@@ -342,7 +342,7 @@ class SessionService:
                 last_activity_at=func.now(),
             )
             if again is None:
-                raise Conflict(f"session {session_id} changed meanwhile", code="conflict")
+                raise Conflict(f"session {session_id} changed meanwhile", code=ErrorCode.CONFLICT)
         await self._hub.track(str(session_id))
         await self._bus.publish(
             str(session_id), GatewayEvent.STATUS, status=SessionStatus.STARTING, reason="resumed"
@@ -370,7 +370,9 @@ class SessionService:
         except RedisError as exc:
             reason = f"could not create the session's Redis user: {exc}"
             await self._terminator.fail(row.id, reason)
-            raise Unavailable(reason, code="events_unavailable", session_id=str(row.id)) from exc
+            raise Unavailable(
+                reason, code=ErrorCode.EVENTS_UNAVAILABLE, session_id=str(row.id)
+            ) from exc
         spec = build_container_spec(self._settings, row, token.token, redis_url)
         try:
             state = await self._runtime.create(spec)
@@ -405,7 +407,8 @@ class SessionService:
             if isinstance(exc, GatewayError):
                 raise
             if isinstance(exc, StoreError):  # the stored workspace is left as it was
-                raise Unavailable(reason, code=exc.code, session_id=str(row.id)) from exc
+                code = exc.code if exc.code.status >= 500 else ErrorCode.STORE_ERROR
+                raise GatewayError(reason, code=code, session_id=str(row.id)) from exc
             raise RuntimeUnavailable(reason, session_id=str(row.id)) from exc
         self._background.spawn(self._watch_start(row.id), name=f"start-watch-{row.id}")
         return updated
@@ -444,19 +447,3 @@ class SessionService:
 
 def _decimal(value: object) -> Decimal | None:
     return None if value is None else Decimal(str(value))
-
-
-def _encode_cursor(row: SessionRow) -> str:
-    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created_at, _, session_id = raw.partition("|")
-        return datetime.fromisoformat(created_at), uuid.UUID(session_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidRequest(
-            "cursor is not a cursor this API returned", code="invalid_cursor"
-        ) from None

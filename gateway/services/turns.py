@@ -27,6 +27,7 @@ from gateway.db.models import (
     TurnRow,
     TurnStatus,
 )
+from gateway.error_codes import ErrorCode
 from gateway.errors import (
     NoRunningTurn,
     SessionBusy,
@@ -111,7 +112,10 @@ class TurnService:
             await self._bus.send_input(sid, PromptInput(turn_id=tid, prompt=prompt))
         except Exception as exc:
             await self.fail(session_id, turn.id, f"could not deliver the prompt: {exc}", None)
-            raise Unavailable("the event bus is unavailable; the prompt was not sent") from exc
+            raise Unavailable(
+                "the event bus is unavailable; the prompt was not sent",
+                code=ErrorCode.EVENTS_UNAVAILABLE,
+            ) from exc
         return turn, started
 
     async def interrupt(self, session_id: uuid.UUID) -> uuid.UUID:

@@ -25,6 +25,7 @@ from starlette.concurrency import iterate_in_threadpool
 from gateway.config import Settings
 from gateway.db import manifests
 from gateway.db.models import WorkspaceKind, WorkspaceRow
+from gateway.error_codes import ErrorCode
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.services.workspaces import WorkspaceInUse, WorkspaceService
 from gateway.store import layout
@@ -36,14 +37,14 @@ _CHUNK = 64 * 1024
 
 
 class WorkspaceNotFound(NotFound):
-    code = "workspace_not_found"
+    code = ErrorCode.WORKSPACE_NOT_FOUND
 
     def __init__(self, name: str) -> None:
         super().__init__(f"workspace {name!r} not found")
 
 
 class FileNotFoundInWorkspace(NotFound):
-    code = "file_not_found"
+    code = ErrorCode.FILE_NOT_FOUND
 
 
 class StoredFiles:
@@ -105,7 +106,7 @@ class StoredFiles:
         if workspace.kind == WorkspaceKind.EPHEMERAL:
             raise Conflict(
                 f"workspace {workspace.name!r} belongs to its session; delete the session",
-                code="workspace_owned_by_session",
+                code=ErrorCode.WORKSPACE_OWNED_BY_SESSION,
             )
         holders = await self.holders(workspace)
         if holders:
@@ -173,10 +174,11 @@ class StoredFiles:
             blocked = _blocked_by(previous, clean)
             if blocked:
                 raise Conflict(
-                    f"{blocked!r} is a file: {clean!r} cannot go below it", code="path_conflict"
+                    f"{blocked!r} is a file: {clean!r} cannot go below it",
+                    code=ErrorCode.PATH_CONFLICT,
                 )
             if clean in previous and previous[clean].kind == "dir":
-                raise Conflict(f"{clean!r} is a directory", code="path_conflict")
+                raise Conflict(f"{clean!r} is a directory", code=ErrorCode.PATH_CONFLICT)
             staging = layout.staging_key(workspace.owner, workspace.name, uuid.uuid4().hex, clean)
             size, digest = await self._stream_to(staging, body, previous, clean)
             entries = dict(previous)
@@ -280,7 +282,7 @@ class StoredFiles:
                 result = await stage
             except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError) as exc:
                 raise InvalidRequest(
-                    f"the body is not a valid tar.gz archive: {exc}", code="invalid_archive"
+                    f"the body is not a valid tar.gz archive: {exc}", code=ErrorCode.INVALID_ARCHIVE
                 ) from None
             finally:
                 reader.close()

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.config import Settings
 from gateway.db import manifests
 from gateway.db.models import SessionRow, SessionStatus, WorkspaceKind, WorkspaceRow
+from gateway.error_codes import ErrorCode
 from gateway.errors import Conflict, InvalidRequest
 from gateway.events.bus import EventBus
 from gateway.runtime import PathMissing, SessionRuntime
@@ -52,7 +53,7 @@ MODE_RW, MODE_RO = "rw", "ro"
 
 
 class WorkspaceInUse(Conflict):
-    code = "workspace_in_use"
+    code = ErrorCode.WORKSPACE_IN_USE
 
 
 @dataclass(frozen=True)
@@ -153,12 +154,13 @@ class WorkspaceService:
         if choice.type == "inherit":
             if parent is None:
                 raise InvalidRequest(
-                    'workspace "inherit" is only for spawned sessions', code="invalid_workspace"
+                    'workspace "inherit" is only for spawned sessions',
+                    code=ErrorCode.INVALID_WORKSPACE,
                 )
             if not parent.container_id:
                 raise Conflict(
                     f"parent session {parent.id} has no container to copy files from yet",
-                    code="parent_not_ready",
+                    code=ErrorCode.PARENT_NOT_READY,
                 )
             self._inherit[session.id] = parent.container_id
         workspace = WorkspaceRow(
@@ -181,7 +183,7 @@ class WorkspaceService:
         if existing is not None:
             if existing.kind != WorkspaceKind.PERSISTENT:
                 raise InvalidRequest(
-                    f"{name!r} is a session's own workspace", code="invalid_workspace"
+                    f"{name!r} is a session's own workspace", code=ErrorCode.INVALID_WORKSPACE
                 )
             return existing
         workspace = WorkspaceRow(

@@ -28,6 +28,8 @@ from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error, ServerError
 from minio.helpers import MIN_PART_SIZE
 
+from gateway.error_codes import ErrorCode
+
 _META_PREFIX = "x-amz-meta-"
 _DELETE_BATCH = 1000  # the S3 DeleteObjects maximum
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchVersion"})
@@ -37,19 +39,19 @@ _UNAVAILABLE_CODES = frozenset({"SlowDown", "ServiceUnavailable", "XMinioServerN
 class StoreError(Exception):
     """The object store refused or failed an operation."""
 
-    code = "store_error"
+    code: ErrorCode = ErrorCode.STORE_ERROR
 
 
 class StoreUnavailable(StoreError):
     """The object store cannot be reached (refused, timed out, 5xx after retries)."""
 
-    code = "store_unavailable"
+    code = ErrorCode.STORE_UNAVAILABLE
 
 
 class ObjectMissing(StoreError):
     """The key (or the bucket) does not exist."""
 
-    code = "object_missing"
+    code = ErrorCode.OBJECT_MISSING
 
 
 class Source(Protocol):

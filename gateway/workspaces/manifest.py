@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gateway.error_codes import ErrorCode
+
 EntryKind = Literal["file", "dir", "symlink"]
 
 
@@ -74,9 +76,10 @@ class Limits:
 
 
 class WorkspaceError(Exception):
-    """A workspace operation refused its input; ``code`` is stable and machine-readable."""
+    """A workspace operation refused its input; ``code`` (each subclass has its own) says why
+    and decides the HTTP status."""
 
-    code = "workspace_error"
+    code: ErrorCode
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -84,7 +87,7 @@ class WorkspaceError(Exception):
 
 
 class WorkspaceTooLarge(WorkspaceError):
-    code = "workspace_too_large"
+    code = ErrorCode.WORKSPACE_TOO_LARGE
 
     def __init__(self, limit: Literal["max_bytes", "max_files"], value: int, found: int) -> None:
         what = "bytes" if limit == "max_bytes" else "entries"
@@ -97,7 +100,7 @@ class WorkspaceTooLarge(WorkspaceError):
 
 
 class UnsafeArchive(WorkspaceError):
-    code = "unsafe_archive"
+    code = ErrorCode.UNSAFE_ARCHIVE
 
     def __init__(self, member: str, reason: str) -> None:
         super().__init__(f"archive member {member!r} refused: {reason}")
@@ -106,4 +109,4 @@ class UnsafeArchive(WorkspaceError):
 
 
 class NotAFile(WorkspaceError):
-    code = "not_a_file"
+    code = ErrorCode.NOT_A_FILE

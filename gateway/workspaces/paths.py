@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import posixpath
 
+from gateway.error_codes import ErrorCode
 from gateway.workspaces.manifest import WorkspaceError
 from wrapper.protocol import WORKSPACE_DIR
 
@@ -22,7 +23,7 @@ WORKSPACE_ROOT = WORKSPACE_DIR
 
 
 class UnsafePath(WorkspaceError, ValueError):
-    code = "unsafe_path"
+    code = ErrorCode.UNSAFE_PATH
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"unsafe path {path!r}: {reason}")

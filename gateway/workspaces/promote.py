@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
+from gateway.error_codes import ErrorCode
 from gateway.store.objects import ObjectMissing, ObjectStore, StoreError
 from gateway.workspaces.manifest import Entry, SaveResult
 
@@ -22,7 +23,7 @@ SHA256_METADATA = "sha256"
 class StagedObjectLost(StoreError):
     """A file's staged bytes are gone and its final key does not hold them either."""
 
-    code = "staged_object_lost"
+    code = ErrorCode.STAGED_OBJECT_LOST
 
 
 def empty_dirs(entries: Mapping[str, Entry]) -> set[str]:

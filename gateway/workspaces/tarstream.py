@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Protocol
 
+from gateway.error_codes import ErrorCode
 from gateway.store.objects import Readable
 from gateway.workspaces.manifest import Entry, NotAFile, WorkspaceError
 from gateway.workspaces.promote import promote
@@ -44,7 +45,7 @@ SESSION_GID = CONTAINER_GID  # the session image's user (wrapper.protocol)
 class ContentMismatch(WorkspaceError):
     """A stored object does not hold the bytes its manifest entry describes."""
 
-    code = "content_mismatch"
+    code = ErrorCode.CONTENT_MISMATCH
 
 
 class _Writable(Protocol):

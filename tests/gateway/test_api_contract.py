@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 
 import httpx
 import jwt
@@ -119,11 +120,19 @@ async def test_another_users_session_is_404_everywhere(api_for) -> None:
         {"prompt": 42},
         [],
         "not json",
+        b"\xff\xfe not UTF-8",  # FastAPI's own answer would be an undeclared 400
+        {"prompt": "a\x00b"},  # PostgreSQL cannot store NUL: this was a 500
+        {"config": {"model": "m\x00"}},
+        {"config": {"allowed_tools": ["Bash\x00"]}},
+        {"workspace": {"type": "ephemeral", "id": "mine"}},
+        {"workspace": {"type": "persistent"}},
+        {"workspace": {"type": "persistent", "id": "session-abc"}},
+        {"workspace": {"type": "inherit"}},  # spawn only
     ],
 )
 async def test_malformed_create_bodies_get_422(api_for, body) -> None:
     alice = api_for("alice")
-    if isinstance(body, str):
+    if isinstance(body, str | bytes):
         response = await alice.http.post(
             "/api/v1/sessions", content=body, headers={"content-type": "application/json"}
         )
@@ -152,6 +161,46 @@ async def test_malformed_chat_and_ids(api_for) -> None:
             pass
     assert refused.value.response.status_code == 422
     await alice.stop(sid)
+
+
+async def test_a_method_the_path_has_not_gets_405_naming_those_it_has(api_for, gateway) -> None:
+    alice = api_for("alice")
+    some_session = f"/api/v1/sessions/{uuid.uuid4()}"
+    for method, path, allowed in [
+        ("PUT", some_session, "GET, DELETE"),
+        ("PATCH", "/api/v1/workspaces/w/files/a/b", "GET, PUT, DELETE"),
+        ("DELETE", "/api/v1/sessions", "GET, POST"),
+    ]:
+        response = await alice.http.request(method, path)
+        assert response.status_code == 405, (method, path, response.text)
+        assert response.headers["allow"] == allowed
+        assert response.json()["error"]["code"] == "method_not_allowed"
+    health = httpx.post(f"{gateway.url}/health")
+    assert (health.status_code, health.headers["allow"]) == (405, "GET")
+
+
+async def test_paths_and_cursors_are_taken_exactly_as_the_schema_says(api_for) -> None:
+    alice = api_for(f"paths-{time.time_ns()}")
+    files = f"/api/v1/workspaces/paths-{uuid.uuid4().hex[:6]}/files"
+    assert (await alice.http.put(f"{files}/a/b", content=b"x")).status_code == 201
+    for method, url in [
+        ("PUT", f"{files}/a%2F..%2Fc"),  # a '..' that stays inside: refused all the same
+        ("PUT", f"{files}/a%0Ab"),  # a newline: 422 from the path check, not a 404 from routing
+        ("GET", f"{files}?prefix=a%2F.."),
+        ("GET", f"{files}?after=..%2Fa"),
+    ]:
+        response = await alice.http.request(method, url, content=b"x")
+        assert response.status_code == 422, (method, url, response.text)
+        assert response.json()["error"]["code"] == "unsafe_path"
+    listed = (await alice.http.get(f"{files}?prefix=./a//")).json()["files"]
+    assert [f["path"] for f in listed] == ["a", "a/b"]
+    for cursor in ("", "1." + "0" * 31, "MjAyNnwx"):  # the last: the old base64 kind
+        response = await alice.http.get(f"/api/v1/sessions?cursor={cursor}")
+        assert response.status_code == 422, (cursor, response.text)
+        assert response.json()["error"]["code"] == "invalid_cursor"
+    for cursor in ("0." + "0" * 32, "9" * 17 + "." + "f" * 32):  # any such cursor is taken
+        response = await alice.http.get(f"/api/v1/sessions?cursor={cursor}")
+        assert response.status_code == 200, (cursor, response.text)
 
 
 async def test_list_is_newest_first_with_cursor_and_status_filter(api_for) -> None:
