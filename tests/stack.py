@@ -316,9 +316,17 @@ def gateway_env(
 
 @contextlib.contextmanager
 def run_gateway(
-    infra: Infra, api_base_url: str, s3_endpoint: str, log_dir: Path, **overrides: str
+    infra: Infra,
+    api_base_url: str,
+    s3_endpoint: str,
+    log_dir: Path,
+    *,
+    port: int | None = None,
+    **overrides: str,
 ) -> Iterator[Gateway]:
-    port = free_port()
+    """``port``: listen there (a restarted gateway comes back where its sessions look for it);
+    default a free one."""
+    port = port or free_port()
     instance = f"test-{infra.run_id}-{secrets.token_hex(2)}"
     secret = secrets.token_urlsafe(32)
     env = gateway_env(
