@@ -151,7 +151,6 @@ class ErrorCode(StrEnum):
         422,
         "A spawn set `config.budget`: a child counts toward its root's budget.",
     )
-    INVALID_RANGE = "invalid_range", 422, "`since` is not before `until`."
     INVALID_WORKSPACE = (
         "invalid_workspace",
         422,

@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 KEY_PREFIX = "ccd"
 
@@ -168,17 +169,17 @@ ToolName = Annotated[str, Field(pattern=NO_NUL)]
 class Budget(BaseModel):
     """What a whole spawn tree may spend on the model (set on its root; either or both)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The schema says what the validator enforces: at least one of the two, neither null.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
-    max_tokens: int | None = Field(
+    # Constraints on the number itself: on the union they would be applied to a null too.
+    max_tokens: Annotated[int, Field(ge=1, le=10**12)] | SkipJsonSchema[None] = Field(
         default=None,
-        ge=1,
-        le=10**12,
         description="Tokens of every kind (input, output, cache writes and reads) the tree may "
         "use.",
     )
-    max_cost_usd: float | None = Field(
-        default=None, gt=0, le=10**6, description="USD the tree may spend (MODEL_PRICES)."
+    max_cost_usd: Annotated[float, Field(gt=0, le=10**6)] | SkipJsonSchema[None] = Field(
+        default=None, description="USD the tree may spend (MODEL_PRICES)."
     )
 
     @model_validator(mode="after")

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from gateway.db.models import TreeUsageRow
 from gateway.deps import CurrentUser, OwnedSession, ServicesDep
-from gateway.error_codes import ErrorCode
-from gateway.errors import InvalidRequest
 from gateway.model.meter import USAGE_FIELDS
 from gateway.model.usage import Totals
 from gateway.schemas import ErrorResponse, UsageFigures
 
 router = APIRouter(tags=["usage"], responses={401: {"model": ErrorResponse}})
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339_only(value: object) -> object:
+    """What the schema says (``format: date-time``): an RFC 3339 timestamp with its offset,
+    not a bare date or a number of seconds (which the parser would otherwise take)."""
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError("expected an RFC 3339 date-time such as 2026-12-01T00:00:00Z")
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_rfc3339_only)]
 
 
 class UsageTotals(UsageFigures):
@@ -82,12 +94,11 @@ async def session_usage(session: OwnedSession, services: ServicesDep) -> Session
 async def owner_usage(
     principal: CurrentUser,
     services: ServicesDep,
-    since: Annotated[datetime | None, Query(description="From (inclusive), ISO 8601.")] = None,
-    until: Annotated[datetime | None, Query(description="To (exclusive), ISO 8601.")] = None,
+    since: Annotated[Timestamp | None, Query(description="From (inclusive), RFC 3339.")] = None,
+    until: Annotated[Timestamp | None, Query(description="To (exclusive), RFC 3339.")] = None,
 ) -> OwnerUsage:
-    """The caller's model usage (sessions deleted since included), per model."""
-    if since is not None and until is not None and since >= until:
-        raise InvalidRequest("since must be before until", code=ErrorCode.INVALID_RANGE)
+    """The caller's model usage (sessions deleted since included), per model. An empty range
+    (``until`` not after ``since``) has no usage."""
     totals = await services.usage.of_owner(principal.owner, since, until)
     return OwnerUsage(since=since, until=until, usage=UsageTotals.of_totals(totals))
 

@@ -76,8 +76,9 @@ async def test_a_restore_that_loses_an_object_fails_and_changes_nothing(
     response = await alice.http.post(
         "/api/v1/sessions", json={"workspace": {"type": "persistent", "id": project}}
     )
-    assert response.status_code == 503, response.text
+    assert response.status_code == 502, response.text  # the store lost what it should hold
     error = response.json()["error"]
+    assert error["code"] == "store_error"
     failed = await alice.get(error["session_id"])
     assert failed["status"] == "failed"
     assert "could not restore its workspace" in failed["failure_reason"]

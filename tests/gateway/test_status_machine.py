@@ -17,8 +17,9 @@ SPEC = Path(__file__).resolve().parents[2] / "SPEC.md"
 
 def spec_transitions() -> dict[str, set[str]]:
     section = SPEC.read_text().split("## 6. Status machine", 1)[1].split("\n## ", 1)[0]
+    transitions = section.split("| From | To |", 1)[1].split("\n\n", 1)[0]
     table: dict[str, set[str]] = {}
-    for line in section.splitlines():
+    for line in transitions.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) == 2 and cells[0].startswith("`"):
             table[cells[0].strip("`")] = set(re.findall(r"`([a-z]+)`", cells[1]))
