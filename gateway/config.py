@@ -239,6 +239,19 @@ class Settings(BaseSettings):
     session_interrupt_grace: float = Field(
         default=5.0, ge=0, description="Seconds a stop waits for an interrupted turn to end."
     )
+    lease_ttl: float = Field(
+        default=15.0,
+        ge=3,
+        description="Seconds a replica's lease on background work lasts unrenewed: a replica "
+        "that dies loses its leases within this, and another takes over.",
+    )
+    session_start_concurrency: int = Field(
+        default=4,
+        ge=1,
+        description="Session starts in flight per engine (INSTANCE_NAME), all replicas "
+        "together; further sessions wait in starting and the start timeout counts from "
+        "admission.",
+    )
     reconcile_interval: float = Field(
         default=15.0, gt=0, description="Seconds between runtime/database reconciliations."
     )

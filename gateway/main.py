@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -38,8 +38,10 @@ from gateway.runtime import (
 )
 from gateway.runtime.docker import DockerRuntime
 from gateway.services import idempotency
+from gateway.services.admission import StartAdmission
 from gateway.services.background import TaskSet
 from gateway.services.disk_guard import DiskGuard
+from gateway.services.leases import Leases
 from gateway.services.reconciler import Reconciler
 from gateway.services.recorder import Recorder
 from gateway.services.session_files import LiveFiles
@@ -53,6 +55,8 @@ from gateway.store.objects import ObjectStore, StoreError
 from wrapper.protocol import SESSION_HOST_ALIAS
 
 log = logging.getLogger(__name__)
+
+DUTIES = ("reconciler", "exits", "snapshots", "disk", "purge")  # one lease each, per instance
 
 HUB_BLOCK_SECONDS = 30
 
@@ -125,7 +129,16 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(terminator.close)
             hub.on_damage(terminator.stream_damaged)
             sessions = SessionService(
-                settings, db, runtime, bus, hub, turns, terminator, access, workspaces
+                settings,
+                db,
+                runtime,
+                bus,
+                hub,
+                turns,
+                terminator,
+                access,
+                StartAdmission(db, settings.instance_name, settings.session_start_concurrency),
+                workspaces,
             )
             stack.push_async_callback(sessions.close)
             recorder = Recorder(sessions, turns, terminator, hub, workspaces)
@@ -151,15 +164,30 @@ def create_app(settings: Settings) -> FastAPI:
                     redis, settings.rate_limit_per_second, settings.rate_limit_burst
                 ),
             )
+            # Background work has one owner across replicas: the holder of its lease.
+            duties = {duty: f"{settings.instance_name}:{duty}" for duty in DUTIES}
+            leases = Leases(db, duties.values(), settings.lease_ttl)
+
+            def mine(duty: str) -> Callable[[], bool]:
+                return lambda: leases.holds(duties[duty])
+
+            hub.on_restart(reconciler.wake.set)  # Redis came back: users, gaps, at once
             tasks = TaskSet()  # the loops that run for the gateway's whole life
             stack.push_async_callback(tasks.close)
+            tasks.spawn(leases.run(), "leases")
             tasks.spawn(hub.run(), "event-hub")
             tasks.spawn(recorder.run(), "recorder")
-            tasks.spawn(reconciler.watch_exits(), "container-exits")
-            tasks.spawn(reconciler.run(), "reconciler")
-            tasks.spawn(workspaces.run_snapshots(), "workspace-snapshots")
-            tasks.spawn(DiskGuard(settings, db, runtime, terminator).run(), "disk-guard")
-            tasks.spawn(idempotency.run_purge(db, settings.idempotency_ttl), "idempotency-purge")
+            tasks.spawn(sessions.run_starter(), "starter")
+            tasks.spawn(reconciler.watch_exits(mine("exits")), "container-exits")
+            tasks.spawn(reconciler.run(mine("reconciler")), "reconciler")
+            tasks.spawn(workspaces.run_snapshots(mine("snapshots")), "workspace-snapshots")
+            tasks.spawn(
+                DiskGuard(settings, db, runtime, terminator).run(mine("disk")), "disk-guard"
+            )
+            tasks.spawn(
+                idempotency.run_purge(db, settings.idempotency_ttl, mine("purge")),
+                "idempotency-purge",
+            )
             log.info("gateway %s ready (instance %s)", __version__, settings.instance_name)
             yield
 

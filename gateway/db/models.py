@@ -163,6 +163,16 @@ class SessionRow(UsageCounters, Base):
     started_at: Mapped[datetime] = mapped_column(
         server_default=func.now(), comment="When its current container was asked for."
     )
+    admitted_at: Mapped[datetime | None] = mapped_column(
+        comment="When its start was admitted (SESSION_START_CONCURRENCY per engine); the "
+        "start timeout counts from it."
+    )
+    resumed_at: Mapped[datetime | None] = mapped_column(
+        comment="When it was last resumed: its next start restores its conversation."
+    )
+    workspace_source: Mapped[uuid.UUID | None] = mapped_column(
+        comment="inherit: the session whose live files its container starts with."
+    )
     stopped_at: Mapped[datetime | None]
 
     __table_args__ = (
@@ -172,12 +182,28 @@ class SessionRow(UsageCounters, Base):
         Index("ix_sessions_root_id", "root_id"),
         Index("ix_sessions_path", "path", postgresql_using="gin"),
         Index(
+            "ix_sessions_starting",
+            "instance",
+            "created_at",
+            postgresql_where="status = 'starting'",
+        ),
+        Index(
             "ix_sessions_active",
             "instance",
             "status",
             postgresql_where="status IN ('starting', 'ready', 'busy', 'stopping')",
         ),
     )
+
+
+class LeaseRow(Base):
+    """Who does a piece of background work now: one gateway process, until ``expires_at``."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200), comment="The gateway process.")
+    expires_at: Mapped[datetime]
 
 
 class WorkspaceKind(StrEnum):

@@ -140,3 +140,18 @@ def _case_busy_to_ready() -> Any:
         (SessionRow.status == SessionStatus.BUSY, SessionStatus.READY.value),
         else_=SessionRow.status,
     )
+
+
+async def requeue_start(db: AsyncSession, session_id: uuid.UUID) -> bool:
+    """Put a session whose admitted start never created its container back in the queue."""
+    statement = (
+        update(SessionRow)
+        .where(
+            SessionRow.id == session_id,
+            SessionRow.status == SessionStatus.STARTING,
+            SessionRow.container_id.is_(None),
+        )
+        .values(admitted_at=None, updated_at=func.now())
+        .returning(SessionRow.id)
+    )
+    return (await db.execute(statement)).one_or_none() is not None

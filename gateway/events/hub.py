@@ -104,6 +104,8 @@ class EventHub:
         self._subscribers: dict[str, set[Subscription]] = {}
         self._listeners: list[Listener] = []
         self._damage_handlers: list[DamageHandler] = []
+        self._restart_handlers: list[Callable[[], None]] = []
+        self._disconnected = False
         self._maxlen = bus.maxlen
         self._next_inspection = 0.0
         self._wake_key = f"{protocol.KEY_PREFIX}:gateway:{uuid.uuid4().hex}:wake"
@@ -114,6 +116,11 @@ class EventHub:
     def add_listener(self, listener: Listener) -> None:
         """Called synchronously with every event of every tracked session, in order."""
         self._listeners.append(listener)
+
+    def on_restart(self, handler: Callable[[], None]) -> None:
+        """Called (synchronously) when Redis answers again after the hub lost it: it may have
+        restarted without its per-session users, or without the last events written."""
+        self._restart_handlers.append(handler)
 
     def on_damage(self, handler: DamageHandler) -> None:
         """Called (synchronously) with a session whose stream its writer broke."""
@@ -152,6 +159,8 @@ class EventHub:
         try:
             while True:
                 try:
+                    if self._disconnected:
+                        await self._after_reconnect()
                     if loop.time() >= self._next_inspection:
                         await self.inspect()
                         self._next_inspection = loop.time() + INSPECT_INTERVAL
@@ -169,6 +178,7 @@ class EventHub:
                         # swallowing it here would keep a cancelled task alive forever.
                         raise asyncio.CancelledError from exc
                     log.warning("event hub lost Redis (%s); retrying in %.1fs", exc, backoff)
+                    self._disconnected = True
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
         finally:
@@ -231,6 +241,39 @@ class EventHub:
                     f"its output stream was flooded ({length} entries; the bound is about "
                     f"{self._maxlen}, EVENT_STREAM_MAXLEN)",
                 )
+
+    async def _after_reconnect(self) -> None:
+        """Redis is back. Streams whose newest entry is older than what the hub already read
+        lost their tail (Redis came back from an older state): every later reader is told with
+        a ``gap`` event in the stream."""
+        for session_id, cursor in list(self._cursors.items()):
+            try:
+                info = await self._redis.xinfo_stream(protocol.output_stream_key(session_id))
+            except aioredis.ResponseError:
+                continue  # gone altogether: the inspection reports it
+            newest = str(info.get("last-generated-id") or "0-0")
+            if parse_stream_id(newest) < parse_stream_id(cursor):
+                log.warning(
+                    "session %s: Redis lost its events after %s (read up to %s)",
+                    session_id,
+                    newest,
+                    cursor,
+                )
+                await self._bus.publish(
+                    session_id,
+                    GatewayEvent.GAP,
+                    after=newest,
+                    first_available=None,
+                    reason=f"Redis restarted without the events after {newest} (up to "
+                    f"{cursor}); they were delivered live but are no longer kept",
+                )
+        self._disconnected = False
+        self._next_inspection = 0.0  # a stream may be gone too: look now
+        for handler in self._restart_handlers:
+            try:
+                handler()
+            except Exception:
+                log.exception("restart handler failed")
 
     async def _mark_lost(self, session_id: str) -> None:
         cursor = self._cursors.get(session_id)

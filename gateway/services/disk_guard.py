@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -42,9 +43,12 @@ class DiskGuard:
         self._terminator = terminator
         self._limit = settings.session_disk_limit_bytes
 
-    async def run(self) -> None:
+    async def run(self, is_mine: Callable[[], bool]) -> None:
+        """Check every ``DISK_CHECK_INTERVAL`` seconds while this replica holds the lease."""
         while True:
             await asyncio.sleep(self._settings.disk_check_interval)
+            if not is_mine():
+                continue
             try:
                 await self.check_once()
             except Exception:

@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -136,11 +137,17 @@ async def purge_expired(db: AsyncSession, ttl: int) -> int:
 
 
 async def run_purge(
-    db: async_sessionmaker[AsyncSession], ttl: int, interval: float = PURGE_INTERVAL
+    db: async_sessionmaker[AsyncSession],
+    ttl: int,
+    is_mine: Callable[[], bool],
+    interval: float = PURGE_INTERVAL,
 ) -> None:
-    """Purge expired keys every ``interval`` seconds for the gateway's life. Replicas may
-    purge at once: deleting an expired row twice is harmless."""
+    """Purge expired keys every ``interval`` seconds while this replica holds the lease (were
+    two to purge at once, deleting an expired row twice would be harmless)."""
     while True:
+        if not is_mine():
+            await asyncio.sleep(interval)
+            continue
         try:
             async with db() as session, session.begin():
                 purged = await purge_expired(session, ttl)

@@ -14,9 +14,10 @@ Three duties, each in its own loop owned by the app's lifespan:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from redis.exceptions import RedisError
@@ -26,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.config import Settings
 from gateway.db import queries
 from gateway.db.models import ACTIVE_STATUSES, FINAL_STATUSES, SessionRow, SessionStatus
+from gateway.db.outage import database_unavailable
 from gateway.events.access import SessionAccess
 from gateway.events.hub import EventHub
 from gateway.model.ledger import Ledger
@@ -35,6 +37,8 @@ from gateway.services.termination import Terminator, describe_exit
 from gateway.services.workspaces import WorkspaceService
 
 log = logging.getLogger(__name__)
+
+STOP_MARGIN = 20.0  # seconds beyond a stop's grace periods before another process finishes it
 
 
 class Reconciler:
@@ -57,27 +61,38 @@ class Reconciler:
         self._access = access
         self._ledger = ledger
         self._workspaces = workspaces
-        self._first_pass = True
+        self.wake = asyncio.Event()  # set to reconcile at once (say, Redis came back)
 
-    async def watch_exits(self) -> None:
+    async def watch_exits(self, is_mine: Callable[[], bool]) -> None:
+        """Every replica follows the engine's exits; the holder of the exits lease acts on
+        them (an exit nobody acted on is found by the next reconciliation anyway)."""
         async for exit_ in self._runtime.exits():
             session_id = _session_id(exit_.labels.get(LABEL_SESSION))
-            if session_id is None:
+            if session_id is None or not is_mine():
                 continue
             try:
                 await self._terminator.on_container_exit(session_id, exit_.container_id)
             except Exception:
                 log.exception("could not handle the exit of session %s", session_id)
 
-    async def run(self) -> None:
+    async def run(self, is_mine: Callable[[], bool]) -> None:
+        """Reconcile every ``RECONCILE_INTERVAL`` while this replica holds the lease."""
         while True:
-            try:
-                await self.reconcile_once()
-            except Exception:
-                log.exception(
-                    "reconciliation failed; retrying in %.0f s", self._settings.reconcile_interval
-                )
-            await asyncio.sleep(self._settings.reconcile_interval)
+            if is_mine():
+                try:
+                    await self.reconcile_once()
+                except Exception as exc:
+                    if database_unavailable(exc):
+                        log.warning("reconciliation waits for the database: %s", exc)
+                    else:
+                        log.exception(
+                            "reconciliation failed; retrying in %.0f s",
+                            self._settings.reconcile_interval,
+                        )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.reconcile_interval):
+                    await self.wake.wait()
+            self.wake.clear()
 
     async def reconcile_once(self) -> None:
         # Containers first, rows second: a container always has its row inserted before it
@@ -106,9 +121,7 @@ class Reconciler:
             ).all()
         for row in unsaved:  # their containers are kept until their files are saved
             containers.pop(str(row.id), None)
-            if not self._terminator.is_stopping_here(row.id):
-                await self._terminator.retry_unsaved(row)
-        first_pass, self._first_pass = self._first_pass, False
+            await self._terminator.retry_unsaved(row)
         now = queries.utcnow()
         start_timeout = timedelta(seconds=self._settings.session_start_timeout)
         for row in rows:
@@ -118,19 +131,28 @@ class Reconciler:
                 # than fail a session whose container is being started right now.
                 state = await self._runtime.inspect(row.container_id)
             if row.status == SessionStatus.STOPPING:
+                # A stop takes at most its two grace periods: one still "stopping" well after
+                # that lost its gateway process (any replica's) and is finished here.
                 stale = now - row.updated_at > timedelta(
                     seconds=self._settings.session_stop_grace
                     + self._settings.session_interrupt_grace
-                    + 60
+                    + STOP_MARGIN
                 )
-                if not self._terminator.is_stopping_here(row.id) and (first_pass or stale):
+                if stale:
                     await self._terminator.complete_interrupted_stop(row)
                 continue
-            preparing = row.container_id is None or (
-                state is not None and state.phase == ContainerPhase.CREATED
-            )
-            if preparing and now - row.started_at < start_timeout:
-                continue  # its container is being created, filled and started right now
+            if row.status == SessionStatus.STARTING and row.container_id is None:
+                # Queued for a start slot, or admitted and being created right now. Admitted
+                # long ago with no container: the replica that took it died; another may.
+                if row.admitted_at is not None and now - row.admitted_at > start_timeout:
+                    async with self._db() as db, db.begin():
+                        if await queries.requeue_start(db, row.id):
+                            log.warning("session %s: its start was lost; queued again", row.id)
+                continue
+            started = row.admitted_at or row.started_at  # the start timeout counts from it
+            preparing = state is not None and state.phase == ContainerPhase.CREATED
+            if preparing and now - started < start_timeout:
+                continue  # its container is being filled and started right now
             if state is None or not state.running:
                 await self._terminator.fail(
                     row.id,
@@ -139,7 +161,7 @@ class Reconciler:
                 )
                 continue
             await self._hub.track(str(row.id), after=row.event_cursor or "0-0")
-            if row.status == SessionStatus.STARTING and now - row.started_at > start_timeout:
+            if row.status == SessionStatus.STARTING and now - started > start_timeout:
                 await self._terminator.fail(
                     row.id,
                     f"start timeout: the CLI was not ready after "

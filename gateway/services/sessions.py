@@ -12,6 +12,7 @@ stream, so clients see the same history the database records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from gateway.db.models import (
     TreeUsageRow,
     TurnRow,
 )
+from gateway.db.outage import database_unavailable
 from gateway.error_codes import ErrorCode
 from gateway.errors import (
     Conflict,
@@ -53,6 +55,7 @@ from gateway.runtime import ImageMissing, RuntimeFailure, SessionRuntime
 from gateway.security import mint_session_token
 from gateway.services import capabilities, limits
 from gateway.services import idempotency as idempotency_keys
+from gateway.services.admission import StartAdmission
 from gateway.services.background import TaskSet
 from gateway.services.container_spec import build_container_spec
 from gateway.services.idempotency import IdempotencyKey
@@ -63,6 +66,8 @@ from gateway.store.objects import StoreError
 from wrapper.protocol import GatewayEvent, SessionConfig
 
 log = logging.getLogger(__name__)
+
+STARTER_POLL = 0.5  # seconds between looks for queued starts another replica's slot freed
 
 EPHEMERAL = WorkspaceChoice()
 
@@ -87,6 +92,7 @@ class SessionService:
         turns: TurnService,
         terminator: Terminator,
         access: SessionAccess,
+        admission: StartAdmission,
         workspaces: WorkspaceService | None = None,
     ) -> None:
         self._settings = settings
@@ -98,7 +104,9 @@ class SessionService:
         self._turns = turns
         self._terminator = terminator
         self._workspaces = workspaces
+        self._admission = admission
         self._background = TaskSet()
+        self._queued = asyncio.Event()  # a start may be waiting for a slot
 
     async def close(self) -> None:
         await self._background.close()
@@ -338,6 +346,8 @@ class SessionService:
                 stopped_at=None,
                 current_turn_id=None,
                 workspace_restored=False,
+                admitted_at=None,
+                resumed_at=func.now(),
                 started_at=func.now(),
                 last_activity_at=func.now(),
             )
@@ -347,12 +357,49 @@ class SessionService:
         await self._bus.publish(
             str(session_id), GatewayEvent.STATUS, status=SessionStatus.STARTING, reason="resumed"
         )
-        return await self._start_container(again, resumed=True)
+        return await self._admit_and_start(again, resumed=True)
 
     async def _launch(self, row: SessionRow, prompt: str | None) -> SessionRow:
         if prompt is not None:
             await self._turns.begin(row.id, prompt)
-        return await self._start_container(row)
+        return await self._admit_and_start(row)
+
+    async def _admit_and_start(self, row: SessionRow, resumed: bool = False) -> SessionRow:
+        """Start now when the engine has a start slot free; else the session waits in
+        ``starting`` (no container yet) for a starter to claim it (``run_starter``)."""
+        if await self._admission.admit(row.id):
+            return await self._start_container(row, resumed)
+        self._queued.set()
+        log.info("session %s waits for a start slot (SESSION_START_CONCURRENCY)", row.id)
+        return row
+
+    async def run_starter(self) -> None:
+        """Every replica: start queued sessions of this engine as start slots free up (a
+        slot frees when a session becomes ready or ends, on any replica, hence the poll)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STARTER_POLL):
+                    await self._queued.wait()
+            self._queued.clear()
+            try:
+                while (session_id := await self._admission.claim_next()) is not None:
+                    self._background.spawn(
+                        self._start_claimed(session_id), name=f"start-{session_id}"
+                    )
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    log.exception("the starter failed; trying again")
+
+    async def _start_claimed(self, session_id: uuid.UUID) -> None:
+        try:
+            row = await self.get(session_id)
+            await self._start_container(row, resumed=row.resumed_at is not None)
+        except GatewayError as exc:  # the session is failed with the reason already
+            log.info("queued session %s could not start: %s", session_id, exc.message)
+
+    def slot_freed(self) -> None:
+        """A session of this process left ``starting``: a queued start may go now."""
+        self._queued.set()
 
     async def _start_container(self, row: SessionRow, resumed: bool = False) -> SessionRow:
         """Start the session's container. On failure the session is failed and the error says
@@ -442,6 +489,7 @@ class SessionService:
             row.status = SessionStatus.BUSY if row.current_turn_id else SessionStatus.READY
             row.event_cursor = cursor
             status = row.status
+        self.slot_freed()
         await self._bus.publish(str(session_id), GatewayEvent.STATUS, status=status)
 
 

@@ -53,7 +53,6 @@ class Terminator:
         self._bus = bus
         self._hub = hub
         self._background = TaskSet()
-        self._stopping: set[uuid.UUID] = set()  # stops this process is carrying out
 
     async def close(self) -> None:
         await self._background.close()
@@ -77,30 +76,27 @@ class Terminator:
         # the containers are stopped level by level.
         async with self._db() as db, db.begin():
             rows = await queries.begin_stopping_subtree(db, session_id, include_root)
-        self._stopping.update(row.id for row in rows)
         failures: list[BaseException] = []
-        try:
-            for level in _deepest_first(rows):
-                outcomes = await asyncio.gather(
-                    *(
-                        self._stop_row(
-                            row,
-                            reason
-                            if row.id == session_id
-                            else f"ancestor {session_id} stopped: {reason}",
-                        )
-                        for row in level
-                    ),
-                    return_exceptions=True,
-                )
-                # One session that cannot be stopped now (the engine is down) must not keep
-                # the others running; it stays "stopping" and the reconciler finishes it.
-                for row, outcome in zip(level, outcomes, strict=True):
-                    if isinstance(outcome, BaseException):
-                        log.warning("could not stop session %s: %s", row.id, outcome)
-                        failures.append(outcome)
-        finally:
-            self._stopping.difference_update(row.id for row in rows)
+        # A stop in progress is the rows' status (stopping), which every replica sees.
+        for level in _deepest_first(rows):
+            outcomes = await asyncio.gather(
+                *(
+                    self._stop_row(
+                        row,
+                        reason
+                        if row.id == session_id
+                        else f"ancestor {session_id} stopped: {reason}",
+                    )
+                    for row in level
+                ),
+                return_exceptions=True,
+            )
+            # One session that cannot be stopped now (the engine is down) must not keep
+            # the others running; it stays "stopping" and the reconciler finishes it.
+            for row, outcome in zip(level, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    log.warning("could not stop session %s: %s", row.id, outcome)
+                    failures.append(outcome)
         if failures:
             raise failures[0]
 
@@ -129,17 +125,13 @@ class Terminator:
             )
 
     async def complete_interrupted_stop(self, row: SessionRow) -> SessionRow:
-        """Finish a stop that a previous gateway process began but did not end."""
-        self._stopping.add(row.id)
-        try:
-            if row.container_id:  # it may still run: stop it so that its files hold still
-                await self._runtime.stop(row.container_id, self._settings.session_stop_grace)
-            kept = bool(row.container_id) and not await self._save_then_remove(row, "stop")
-            return await self._finish_stop(
-                row.id, "stopped (completed after a gateway restart)", unsaved=kept
-            )
-        finally:
-            self._stopping.discard(row.id)
+        """Finish a stop that a gateway process (this or another replica) began but did not
+        end in time: it died, or lost the engine."""
+        if row.container_id:  # it may still run: stop it so that its files hold still
+            await self._runtime.stop(row.container_id, self._settings.session_stop_grace)
+        kept = bool(row.container_id) and not await self._save_then_remove(row, "stop")
+        reason = "stopped (completed by the reconciler)"
+        return await self._finish_stop(row.id, reason, unsaved=kept)
 
     async def _finish_stop(
         self,
@@ -333,9 +325,8 @@ class Terminator:
             await self._hub.track(str(session_id), after="0-0")
 
     async def on_container_exit(self, session_id: uuid.UUID, container_id: str) -> None:
-        """A container stopped. Expected during a stop; otherwise the session failed."""
-        if session_id in self._stopping:
-            return
+        """A container stopped. Expected during a stop (the session is ``stopping``: ``fail``
+        changes only a running session); otherwise the session failed."""
         state = await self._runtime.inspect(container_id)
         code = state.exit_code if state is not None else None
         await self.fail(session_id, describe_exit(state, self._settings), exit_code=code)
@@ -355,9 +346,6 @@ class Terminator:
             await self._bus.delete(str(gone.id))
             if self._workspaces is not None:
                 await self._workspaces.forget_session(gone.id, gone.owner)
-
-    def is_stopping_here(self, session_id: uuid.UUID) -> bool:
-        return session_id in self._stopping
 
 
 def _deepest_first(rows: Sequence[SessionRow]) -> list[list[SessionRow]]:

@@ -14,7 +14,7 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar, cast
 
@@ -106,8 +106,6 @@ class WorkspaceService:
         self._store = store
         self._bus = bus
         self._limits = Limits(settings.workspace_max_bytes, settings.workspace_max_files)
-        self._locks: dict[uuid.UUID, asyncio.Lock] = {}
-        self._inherit: dict[uuid.UUID, str] = {}  # new session -> parent container to copy
         self._transcripts = TranscriptKeeper(runtime, store)
 
     @property
@@ -162,7 +160,7 @@ class WorkspaceService:
                     f"parent session {parent.id} has no container to copy files from yet",
                     code=ErrorCode.PARENT_NOT_READY,
                 )
-            self._inherit[session.id] = parent.container_id
+            session.workspace_source = parent.id  # copied when its container is prepared
         workspace = WorkspaceRow(
             id=uuid.uuid4(),
             owner=session.owner,
@@ -210,7 +208,7 @@ class WorkspaceService:
     async def prepare(self, session: SessionRow, container_id: str, resumed: bool) -> None:
         """Copy the session's files (and its transcript, when resuming) into its created
         container, so the CLI's first turn sees them."""
-        parent_container = self._inherit.pop(session.id, None)
+        parent_container = None if resumed else await self._source_container(session)
         if parent_container is not None:
             await self._copy_between(parent_container, container_id)
         elif session.workspace_id is not None:
@@ -224,6 +222,22 @@ class WorkspaceService:
                 )
         if resumed:  # a new session has no conversation to restore
             await self._transcripts.restore(session, container_id)
+
+    async def _source_container(self, session: SessionRow) -> str | None:
+        """The parent's container an ``inherit`` workspace is copied from (kept in the row, so
+        whichever replica starts the session finds it)."""
+        if session.workspace_source is None:
+            return None
+        async with self._db() as db:
+            container = await db.scalar(
+                select(SessionRow.container_id).where(SessionRow.id == session.workspace_source)
+            )
+        if container is None:
+            raise Conflict(
+                f"parent session {session.workspace_source} has no container to copy files from",
+                code=ErrorCode.PARENT_NOT_READY,
+            )
+        return container
 
     async def _copy_between(self, source_container: str, target_container: str) -> None:
         # "dir/." archives the contents, extracted into the target's workspace volume (the
@@ -288,11 +302,24 @@ class WorkspaceService:
         await self._commit(workspace, result.entries, previous, counted=True)
         await self._promote(workspace, result, previous)
 
-    def lock(self, workspace_id: uuid.UUID) -> asyncio.Lock:
+    def lock(self, workspace_id: uuid.UUID) -> contextlib.AbstractAsyncContextManager[None]:
         return self._lock(workspace_id)
 
-    def _lock(self, workspace_id: uuid.UUID) -> asyncio.Lock:
-        return self._locks.setdefault(workspace_id, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _lock(self, workspace_id: uuid.UUID) -> AsyncIterator[None]:
+        """One writer of a workspace at a time, across every replica: a PostgreSQL advisory
+        lock held on a connection of its own for as long as the save or upload lasts (the
+        database drops it if this process dies)."""
+        async with self._db() as db:
+            # Autocommit: no transaction stays open (holding back vacuum) while files move.
+            await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            key = func.hashtextextended(f"workspace:{workspace_id}", 0)
+            await db.execute(select(func.pg_advisory_lock(key)))
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):  # a lost connection released it anyway
+                    await asyncio.shield(db.execute(select(func.pg_advisory_unlock(key))))
 
     async def _commit(
         self,
@@ -383,14 +410,17 @@ class WorkspaceService:
 
     # -- periodic snapshots ----------------------------------------------------------------------
 
-    async def run_snapshots(self) -> None:
+    async def run_snapshots(self, is_mine: Callable[[], bool]) -> None:
         """Every ``WORKSPACE_SNAPSHOT_INTERVAL`` seconds, save each running session's writable
-        workspace (so a dead container loses at most one interval)."""
+        workspace (so a dead container loses at most one interval), while this replica holds
+        the snapshots lease."""
         interval = self._settings.workspace_snapshot_interval
         if interval <= 0:
             return
         while True:
             await asyncio.sleep(interval)
+            if not is_mine():
+                continue
             async with self._db() as db:
                 running = (
                     await db.scalars(

@@ -256,6 +256,10 @@ async def test_limits_are_refused_with_their_own_codes(limited, fake_api, docker
     assert "MAX_CHILDREN_PER_SESSION is 5" in refused[0]["message"]
     children = (await limited.http.get(f"/api/v1/sessions/{root['id']}/children")).json()
     assert len(children["sessions"]) == 5
+    # Starts are admitted a few at a time per engine (SESSION_START_CONCURRENCY): all five
+    # get their container, the last ones once a slot frees.
+    for child in created:
+        await limited.wait_status(child["id"], "ready", timeout=90)
     assert len(containers_of(docker_client, [c["id"] for c in created])) == 5
 
     # depth: root (0) -> child (1) -> grandchild (2); a child of that would be at depth 3
