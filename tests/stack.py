@@ -220,6 +220,59 @@ def start_postgres(client: docker.DockerClient, infra: Infra) -> Iterator[Postgr
             container.remove(force=True, v=True)
 
 
+@dataclass
+class Redis:
+    """A Redis container of one test's own, with its data on disk (an append-only file, as in
+    the compose stack) and a fixed host port, so that it can be restarted under the same
+    address (the fault a test injects)."""
+
+    container: Any  # docker.models.containers.Container
+    url: str  # with the gateway user's credentials
+    session_url: str  # as session containers reach it
+
+    def restart(self) -> None:
+        self.container.restart(timeout=5)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            self.container.reload()
+            if self.container.status == "running" and b"Ready to accept" in self.container.logs(
+                tail=5
+            ):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("Redis did not come back")
+
+
+@contextlib.contextmanager
+def start_redis(client: docker.DockerClient, infra: Infra) -> Iterator[Redis]:
+    """A dedicated Redis (same image and gateway user as ``start_infra``'s), persisting every
+    write (appendfsync always) so a restart keeps what was acknowledged."""
+    port = free_port()
+    password = secrets.token_urlsafe(24)
+    command = [*redis_command(password), "--appendonly", "yes", "--appendfsync", "always"]
+    container = client.containers.run(
+        REDIS_IMAGE,
+        command,
+        detach=True,
+        ports={"6379/tcp": ("0.0.0.0", port)},
+        labels={TEST_LABEL: infra.run_id},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while b"Ready to accept" not in container.logs():
+            if time.monotonic() > deadline:
+                raise RuntimeError("Redis did not start")
+            time.sleep(0.1)
+        yield Redis(
+            container,
+            f"redis://{REDIS_GATEWAY_USER}:{password}@127.0.0.1:{port}/0",
+            f"redis://ccd-host:{port}/0",
+        )
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True, v=True)
+
+
 S3_ACCESS_KEY = "test-access"
 S3_SECRET_KEY = "test-secret-key"
 
@@ -296,6 +349,9 @@ def gateway_env(
         # No SESSION_NETWORK: each gateway makes its own (ccd-<instance>-sessions), since its
         # egress rules name its own ports.
         SESSION_REDIS_URL=infra.session_redis_url,
+        # Tests that are not about start admission create a few sessions at once and use their
+        # containers at once; tests/e2e/test_fleet.py sets a small value to test admission.
+        SESSION_START_CONCURRENCY="16",
         S3_ENDPOINT=s3_endpoint,
         S3_ACCESS_KEY=S3_ACCESS_KEY,
         S3_SECRET_KEY=S3_SECRET_KEY,

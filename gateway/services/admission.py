@@ -29,22 +29,10 @@ class StartAdmission:
         self._instance = instance
         self._concurrency = concurrency
 
-    async def admit(self, session_id: uuid.UUID) -> bool:
-        """Admit this session's start now if a slot is free (``False``: it stays queued)."""
-        async with self._db() as db, db.begin():
-            if not await self._slot_free(db):
-                return False
-            admitted = await db.execute(
-                update(SessionRow)
-                .where(
-                    SessionRow.id == session_id,
-                    SessionRow.status == SessionStatus.STARTING,
-                    SessionRow.admitted_at.is_(None),
-                )
-                .values(admitted_at=func.now())
-                .returning(SessionRow.id)
-            )
-            return admitted.one_or_none() is not None
+    async def slot_free(self, db: AsyncSession) -> bool:
+        """Whether a start may be admitted now, in the caller's transaction (which then sets
+        the session's ``admitted_at``): the engine's start lock is held until it commits."""
+        return await self._slot_free(db)
 
     async def claim_next(self) -> uuid.UUID | None:
         """Admit the oldest queued session of this engine, if a slot is free; its start is

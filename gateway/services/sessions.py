@@ -282,6 +282,10 @@ class SessionService:
             )
             if self._workspaces is not None:
                 await self._workspaces.attach(db, row, workspace, parent)
+            # Admitted to start with its insert when a start slot is free: a queued session
+            # is only ever one that found none.
+            if await self._admission.slot_free(db):
+                row.admitted_at = queries.utcnow()
             db.add(row)
             if parent is None:  # a new tree: its running totals and its budget
                 await db.flush()
@@ -346,7 +350,7 @@ class SessionService:
                 stopped_at=None,
                 current_turn_id=None,
                 workspace_restored=False,
-                admitted_at=None,
+                admitted_at=func.now() if await self._admission.slot_free(db) else None,
                 resumed_at=func.now(),
                 started_at=func.now(),
                 last_activity_at=func.now(),
@@ -365,9 +369,9 @@ class SessionService:
         return await self._admit_and_start(row)
 
     async def _admit_and_start(self, row: SessionRow, resumed: bool = False) -> SessionRow:
-        """Start now when the engine has a start slot free; else the session waits in
+        """Start now when its start was admitted with its row; else the session waits in
         ``starting`` (no container yet) for a starter to claim it (``run_starter``)."""
-        if await self._admission.admit(row.id):
+        if row.admitted_at is not None:
             return await self._start_container(row, resumed)
         self._queued.set()
         log.info("session %s waits for a start slot (SESSION_START_CONCURRENCY)", row.id)
