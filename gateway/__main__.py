@@ -30,13 +30,18 @@ def migrate(settings: Settings) -> None:
     upgrade_head(settings.database_url)
 
 
+def _configure_logging(settings: Settings) -> None:
+    from gateway.logging_setup import configure_logging
+
+    configure_logging(settings.log_level, settings.log_json)
+
+
 def serve(settings: Settings, run_migrations: bool) -> None:
     import uvicorn
 
-    from gateway.logging_setup import configure_logging
     from gateway.main import create_app
 
-    configure_logging(settings.log_level, settings.log_json)
+    _configure_logging(settings)
     if run_migrations:
         migrate(settings)
     uvicorn.run(
@@ -70,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = _settings()
     if args.command == "migrate":
+        _configure_logging(settings)  # Alembic says what it applies, as under `serve`
         migrate(settings)
     elif args.command == "token":
         token(settings, args.sub, args.ttl)
