@@ -30,23 +30,40 @@ def migrate(settings: Settings) -> None:
     upgrade_head(settings.database_url)
 
 
+def _configure_logging(settings: Settings) -> None:
+    from gateway.logging_setup import configure_logging
+
+    configure_logging(settings.log_level, settings.log_json)
+
+
 def serve(settings: Settings, run_migrations: bool) -> None:
     import uvicorn
 
-    from gateway.logging_setup import configure_logging
+    from gateway import draining
     from gateway.main import create_app
 
-    configure_logging(settings.log_level, settings.log_json)
+    _configure_logging(settings)
     if run_migrations:
         migrate(settings)
-    uvicorn.run(
-        create_app(settings),
+    # SIGTERM drains first (gateway/draining.py): readiness off, streams closed with 1001,
+    # then uvicorn's own shutdown with SHUTDOWN_GRACE for requests in flight.
+    drain = draining.Drain()
+    config = uvicorn.Config(
+        create_app(settings, drain),
         host=settings.host,
         port=settings.port,
         log_config=None,
         proxy_headers=True,
         ws_max_size=16 * 1024 * 1024,
+        timeout_graceful_shutdown=settings.shutdown_grace,
     )
+    server = draining.GracefulServer(
+        config,
+        drain,
+        delay=settings.shutdown_drain_delay,
+        stream_timeout=min(settings.shutdown_grace, draining.STREAM_CLOSE_TIMEOUT),
+    )
+    draining.serve(server)
 
 
 def token(settings: Settings, subject: str, ttl: int | None) -> None:
@@ -70,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = _settings()
     if args.command == "migrate":
+        _configure_logging(settings)  # Alembic says what it applies, as under `serve`
         migrate(settings)
     elif args.command == "token":
         token(settings, args.sub, args.ttl)

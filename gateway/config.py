@@ -45,6 +45,20 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535, description="Port uvicorn listens on.")
     log_level: LogLevel = Field(default="INFO", description="Root log level.")
     log_json: bool = Field(default=True, description="Log one JSON object per line.")
+    shutdown_drain_delay: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds between SIGTERM and closing open WebSockets (with 1001) and the "
+        "listener: /ready answers 503 and new WebSockets are refused meanwhile, other "
+        "requests are still served, so a load balancer's health check can take the replica "
+        "out of rotation first. At least its check interval times the failures it needs.",
+    )
+    shutdown_grace: int = Field(
+        default=30,
+        ge=1,
+        description="Seconds requests in flight (a chat waiting for its turn, a model call) "
+        "get to finish once the listener is closed; then they are cancelled.",
+    )
 
     # -- stores --------------------------------------------------------------------------------
     database_url: str = Field(

@@ -226,6 +226,11 @@ class ErrorCode(StrEnum):
         "Redis cannot be reached: no prompt or session user could be written.",
     )
     STORE_UNAVAILABLE = "store_unavailable", 503, "The object store cannot be reached."
+    SHUTTING_DOWN = (
+        "shutting_down",
+        503,
+        "This gateway is draining: connect again (another replica answers).",
+    )
     WORKSPACE_UNSAVED = (
         "workspace_unsaved",
         503,

@@ -17,6 +17,7 @@ from gateway.api.openapi import install_openapi
 from gateway.config import Settings
 from gateway.db.engine import create_engine, create_session_factory
 from gateway.deps import Services
+from gateway.draining import Drain
 from gateway.errors import install_error_handlers
 from gateway.events.access import SessionAccess
 from gateway.events.bus import EventBus
@@ -61,7 +62,10 @@ DUTIES = ("reconciler", "exits", "snapshots", "disk", "purge")  # one lease each
 HUB_BLOCK_SECONDS = 30
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
+    """The app. ``drain`` is the process's shutdown state, shared with the server that runs
+    the app (``gateway/draining.py``); without one the app gets its own, never draining."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
@@ -197,6 +201,7 @@ def create_app(settings: Settings) -> FastAPI:
         description="Claude Code sessions, each in its own Docker container.",
         lifespan=lifespan,
     )
+    app.state.drain = drain or Drain()
     install_error_handlers(app)
     app.include_router(build_router())
     install_openapi(app)

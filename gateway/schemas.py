@@ -315,7 +315,9 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "unavailable", "draining"] = Field(
+        description="`draining`: the gateway is shutting down (no dependency is checked)."
+    )
     checks: dict[str, str] = Field(description="Each dependency: 'ok' or what failed.")
 
 

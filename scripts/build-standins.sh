@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Build the stand-in infrastructure images the tests use where no registry is reachable:
-# PostgreSQL 15 and Redis 7 from Debian's packages, and MinIO's contract over moto's S3 server
-# from PyPI, with the official images' environment and command contract (see
-# tests/standins/*/Dockerfile). Idempotent; a cached rebuild takes seconds.
+# PostgreSQL 15, Redis 7 and HAProxy (the compose stack's load balancer) from Debian's packages,
+# and MinIO's contract over moto's S3 server from PyPI, with the official images' environment
+# and command contract (see tests/standins/*/Dockerfile). Idempotent; a cached rebuild takes
+# seconds.
 #
 # Environment:
 #   STANDIN_POSTGRES_IMAGE  tag for the PostgreSQL stand-in (default cc-docker/standin-postgres:15)
 #   STANDIN_REDIS_IMAGE     tag for the Redis stand-in (default cc-docker/standin-redis:7)
 #   STANDIN_S3_IMAGE        tag for the MinIO stand-in (default cc-docker/standin-minio:latest)
+#   STANDIN_LB_IMAGE        tag for the HAProxy stand-in (default cc-docker/standin-haproxy:2.6,
+#                           Debian bookworm's version)
 #   EXTRA_CA_CERTS          a PEM file or bundle of CA certificates for the MinIO stand-in's
 #                           pip install; copied to tests/standins/s3/ca-certificates/extra-ca.crt
 #                           (gitignored)
@@ -20,6 +23,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 STANDIN_POSTGRES_IMAGE="${STANDIN_POSTGRES_IMAGE:-cc-docker/standin-postgres:15}"
 STANDIN_REDIS_IMAGE="${STANDIN_REDIS_IMAGE:-cc-docker/standin-redis:7}"
 STANDIN_S3_IMAGE="${STANDIN_S3_IMAGE:-cc-docker/standin-minio:latest}"
+STANDIN_LB_IMAGE="${STANDIN_LB_IMAGE:-cc-docker/standin-haproxy:2.6}"
 S3_CONTEXT="$REPO_ROOT/tests/standins/s3"
 
 build_one() {
@@ -49,6 +53,7 @@ main() {
 
     build_one "$STANDIN_POSTGRES_IMAGE" "$REPO_ROOT/tests/standins/postgres" "$@"
     build_one "$STANDIN_REDIS_IMAGE" "$REPO_ROOT/tests/standins/redis" "$@"
+    build_one "$STANDIN_LB_IMAGE" "$REPO_ROOT/tests/standins/haproxy" "$@"
     local moto_version moto_args=()
     moto_version=$(pinned_moto_version)
     if [[ -n $moto_version ]]; then

@@ -5,9 +5,10 @@
 #   scripts/setup.sh token NAME   print a user token for NAME
 #   scripts/setup.sh down [-v]    stop the stack (and its sessions); -v also deletes the data
 #
-# Environment: every variable of .env.example (a .env file is read too). Where the official
-# infrastructure images cannot be pulled (an offline site), POSTGRES_IMAGE, REDIS_IMAGE and
-# MINIO_IMAGE fall back to stand-ins built locally from Debian's packages and PyPI.
+# Environment: every variable of .env.example (a .env file is read too); GATEWAY_REPLICAS
+# gateways run behind the load balancer. Where the official infrastructure images cannot be
+# pulled (an offline site), POSTGRES_IMAGE, REDIS_IMAGE, MINIO_IMAGE and LB_IMAGE fall back to
+# stand-ins built locally from Debian's packages and PyPI.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -57,7 +58,7 @@ wait_ready() {
         fi
         sleep 1
     done
-    compose logs --tail 50 gateway >&2 || true
+    compose logs --tail 50 gateway lb >&2 || true
     die "the gateway did not become ready at $url"
 }
 
@@ -70,18 +71,20 @@ up() {
     pick_image POSTGRES_IMAGE postgres:15 "${STANDIN_POSTGRES_IMAGE:-cc-docker/standin-postgres:15}"
     pick_image REDIS_IMAGE redis:7 "${STANDIN_REDIS_IMAGE:-cc-docker/standin-redis:7}"
     pick_image MINIO_IMAGE minio/minio:latest "${STANDIN_S3_IMAGE:-cc-docker/standin-minio:latest}"
+    pick_image LB_IMAGE haproxy:2.8 "${STANDIN_LB_IMAGE:-cc-docker/standin-haproxy:2.6}"
     if [[ $NEED_STANDINS == 1 ]]; then
         "$REPO_ROOT/scripts/build-standins.sh"
     fi
     log "building the gateway and session images"
     compose build
-    compose up -d
+    compose up -d --scale gateway="${GATEWAY_REPLICAS:-1}"
     local port=${GATEWAY_PORT:-8000}
     wait_ready "http://127.0.0.1:$port/ready"
     cat <<MSG
 
 CC-Docker is up.
   API:            http://localhost:$port   (interactive docs: http://localhost:$port/docs)
+  Gateways:       ${GATEWAY_REPLICAS:-1} behind the load balancer (more: GATEWAY_REPLICAS=N scripts/setup.sh)
   MinIO console:  http://localhost:${MINIO_CONSOLE_PORT:-9001}   (user ${MINIO_ROOT_USER:-ccd-minio})
   Model access:   set ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN) in .env, then run this again.
 
@@ -91,7 +94,8 @@ MSG
 }
 
 token() {
-    compose exec -T gateway python -m gateway token --sub "${1:?usage: setup.sh token NAME}"
+    # Any replica will do (they share the secret); --index picks one when there are several.
+    compose exec -T --index 1 gateway python -m gateway token --sub "${1:?usage: setup.sh token NAME}"
 }
 
 down() {

@@ -363,6 +363,9 @@ def gateway_env(
         SESSION_STOP_GRACE="3",
         SESSION_INTERRUPT_GRACE="3",
         RECONCILE_INTERVAL="2",
+        # No load balancer watches a test gateway's /ready: stopping it need not wait for one
+        # (tests of the drain set their own).
+        SHUTDOWN_DRAIN_DELAY="0",
         LOG_LEVEL="INFO",
         LOG_JSON="false",
     )

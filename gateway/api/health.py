@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from gateway.deps import ServicesDep
+from gateway.draining import Drain, get_drain
 from gateway.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -23,8 +25,13 @@ async def health() -> Health:
 
 
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
-async def ready(services: ServicesDep) -> JSONResponse:
-    """PostgreSQL, Redis and the Docker engine all answer: 200, else 503 naming what failed."""
+async def ready(services: ServicesDep, drain: Annotated[Drain, Depends(get_drain)]) -> JSONResponse:
+    """PostgreSQL, Redis, the Docker engine and the object store all answer: 200, else 503
+    naming what failed. From the moment the gateway is told to stop: 503 ``draining`` at once,
+    with nothing checked, so a load balancer sends it no new requests."""
+    if drain.draining:
+        body = Readiness(status="draining", checks={"shutdown": "draining"})
+        return JSONResponse(body.model_dump(), status_code=503)
 
     async def database() -> None:
         async with services.db() as db:

@@ -15,9 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from gateway.db.models import ACTIVE_STATUSES, SessionRow
 from gateway.deps import Services, authenticate, may_access
+from gateway.draining import GOING_AWAY, GOING_AWAY_REASON, Drain
 from gateway.error_codes import ErrorCode
 from gateway.errors import GatewayError, InvalidRequest, SessionNotFound, error_response
 from gateway.events.bus import is_stream_id
+from gateway.events.hub import FollowControl
 from gateway.schemas import MAX_PROMPT_CHARS
 from wrapper.aio import cancel_and_wait
 from wrapper.protocol import NO_NUL, Source
@@ -49,27 +51,34 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
     """Events as ``{"id", "session_id", "source", "event"}``. ``?after=<cursor>`` replays every
     event after the cursor first (default: from the beginning; ``$``: live only). The token
     comes in the Authorization header or as ``?token=``. Clients may send
-    ``{"type": "prompt", "prompt": "..."}`` and ``{"type": "interrupt"}``."""
+    ``{"type": "prompt", "prompt": "..."}`` and ``{"type": "interrupt"}``.
+    While the gateway shuts down, a new stream is refused (503 ``shutting_down``) and an open
+    one is sent what it has been given, then closed with code 1001."""
     services: Services = websocket.app.state.services
+    drain: Drain = websocket.app.state.drain
     try:
+        drain.refuse_new_streams()
         session = await _authorize(websocket, services, session_id)
         after = _parse_after(websocket.query_params.get("after"))
     except GatewayError as exc:
         await websocket.send_denial_response(error_response(exc))
         return
-    await websocket.accept()
-    sender = asyncio.create_task(_send_events(websocket, services, session, after))
-    receiver = asyncio.create_task(_receive_commands(websocket, services, session))
-    try:
-        done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            failure = None if task.cancelled() else task.exception()
-            if failure is not None and not isinstance(failure, WebSocketDisconnect | RuntimeError):
-                log.error("stream of %s failed", session.id, exc_info=failure)
-    finally:
-        await cancel_and_wait([sender, receiver])
-        with contextlib.suppress(Exception):  # the client may be gone already
-            await websocket.close()
+    with drain.stream() as control:
+        await websocket.accept()
+        sender = asyncio.create_task(_send_events(websocket, services, session, after, control))
+        receiver = asyncio.create_task(_receive_commands(websocket, services, session))
+        try:
+            done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                failure = None if task.cancelled() else task.exception()
+                if failure is not None and not isinstance(
+                    failure, WebSocketDisconnect | RuntimeError
+                ):
+                    log.error("stream of %s failed", session.id, exc_info=failure)
+        finally:
+            await cancel_and_wait([sender, receiver])
+            with contextlib.suppress(Exception):  # the client may be gone already
+                await websocket.close()
 
 
 async def _authorize(websocket: WebSocket, services: Services, session_id: str) -> SessionRow:
@@ -100,14 +109,22 @@ def _parse_after(value: str | None) -> str | None:
 
 
 async def _send_events(
-    websocket: WebSocket, services: Services, session: SessionRow, after: str | None
+    websocket: WebSocket,
+    services: Services,
+    session: SessionRow,
+    after: str | None,
+    control: FollowControl,
 ) -> None:
     sid = str(session.id)
     active = session.status in ACTIVE_STATUSES
-    async with contextlib.aclosing(services.hub.follow(sid, after, track=active)) as events:
+    follow = services.hub.follow(sid, after, track=active, control=control)
+    async with contextlib.aclosing(follow) as events:
         async for event in events:
             await websocket.send_text(event.envelope_json())
-    # follow ends only when the session is deleted
+    if control.finished:  # the gateway shuts down: the client resumes elsewhere
+        await websocket.close(code=GOING_AWAY, reason=GOING_AWAY_REASON)
+        return
+    # otherwise follow ends only when the session is deleted
     await _send_notice(websocket, sid, {"type": "session_deleted"})
     await websocket.close(code=1000, reason="session deleted")
 

@@ -83,6 +83,27 @@ class Subscription:
         return event
 
 
+class FollowControl:
+    """Lets the caller of ``follow`` end it gracefully: after ``finish()`` it yields what its
+    subscription already holds (events this process has read), then ends, as it does when the
+    session is deleted; ``finished`` tells the two apart. A graceful shutdown uses it to send
+    each WebSocket client what it has been given before closing it."""
+
+    def __init__(self) -> None:
+        self.finished = False
+        self._subscription: Subscription | None = None
+
+    def finish(self) -> None:
+        self.finished = True
+        if self._subscription is not None:
+            self._subscription.close()
+
+    def attach(self, subscription: Subscription) -> None:
+        self._subscription = subscription
+        if self.finished:
+            subscription.close()
+
+
 class EventHub:
     def __init__(
         self,
@@ -326,17 +347,24 @@ class EventHub:
                     del self._subscribers[session_id]
 
     async def follow(
-        self, session_id: str, after: str | None, *, track: bool = True
+        self,
+        session_id: str,
+        after: str | None,
+        *,
+        track: bool = True,
+        control: FollowControl | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Every event after cursor ``after`` ("0" for all, ``None`` for live only), then live
-        events as they come, with no gap and no duplicate. Runs until the caller stops or the
-        session is deleted.
+        events as they come, with no gap and no duplicate. Runs until the caller stops, the
+        session is deleted, or ``control`` finishes it.
         ``track`` makes sure this process reads the session (pass False for ended sessions)."""
         last = after or await self._bus.last_id(session_id)
         if track:
             await self.track(session_id)
         while True:
             with self.subscribe(session_id) as subscription:
+                if control is not None:
+                    control.attach(subscription)
                 gap = await self._bus.gap_after(session_id, last)
                 if gap is not None:
                     yield gap

@@ -1,10 +1,14 @@
 """The README quick start, walked against the real docker-compose.yml brought up by
-scripts/setup.sh. Here no registry is reachable, so the stack runs on the stand-in images
-(PostgreSQL, Redis, an S3 server in MinIO's place) that tests/standins builds; the compose file,
-the gateway image and the session image are the real ones."""
+scripts/setup.sh with two gateway replicas behind the load balancer. Here no registry is
+reachable, so the stack runs on the stand-in images (PostgreSQL, Redis, an S3 server in MinIO's
+place, HAProxy from Debian's package) that tests/standins builds; the compose file, the HAProxy
+configuration, the gateway image and the session image are the real ones (built under tags of
+this run's own, so a developer's images are left alone)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -12,19 +16,23 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import docker
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from gateway.store.objects import ObjectStore
-from tests.client import Api, is_claude, read_until
+from tests.client import Api, is_claude, is_status, marker, read_until
 from tests.fake_anthropic import FakeAnthropic, text, tool_use
 from tests.stack import POSTGRES_IMAGE, REDIS_IMAGE, ROOT, free_port, require_image
 
 pytestmark = pytest.mark.docker
 
 MINIO_STANDIN = os.environ.get("TEST_MINIO_IMAGE", "cc-docker/standin-minio:latest")
+LB_STANDIN = os.environ.get("TEST_LB_IMAGE", "cc-docker/standin-haproxy:2.6")
+REPLICAS = 2
 
 
 def compose_command() -> list[str]:
@@ -56,9 +64,12 @@ def quickstart_api(infra) -> Iterator[FakeAnthropic]:
 
 @pytest.fixture(scope="module")
 def stack(docker_client, quickstart_api) -> Iterator[Stack]:
-    for image in (POSTGRES_IMAGE, REDIS_IMAGE, MINIO_STANDIN):
+    for image in (POSTGRES_IMAGE, REDIS_IMAGE, MINIO_STANDIN, LB_STANDIN):
         require_image(docker_client, image, "run scripts/build-standins.sh")
     project = f"ccdtest{secrets.token_hex(3)}"
+    # Images of this run's own: concurrent runs (and a developer's stack) keep theirs.
+    images = {"SESSION_IMAGE": f"cc-docker/session:{project}"}
+    images["GATEWAY_IMAGE"] = f"cc-docker/gateway:{project}"
     port = free_port()
     subnet = secrets.randbelow(200) + 20  # apart from a developer's own stack (10.213.0.0/24)
     env = {
@@ -67,6 +78,9 @@ def stack(docker_client, quickstart_api) -> Iterator[Stack]:
         "POSTGRES_IMAGE": POSTGRES_IMAGE,
         "REDIS_IMAGE": REDIS_IMAGE,
         "MINIO_IMAGE": MINIO_STANDIN,
+        "LB_IMAGE": LB_STANDIN,
+        "GATEWAY_REPLICAS": str(REPLICAS),
+        **images,
         "GATEWAY_PORT": str(port),
         "MINIO_API_PORT": str(free_port()),
         "MINIO_CONSOLE_PORT": str(free_port()),
@@ -96,6 +110,9 @@ def stack(docker_client, quickstart_api) -> Iterator[Stack]:
             capture_output=True,
             timeout=300,
         )
+        for image in images.values():  # the tag only: the layers stay cached
+            with contextlib.suppress(docker.errors.APIError):
+                docker_client.images.remove(image, noprune=True)
 
 
 def _leftovers(client: docker.DockerClient, stack: Stack) -> list[str]:
@@ -115,6 +132,113 @@ def _leftovers(client: docker.DockerClient, stack: Stack) -> list[str]:
         for v in client.volumes.list(filters={"label": f"cc-docker.instance={stack.project}"})
     ]
     return found
+
+
+def _service(client: docker.DockerClient, stack: Stack, service: str) -> list[Any]:
+    label = f"com.docker.compose.project={stack.project}"
+    selector = f"com.docker.compose.service={service}"
+    return list(client.containers.list(filters={"label": [label, selector]}))
+
+
+async def _read_to_close(ws: Any, into: list[dict[str, Any]]) -> int | None:
+    """Every envelope until the server closes the socket; the close code."""
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            into.append(json.loads(await ws.recv()))
+    return None if ws.close_code is None else int(ws.close_code)
+
+
+def _ids(envelopes: list[dict[str, Any]]) -> list[str]:
+    return [e["id"] for e in envelopes if e["id"] is not None]  # notices carry no cursor
+
+
+async def _until_healthy(container: Any, timeout: float = 120) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            container.reload()
+            if container.attrs["State"].get("Health", {}).get("Status") == "healthy":
+                return
+            await asyncio.sleep(1)
+
+
+async def test_replicas_behind_the_load_balancer(stack, quickstart_api, docker_client) -> None:
+    """Two gateways behind HAProxy: requests spread over both; one told to stop (SIGTERM,
+    as `docker stop` and a rolling upgrade do) drains: requests through the balancer all
+    succeed meanwhile, the WebSocket it held closes with 1001 and resumes through the
+    balancer on the other replica with nothing lost or repeated, and its session runs on."""
+    replicas = _service(docker_client, stack, "gateway")
+    assert len(replicas) == REPLICAS, [c.name for c in replicas]
+    tag = marker("lb")
+    quickstart_api.on(tag, text(f"answer {tag}"))
+    api = Api(stack.url, stack.token)
+    try:
+        session = await api.create()
+        sid = session["id"]
+        async with Api.connect(api.ws_url(sid, token=True), {}) as ws:
+            await read_until(ws, is_status("ready"), timeout=120)
+        for _ in range(20):
+            await api.get(sid)
+        for replica in replicas:  # each answered some of them
+            assert f"GET /api/v1/sessions/{sid} HTTP" in replica.logs().decode(errors="replace")
+
+        got: list[list[dict[str, Any]]] = [[], []]
+        async with api.stream(sid, after="0") as one, api.stream(sid, after="0") as two:
+            sockets = [one, two]  # fewest connections first: one on each replica
+            for ws, into in zip(sockets, got, strict=True):
+                into += await read_until(ws, is_status("ready"))
+            victim = replicas[0]
+            stopping = asyncio.create_task(asyncio.to_thread(victim.stop, timeout=90))
+            statuses: list[int] = []
+
+            async def keep_asking() -> None:
+                while not stopping.done():
+                    statuses.append((await api.http.get(f"/api/v1/sessions/{sid}")).status_code)
+                    await asyncio.sleep(0.1)
+
+            asking = asyncio.create_task(keep_asking())
+            readers = [
+                asyncio.create_task(_read_to_close(ws, into))
+                for ws, into in zip(sockets, got, strict=True)
+            ]
+            done, pending = await asyncio.wait(
+                readers, timeout=90, return_when=asyncio.FIRST_COMPLETED
+            )
+            assert len(done) == 1, "no stream (or both) closed while a replica stopped"
+            cut = readers.index(done.pop())
+            kept = 1 - cut
+            assert readers[cut].result() == 1001
+            await asyncio.wait_for(stopping, 90)
+            await asyncio.wait_for(asking, 30)
+            for reader in pending:
+                reader.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            assert statuses and set(statuses) == {200}, statuses
+            # the balancer took it out on its /ready while it drained, not once it was gone
+            (balancer,) = _service(docker_client, stack, "lb")
+            lb_log = balancer.logs().decode(errors="replace")
+            assert "is DOWN, reason: Layer7 wrong status, code: 503" in lb_log, lb_log[-3000:]
+            victim.reload()
+            assert victim.status == "exited", victim.status
+            assert victim.attrs["State"]["ExitCode"] == 0, victim.logs(tail=30)
+            container = docker_client.containers.get(session["container_id"])
+            assert container.status == "running"
+
+            # the cut stream resumes through the balancer, on the replica left
+            async with api.stream(sid, after=_ids(got[cut])[-1]) as resumed_ws:
+                reply = await api.chat(sid, f"after {tag}", timeout=120)
+                resumed = await read_until(resumed_ws, is_claude("result"))
+            got[kept] += await read_until(sockets[kept], is_claude("result"))
+        assert reply["result"]["result"] == f"answer {tag}"
+        async with api.stream(sid, after="0") as ws:
+            everything = await read_until(ws, is_claude("result"))
+        assert _ids(got[cut]) + _ids(resumed) == _ids(everything)
+        assert _ids(got[kept]) == _ids(everything)
+
+        victim.start()  # back to two replicas for the tour
+        await _until_healthy(victim)
+        await api.stop(sid)
+    finally:
+        await api.aclose()
 
 
 async def test_readme_quick_start_against_the_compose_stack(
@@ -206,6 +330,7 @@ async def _check_session_network(
         "gateway": ("ccd-host", int(stack.env["GATEWAY_PORT"])),
         "redis-ip": (address("redis"), 6379),
         "gateway-name": ("gateway", 8000),
+        "lb-name": ("lb", 8000),
         "postgres-name": ("postgres", 5432),
         "postgres-ip": (address("postgres"), 5432),
         "minio-name": ("minio", 9000),
@@ -229,7 +354,7 @@ async def _check_session_network(
     assert code == 0, output
     reached = json.loads(output.decode())
     assert reached["redis"] == "open" and reached["gateway"] == "open", reached
-    blocked = ("redis-ip", "gateway-name", "postgres-name", "postgres-ip", "minio-name")
+    blocked = ("redis-ip", "gateway-name", "lb-name", "postgres-name", "postgres-ip", "minio-name")
     for name in (*blocked, "minio-ip", "minio-host"):
         assert reached[name] != "open", reached
     anonymous = (

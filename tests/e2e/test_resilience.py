@@ -125,7 +125,8 @@ async def test_gateway_restart_loses_no_result(infra, fake_api, s3_endpoint, tmp
         await client.wait_status(session["id"], "busy")
         await client.aclose()
         instance, secret = first.instance, first.jwt_secret
-        first.process.terminate()  # type: ignore[union-attr]
+        # Killed: a SIGTERM would drain, and the call in flight would finish before it exits.
+        first.process.kill()  # type: ignore[union-attr]
         first.process.wait(10)  # type: ignore[union-attr]
         await asyncio.sleep(2)  # the CLI's call broke; it backs off and retries
         with run_gateway(

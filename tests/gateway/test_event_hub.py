@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.events.bus import Event, EventBus
-from gateway.events.hub import EventHub
+from gateway.events.hub import EventHub, FollowControl
 from wrapper.aio import cancel_and_wait
 from wrapper.protocol import GatewayEvent
 
@@ -80,6 +80,53 @@ async def test_follow_after_a_cursor_and_live_only(hub_and_bus) -> None:
     await asyncio.sleep(0.2)
     more = await publish(bus, sid, 2)
     assert await asyncio.wait_for(live, 5) == more
+
+
+async def test_a_finished_follow_yields_what_it_holds_then_ends(hub_and_bus) -> None:
+    """What a shutting-down gateway does to each WebSocket: the events already read for it
+    are still delivered, nothing after them, and a follow waiting for more ends at once."""
+    hub, bus = hub_and_bus
+    sid = str(uuid.uuid4())
+    dispatched: list[str] = []
+    # listeners run in the same dispatch that queues an event for the subscribers
+    hub.add_listener(lambda event: dispatched.append(event.id))
+    first = await publish(bus, sid, 1)
+    control = FollowControl()
+    got: list[str] = []
+    gate = asyncio.Event()
+
+    async def busy_reader() -> None:
+        async for event in hub.follow(sid, "0", control=control):
+            got.append(event.id)
+            await gate.wait()  # busy: what arrives meanwhile waits in its queue
+
+    reader = asyncio.create_task(busy_reader())
+    async with asyncio.timeout(10):
+        while not got:
+            await asyncio.sleep(0.01)
+    held = await publish(bus, sid, 3)
+    async with asyncio.timeout(10):
+        while not set(held) <= set(dispatched):
+            await asyncio.sleep(0.01)
+    control.finish()
+    gate.set()
+    await asyncio.wait_for(reader, 10)
+    assert got == first + held
+    assert control.finished
+
+    # finished while waiting with nothing held: it ends at once
+    idle = FollowControl()
+    more: list[str] = []
+
+    async def idle_reader() -> None:
+        async for event in hub.follow(sid, held[-1], control=idle):
+            more.append(event.id)
+
+    waiting = asyncio.create_task(idle_reader())
+    await asyncio.sleep(0.2)  # usually waiting by now; finished earlier, it ends all the same
+    idle.finish()
+    await asyncio.wait_for(waiting, 10)
+    assert more == []
 
 
 async def test_listeners_see_every_tracked_session_in_order(hub_and_bus) -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from alembic import context
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from gateway.db.migrate import MIGRATION_LOCK
 from gateway.db.models import Base
 
 target_metadata = Base.metadata
+log = logging.getLogger("gateway.db.migrations")
 
 
 def _database_url() -> str:
@@ -26,6 +30,13 @@ def _database_url() -> str:
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
     with context.begin_transaction():
+        # Replicas starting together migrate one at a time: the lock is taken in the migration
+        # transaction before Alembic reads (or creates) its version table, and released by the
+        # commit, so the next holder finds the schema at head. PostgreSQL runs DDL in
+        # transactions, so all migrations of a run commit together or not at all.
+        if not connection.execute(select(func.pg_try_advisory_xact_lock(*MIGRATION_LOCK))).scalar():
+            log.info("another process is applying the migrations; waiting for it to finish")
+            connection.execute(select(func.pg_advisory_xact_lock(*MIGRATION_LOCK)))
         context.run_migrations()
 
 
