@@ -58,8 +58,10 @@ class Follower:
     """Follows a session's stream through the balancer, reconnecting with ``?after=`` whenever
     the connection drops (its replica died), and keeps every envelope it was given."""
 
-    def __init__(self, client: Api, session_id: str) -> None:
+    def __init__(self, client: Api, session_id: str, then: Api | None = None) -> None:
+        """``then``: where to reconnect after the first drop (default ``client``)."""
         self.client = client
+        self.then = then or client
         self.session_id = session_id
         self.envelopes: list[dict[str, Any]] = []
         self.reconnects = 0
@@ -81,10 +83,16 @@ class Follower:
                             self.envelopes.append(envelope)
                             if predicate(envelope):
                                 return
+                        # Closed cleanly by the server (a drain): resume elsewhere.
+                        if ws.close_code is not None:
+                            self.close_codes.append(ws.close_code)
+                        self.reconnects += 1
+                        self.client = self.then
                 except (WebSocketException, OSError) as exc:  # its replica went, or a refusal
                     if isinstance(exc, ConnectionClosed) and exc.rcvd is not None:
                         self.close_codes.append(exc.rcvd.code)
                     self.reconnects += 1
+                    self.client = self.then
                     await asyncio.sleep(0.3)
 
     def ids(self) -> list[str]:
@@ -148,6 +156,33 @@ async def test_a_replica_killed_during_turns_loses_no_result(fleet, fake_api) ->
     finally:
         await client.aclose()
         fleet.start(0)
+
+
+async def test_a_replica_stopped_with_a_websocket_attached_drains_it(fleet, fake_api) -> None:
+    """SIGTERM: the stream it serves closes with 1001 after its last event; the client resumes
+    through the balancer on another replica and loses nothing, repeats nothing."""
+    replica = fleet.replicas[1]
+    assert replica is not None
+    direct, balanced = api(fleet, replica.url), api(fleet)
+    try:
+        tag = marker()
+        fake_api.on(tag, slow_text(["through ", "a ", "drain"], delay=1.0))
+        session = await balanced.create()
+        await balanced.wait_status(session["id"], "ready")
+        follower = Follower(direct, session["id"], then=balanced)
+        watching = asyncio.create_task(follower.until(is_result, timeout=90))
+        await balanced.chat(session["id"], f"work {tag}", wait=False, expect=202)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(fleet.stop, 1, signal.SIGTERM)
+        await watching
+        assert follower.close_codes[:1] == [1001]
+        assert_exactly_once(follower)
+        assert follower.envelopes[-1]["event"]["result"] == "through a drain"
+        await balanced.stop(session["id"])
+    finally:
+        await direct.aclose()
+        await balanced.aclose()
+        fleet.start(1)
 
 
 async def test_postgresql_down_for_ten_seconds_during_a_turn(fleet, fake_api) -> None:
