@@ -126,6 +126,7 @@ class EventHub:
         self._listeners: list[Listener] = []
         self._damage_handlers: list[DamageHandler] = []
         self._restart_handlers: list[Callable[[], None]] = []
+        self._entries_added: dict[str, int] = {}  # per stream, at the last inspection
         self._disconnected = False
         self._maxlen = bus.maxlen
         self._next_inspection = 0.0
@@ -156,6 +157,7 @@ class EventHub:
 
     def untrack(self, session_id: str) -> None:
         self._cursors.pop(session_id, None)
+        self._entries_added.pop(session_id, None)
 
     def close_session(self, session_id: str) -> None:
         """The session is gone: stop reading it and end every ``follow`` of it."""
@@ -250,10 +252,20 @@ class EventHub:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for session_id in streams:
-                pipe.xlen(protocol.output_stream_key(session_id))
-            lengths = await pipe.execute(raise_on_error=False)
-        for session_id, length in zip(streams, lengths, strict=True):
-            if not isinstance(length, int) or length <= self._maxlen:
+                pipe.xinfo_stream(protocol.output_stream_key(session_id))
+            infos = await pipe.execute(raise_on_error=False)
+        for session_id, info in zip(streams, infos, strict=True):
+            if not isinstance(info, dict):
+                continue
+            added = int(info.get("entries-added") or 0)
+            if added < self._entries_added.get(session_id, 0):
+                # Fewer entries ever added than at the last look: the stream was deleted and
+                # written again meanwhile (by its wrapper), so its history is gone.
+                await self._mark_lost(session_id)
+            else:
+                self._entries_added[session_id] = added
+            length = int(info.get("length") or 0)
+            if length <= self._maxlen:
                 continue
             await self._bus.trim(session_id)
             if length > FLOOD_FACTOR * self._maxlen:
@@ -300,6 +312,7 @@ class EventHub:
         cursor = self._cursors.get(session_id)
         if cursor is None:  # untracked meanwhile (deleted): do not bring its key back
             return
+        self._entries_added[session_id] = 0  # a new history starts with the gap below
         log.warning("session %s: its output stream vanished; writing a gap event", session_id)
         await self._bus.publish(
             session_id,

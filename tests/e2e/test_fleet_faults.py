@@ -250,3 +250,22 @@ async def test_redis_restarted_streams_resume_and_sessions_go_on(fleet, fake_api
                 await client.stop(session["id"])
     finally:
         await client.aclose()
+
+
+async def test_a_container_killed_while_no_replica_watched_is_noticed(fleet, docker_client) -> None:
+    client = api(fleet)
+    try:
+        session = await client.create()
+        ready = await client.wait_status(session["id"], "ready")
+        alive = fleet.alive()
+        for index in alive:
+            fleet.stop(index, signal.SIGKILL)
+        docker_client.api.kill(ready["container_id"])  # nobody is there to see it die
+        fleet.start(alive[0])  # the next lease holder
+        failed = await client.wait_status(session["id"], "failed", timeout=60)
+        assert "container exited" in failed["failure_reason"]
+    finally:
+        await client.aclose()
+        for index in range(fleet.size):
+            if fleet.replicas[index] is None:
+                fleet.start(index)

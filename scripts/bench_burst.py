@@ -1,0 +1,107 @@
+"""A burst of creates on a fleet of replicas, beside a bare burst of the same size. Run by
+hand (not in CI), after scripts/test.sh has built the images:
+
+    .venv/bin/python scripts/bench_burst.py [--sessions 50] [--replicas 3] [--concurrency 4]
+
+- bare: N ``docker run -i`` of the session image at once (the sessions' limits), each until
+  its CLI answers ``initialize``: the floor of a burst on this engine;
+- ours: N ``POST /sessions`` at once, spread round-robin over the replicas (the test harness's
+  load balancer, tests/fleet.py), each until the session is ``ready``.
+
+It prints p50 and the last of each, and the ratio of the last ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import docker  # noqa: E402
+from bench import bare_run  # noqa: E402
+from bench_proxy import start_upstream  # noqa: E402
+
+from tests.client import Api  # noqa: E402
+from tests.fleet import Fleet, token  # noqa: E402
+from tests.stack import start_infra, start_s3  # noqa: E402
+
+LIMITS = ["--cpus=1.0", "--memory=2g", "--pids-limit=512", "--cap-drop=ALL"]
+
+
+def bare_burst(network: str, upstream: str, count: int) -> list[float]:
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        futures = [pool.submit(bare_run, network, upstream, LIMITS) for _ in range(count)]
+        return [future.result()[0] for future in futures]
+
+
+async def ours_burst(fleet: Fleet, count: int) -> list[float]:
+    urls = [replica.url for replica in fleet.replicas if replica is not None]
+    clients = [Api(urls[i % len(urls)], token(fleet, f"burst-{i % 10}")) for i in range(count)]
+
+    async def one(client: Api) -> float:
+        start = time.perf_counter()
+        session = await client.create()
+        await client.wait_status(session["id"], "ready", timeout=600)
+        return time.perf_counter() - start
+
+    try:
+        return list(await asyncio.gather(*(one(client) for client in clients)))
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def line(name: str, values: list[float]) -> str:
+    return (
+        f"{name:<48} p50 {statistics.median(values):6.2f} s   last {max(values):6.2f} s   "
+        f"({len(values)} sessions)"
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    client = docker.from_env()
+    with start_infra(client) as infra:
+        upstream, upstream_url = start_upstream(infra.gateway_ip)
+        try:
+            with tempfile.TemporaryDirectory() as logs, start_s3(Path(logs)) as s3:
+                fleet = Fleet(
+                    infra,
+                    upstream_url,
+                    s3,
+                    Path(logs),
+                    size=args.replicas,
+                    overrides={
+                        "SESSION_START_CONCURRENCY": str(args.concurrency),
+                        "MAX_SESSIONS_PER_OWNER": str(args.sessions),
+                        "RATE_LIMIT_PER_SECOND": "0",
+                        "SESSION_START_TIMEOUT": "600",
+                        "LOG_LEVEL": "WARNING",
+                    },
+                )
+                with fleet.running():
+                    bare = await asyncio.to_thread(
+                        bare_burst, infra.network_name, upstream_url, args.sessions
+                    )
+                    ours = await ours_burst(fleet, args.sessions)
+        finally:
+            upstream.kill()
+    print(f"burst of {args.sessions}, {args.replicas} replicas, {args.concurrency} start slots")
+    print(line("bare: docker run -i + CLI initialize, at once", bare))
+    print(line("ours: POST /sessions -> ready, at once", ours))
+    print(f"ratio of the last ready: {max(ours) / max(bare):.2f}x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=4)
+    asyncio.run(main(parser.parse_args()))
