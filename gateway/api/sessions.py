@@ -26,9 +26,11 @@ from gateway.schemas import (
     SessionOut,
     SessionToken,
     TurnList,
-    TurnOut,
     WaitRequest,
     WaitResponse,
+    session_out,
+    turn_out,
+    workspace_choice,
 )
 from gateway.security import mint_session_token
 from gateway.services import idempotency
@@ -87,7 +89,7 @@ def created(result: Created, response: Response) -> SessionOut:
     """The session of a create or spawn, marking a replay in the response's headers."""
     if result.replayed:
         response.headers[idempotency.REPLAYED_HEADER] = "true"
-    return SessionOut.of(result.session)
+    return session_out(result.session)
 
 
 @router.post(
@@ -111,7 +113,7 @@ async def create_session(
     ``prompt`` given here (or sent by chat meanwhile) runs as soon as it is."""
     key = idempotency.parse(idempotency_key, idempotency.CREATE_SCOPE, body)
     result = await services.sessions.create(
-        principal.owner, body.config, body.prompt, body.workspace.choice(), idempotency=key
+        principal.owner, body.config, body.prompt, workspace_choice(body.workspace), idempotency=key
     )
     return created(result, response)
 
@@ -132,19 +134,19 @@ async def list_sessions(
 ) -> SessionList:
     """The caller's sessions, newest first."""
     rows, next_cursor = await services.sessions.list(principal.owner, limit, cursor, status_filter)
-    return SessionList(sessions=[SessionOut.of(row) for row in rows], next_cursor=next_cursor)
+    return SessionList(sessions=[session_out(row) for row in rows], next_cursor=next_cursor)
 
 
 @router.get("/{session_id}", response_model=SessionOut, responses=_NOT_FOUND)
 async def get_session(session: OwnedSession) -> SessionOut:
-    return SessionOut.of(session)
+    return session_out(session)
 
 
 @router.get("/{session_id}/turns", response_model=TurnList, responses=_NOT_FOUND)
 async def list_turns(session: OwnedSession, services: ServicesDep) -> TurnList:
     """Every chat turn of the session, oldest first."""
     rows = await services.sessions.turns(session.id)
-    return TurnList(turns=[TurnOut.of(row) for row in rows])
+    return TurnList(turns=[turn_out(row) for row in rows])
 
 
 @router.post(
@@ -171,14 +173,14 @@ async def chat(
     timeout = body.timeout or services.settings.chat_timeout_default
     turn, started = await services.turns.begin(session.id, body.prompt)
     if not body.wait:
-        accepted = ChatAccepted(turn=TurnOut.of(turn))
+        accepted = ChatAccepted(turn=turn_out(turn))
         return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
     if body.stream:
         return EventSourceResponse(
             _turn_events(services, session.id, turn, started, timeout), ping=15
         )
     result, recorded = await services.turns.wait(session.id, turn, started, timeout)
-    return ChatResponse(result=result, turn=TurnOut.of(recorded))
+    return ChatResponse(result=result, turn=turn_out(recorded))
 
 
 async def _turn_events(
@@ -228,8 +230,8 @@ async def wait_for_session(
         raise Conflict("a session cannot wait for its own turn to end", code=ErrorCode.WAIT_ON_SELF)
     row, turn = await services.turns.wait_idle(session.id, body.timeout)
     return WaitResponse(
-        session=SessionOut.of(row),
-        turn=TurnOut.of(turn) if turn else None,
+        session=session_out(row),
+        turn=turn_out(turn) if turn else None,
         result=turn.result_text if turn else None,
     )
 
@@ -272,14 +274,14 @@ async def session_token(
 async def resume_session(session: OwnedSession, services: ServicesDep) -> SessionOut:
     """Start a stopped or failed session again in a fresh container, with its workspace and
     its conversation restored: the model sees the earlier turns; the stream's cursor goes on."""
-    return SessionOut.of(await services.sessions.resume(session.id))
+    return session_out(await services.sessions.resume(session.id))
 
 
 @router.post("/{session_id}/stop", response_model=SessionOut, responses=_NOT_FOUND)
 async def stop_session(session: OwnedSession, services: ServicesDep) -> SessionOut:
     """Stop the session and its whole subtree, deepest first: interrupt, SIGTERM, SIGKILL after
     the grace period; containers are removed. Stopping an ended session returns it unchanged."""
-    return SessionOut.of(await services.terminator.stop(session.id))
+    return session_out(await services.terminator.stop(session.id))
 
 
 @router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND)
