@@ -40,6 +40,7 @@ from gateway.runtime.docker import DockerRuntime
 from gateway.services import idempotency
 from gateway.services.background import TaskSet
 from gateway.services.disk_guard import DiskGuard
+from gateway.services.execute import ExecuteService
 from gateway.services.reconciler import Reconciler
 from gateway.services.recorder import Recorder
 from gateway.services.session_files import LiveFiles
@@ -128,6 +129,8 @@ def create_app(settings: Settings) -> FastAPI:
                 settings, db, runtime, bus, hub, turns, terminator, access, workspaces
             )
             stack.push_async_callback(sessions.close)
+            execute = ExecuteService(sessions, turns, terminator, hub)
+            stack.push_async_callback(execute.close)
             recorder = Recorder(sessions, turns, terminator, hub, workspaces)
             reconciler = Reconciler(
                 settings, db, runtime, terminator, hub, access, ledger, workspaces
@@ -147,6 +150,7 @@ def create_app(settings: Settings) -> FastAPI:
                 live_files=LiveFiles(runtime, settings.workspace_max_bytes),
                 model_proxy=model_proxy,
                 usage=UsageService(db),
+                execute=execute,
                 rate_limiter=RateLimiter(
                     redis, settings.rate_limit_per_second, settings.rate_limit_burst
                 ),

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
+from gateway.api import sse
 from gateway.cursors import SESSION_CURSOR_PATTERN
 from gateway.db.models import SessionStatus
 from gateway.deps import CurrentPrincipal, CurrentUser, OwnedSession, ServicesDep
 from gateway.error_codes import ErrorCode
-from gateway.errors import Conflict, GatewayError, SessionTokenNotAllowed
+from gateway.errors import Conflict, SessionTokenNotAllowed
 from gateway.schemas import (
     ChatAccepted,
     ChatRequest,
@@ -176,28 +175,10 @@ async def chat(
         accepted = ChatAccepted(turn=turn_out(turn))
         return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
     if body.stream:
-        return EventSourceResponse(
-            _turn_events(services, session.id, turn, started, timeout), ping=15
-        )
+        events = services.turns.events(session.id, turn, started, timeout)
+        return EventSourceResponse(sse.messages(events), ping=sse.PING_SECONDS)
     result, recorded = await services.turns.wait(session.id, turn, started, timeout)
     return ChatResponse(result=result, turn=turn_out(recorded))
-
-
-async def _turn_events(
-    services: ServicesDep, session_id: Any, turn: Any, started: str, timeout: float
-) -> AsyncIterator[dict[str, str]]:
-    try:
-        async for event in services.turns.events(session_id, turn, started, timeout):
-            message = {"event": event.source, "data": event.envelope_json()}
-            if not event.is_notice:  # a gap notice has no cursor
-                message["id"] = event.id
-            yield message
-    except GatewayError as exc:  # the response has begun: report the error as an event
-        yield {"event": "error", "data": _json(exc.body())}
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 @router.post(
