@@ -1,4 +1,5 @@
-"""A TCP proxy a test can switch off and on, to play a storage outage for the gateway."""
+"""A TCP proxy a test can switch off and on, to play a storage outage for the gateway or a
+dropped connection for a client."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self.accepted = 0  # connections accepted so far
 
     def up(self) -> None:
         listener = socket.socket()
@@ -55,6 +57,7 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._open.update((client, server))
+                self.accepted += 1
             for source, sink in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
