@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -262,11 +262,15 @@ class AsyncSession:
             if ends:
                 return
 
-    async def stream(self, after: str | None = None) -> AsyncIterator[Event]:
+    async def stream(
+        self, after: str | None = None, *, connected: asyncio.Event | None = None
+    ) -> AsyncGenerator[Event, None]:
         """Every event of the session after cursor ``after`` (default: from the first event
         kept; ``"$"``: only new ones), live, until it is deleted; across dropped connections
-        (see ``ccd.stream``). Break out of the loop to stop following."""
-        async for event in follow(self._transport, self.id, after, self.client.reconnect):
+        (see ``ccd.stream``). ``connected`` is set once events reach the stream. Break out of
+        the loop to stop following."""
+        reconnect = self.client.reconnect
+        async for event in follow(self._transport, self.id, after, reconnect, connected):
             yield event
 
     async def interrupt(self) -> str:

@@ -37,10 +37,15 @@ class Backoff:
 
 
 async def follow(
-    transport: Transport, session_id: str, after: str | None, backoff: Backoff
+    transport: Transport,
+    session_id: str,
+    after: str | None,
+    backoff: Backoff,
+    connected: asyncio.Event | None = None,
 ) -> AsyncIterator[Event]:
     """Every event of the session after cursor ``after`` (``None``: from the first event
-    kept; ``"$"``: only new ones), live, until the session is deleted. Reconnects by itself;
+    kept; ``"$"``: only new ones), live, until the session is deleted. ``connected`` is set
+    once the stream is open (events from then on reach it). Reconnects by itself;
     raises ``ApiError`` when the gateway refuses the stream (4xx: a bad token, an unknown
     session) and ``ConnectionFailed`` when ``backoff`` gives up."""
     cursor = after or "0"
@@ -53,6 +58,8 @@ async def follow(
             url = transport.websocket_url(path, {"after": cursor})
             async with connect(url, additional_headers=headers, max_size=MAX_MESSAGE_BYTES) as ws:
                 delay, failing_since = backoff.initial, None
+                if connected is not None:
+                    connected.set()
                 async for message in ws:
                     event = Event.model_validate_json(message)
                     if event.id is not None:
