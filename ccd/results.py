@@ -77,10 +77,24 @@ def checked(model: type[BaseModel], body: dict[str, Any]) -> dict[str, Any]:
     try:
         model.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        first = _relevant(exc.errors())
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise InvalidArgument(f"{where}: {first['msg']}") from None
     return body
+
+
+def _relevant(errors: list[Any]) -> Any:
+    """The error to show: not one of a union's branches whose ``type`` did not match (a
+    persistent workspace's bad name, not "ephemeral workspaces take no id")."""
+    wrong_branches = {
+        tuple(error["loc"][:-1])
+        for error in errors
+        if error["type"] == "literal_error" and error["loc"][-1:] == ("type",)
+    }
+    for error in errors:
+        if not any(tuple(error["loc"][: len(b)]) == b for b in wrong_branches):
+            return error
+    return errors[0]
 
 
 def config_body(config: ConfigArg) -> dict[str, Any]:

@@ -34,7 +34,7 @@ def parse(spec: str) -> Remote | None:
         name, _, path = spec.removeprefix(WORKSPACE_PREFIX).partition("/")
         if not name:
             raise InvalidArgument(f"{spec}: expected ws:NAME or ws:NAME/PATH")
-        return Remote(None, name, path.strip("/"))
+        return Remote(None, name, path.lstrip("/"))
     head, colon, path = spec.partition(":")
     if colon and _is_session_id(head):
         if not path:

@@ -185,8 +185,10 @@ async def attach(client: AsyncClient, output: Output, session_id: str, after: st
                 if ended and not pending and watch.running is None:
                     return EXIT_OK
         finally:
-            next_event.cancel()
             next_line.cancel()
+            next_event.cancel()  # then the stream can be closed (it is not running any more)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await next_event
             await events.aclose()
 
     with CtrlC(watch.interrupt) as ctrl_c:
