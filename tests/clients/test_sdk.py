@@ -330,3 +330,15 @@ def test_errors_map_every_status() -> None:
     assert isinstance(page, ccd.ServerError) and page.code == "http_502"
     late = stream_error('{"error": {"code": "turn_timeout", "message": "m"}, "status": 504}')
     assert isinstance(late, ccd.Timeout) and late.message == "m"
+
+
+def test_the_gateway_imports_only_the_models_of_the_sdk() -> None:
+    """The gateway's image installs no client dependency: importing it must not need one."""
+    code = (
+        "import sys\n"
+        "for name in ('httpx_sse', 'typer', 'rich', 'ccd.aio', 'ccd.sync', 'ccd.cli'):\n"
+        "    sys.modules[name] = None\n"
+        "import gateway.main\n"
+        "assert 'ccd.models' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
