@@ -40,6 +40,10 @@ class TcpProxy:
             listener.close()
         with self._lock:
             for sock in self._open:
+                # shutdown first: close() alone neither wakes the pump blocked in recv() on
+                # the socket nor sends the peer anything, so the connection would hang, not end.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     sock.close()
             self._open.clear()

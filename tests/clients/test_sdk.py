@@ -125,6 +125,43 @@ async def test_the_stream_resumes_across_a_tcp_cut_mid_turn(sdk_for, api_for, fa
     await direct.stop(sid)
 
 
+async def test_chat_stream_goes_on_across_a_tcp_cut(sdk_for, api_for, fake_api) -> None:
+    """A turn streamed by chat (server-sent events) whose connection is cut mid-turn: the
+    rest of the turn comes from the session's stream, after the last event delivered."""
+    tag = marker()
+    steps = [tool_use("Bash", {"command": f"sleep 0.7; echo part-{i}"}) for i in range(5)]
+    fake_api.on(tag, *steps, text(f"whole {tag}"))
+    direct = api_for("sdk-chat-cut")
+    sid = (await direct.create())["id"]
+    await direct.wait_status(sid, "ready")
+    with tcp_proxy(direct.base_url.removeprefix("http://")) as proxy:
+        client = sdk_for(
+            "sdk-chat-cut",
+            url=f"http://127.0.0.1:{proxy.port}",
+            reconnect=ccd.Backoff(initial=0.1, maximum=0.5, give_up_after=60),
+        )
+        session = await client.get_session(sid)
+        seen: list[Event] = []
+        cut = False
+        async for event in session.chat_stream(f"in parts {tag}"):
+            seen.append(event)
+            if not cut and event.source == "claude" and event.type == "user":
+                cut = True
+                proxy.down()
+                await asyncio.sleep(1.5)
+                proxy.up()
+    turn_id = seen[0].turn_id
+    async with direct.stream(sid) as ws:  # the reference: the turn's events, read directly
+        reference: list[dict[str, Any]] = []
+        while not reference or reference[-1]["event"].get("type") != "result":
+            envelope = json.loads(await ws.recv())
+            if envelope["turn_id"] == turn_id:
+                reference.append(envelope)
+    assert [e.id for e in seen] == [e["id"] for e in reference]
+    assert seen[-1].is_result and seen[-1].data["result"] == f"whole {tag}"
+    await direct.stop(sid)
+
+
 async def test_a_gap_is_surfaced_once_and_notices_do_not_move_the_cursor(
     sdk_for, api_for, infra
 ) -> None:
