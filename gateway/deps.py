@@ -19,6 +19,7 @@ from gateway.model.usage import UsageService
 from gateway.ratelimit import RateLimiter
 from gateway.runtime import SessionRuntime
 from gateway.security import Principal, verify_credentials
+from gateway.services.execute import ExecuteService
 from gateway.services.session_files import LiveFiles
 from gateway.services.sessions import SessionService
 from gateway.services.termination import Terminator
@@ -47,6 +48,7 @@ class Services:
     rate_limiter: RateLimiter
     model_proxy: ModelProxy
     usage: UsageService
+    execute: ExecuteService
 
 
 def get_services(request: Request) -> Services:

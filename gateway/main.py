@@ -42,6 +42,7 @@ from gateway.services import idempotency
 from gateway.services.admission import StartAdmission
 from gateway.services.background import TaskSet
 from gateway.services.disk_guard import DiskGuard
+from gateway.services.execute import ExecuteService
 from gateway.services.leases import Leases
 from gateway.services.reconciler import Reconciler
 from gateway.services.recorder import Recorder
@@ -145,6 +146,8 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
                 workspaces,
             )
             stack.push_async_callback(sessions.close)
+            execute = ExecuteService(sessions, turns, terminator, hub)
+            stack.push_async_callback(execute.close)
             recorder = Recorder(sessions, turns, terminator, hub, workspaces)
             reconciler = Reconciler(
                 settings, db, runtime, terminator, hub, access, ledger, workspaces
@@ -164,6 +167,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
                 live_files=LiveFiles(runtime, settings.workspace_max_bytes),
                 model_proxy=model_proxy,
                 usage=UsageService(db),
+                execute=execute,
                 rate_limiter=RateLimiter(
                     redis, settings.rate_limit_per_second, settings.rate_limit_burst
                 ),

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README: "run the tests"). Needs a running Docker engine; everything else it
-# makes itself: a virtualenv in .venv with the gateway and test dependencies, the session image
-# and the stand-in PostgreSQL/Redis images (all quick when cached). Then pytest, with any
-# arguments given here (for example: scripts/test.sh -k websocket).
+# makes itself: a virtualenv in .venv with the gateway, client (SDK, `ccd`) and test
+# dependencies, the session image and the stand-in PostgreSQL/Redis images (all quick when
+# cached). Then pytest, with any arguments given here (for example: scripts/test.sh -k websocket).
 #
 # Environment: EXTRA_CA_CERTS (see scripts/build-container.sh), PYTHON (default python3).
 set -euo pipefail
@@ -33,8 +33,8 @@ main() {
         log "creating .venv"
         "${PYTHON:-python3}" -m venv .venv
     fi
-    log "installing the gateway and test dependencies into .venv"
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[gateway,test]'
+    log "installing the gateway, client and test dependencies into .venv"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[gateway,client,test]'
 
     "$REPO_ROOT/scripts/build-container.sh"
     "$REPO_ROOT/scripts/build-standins.sh"

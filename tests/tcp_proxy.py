@@ -1,4 +1,5 @@
-"""A TCP proxy a test can switch off and on, to play a storage outage for the gateway."""
+"""A TCP proxy a test can switch off and on, to play a storage outage for the gateway or a
+dropped connection for a client."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self.accepted = 0  # connections accepted so far
 
     def up(self) -> None:
         listener = socket.socket()
@@ -38,6 +40,10 @@ class TcpProxy:
             listener.close()
         with self._lock:
             for sock in self._open:
+                # shutdown first: close() alone neither wakes the pump blocked in recv() on
+                # the socket nor sends the peer anything, so the connection would hang, not end.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     sock.close()
             self._open.clear()
@@ -55,6 +61,7 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._open.update((client, server))
+                self.accepted += 1
             for source, sink in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 

@@ -5,6 +5,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from gateway.api import (
+    execute,
     health,
     model,
     session_files,
@@ -38,7 +39,7 @@ GUARD_RESPONSES: dict[int | str, dict[str, Any]] = {
 def build_router() -> APIRouter:
     router = APIRouter()
     router.include_router(health.router)
-    for api in (sessions, tree, session_files, workspaces, usage):
+    for api in (sessions, tree, session_files, workspaces, usage, execute):
         router.include_router(api.router, prefix=API_PREFIX, responses=GUARD_RESPONSES)
     router.include_router(stream.router, prefix=API_PREFIX)
     router.include_router(model.router)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
+from gateway.api import sse
 from gateway.cursors import SESSION_CURSOR_PATTERN
 from gateway.db.models import SessionStatus
 from gateway.deps import CurrentPrincipal, CurrentUser, OwnedSession, ServicesDep
 from gateway.error_codes import ErrorCode
-from gateway.errors import Conflict, GatewayError, SessionTokenNotAllowed
+from gateway.errors import Conflict, SessionTokenNotAllowed
 from gateway.schemas import (
     ChatAccepted,
     ChatRequest,
@@ -26,9 +25,11 @@ from gateway.schemas import (
     SessionOut,
     SessionToken,
     TurnList,
-    TurnOut,
     WaitRequest,
     WaitResponse,
+    session_out,
+    turn_out,
+    workspace_choice,
 )
 from gateway.security import mint_session_token
 from gateway.services import idempotency
@@ -87,7 +88,7 @@ def created(result: Created, response: Response) -> SessionOut:
     """The session of a create or spawn, marking a replay in the response's headers."""
     if result.replayed:
         response.headers[idempotency.REPLAYED_HEADER] = "true"
-    return SessionOut.of(result.session)
+    return session_out(result.session)
 
 
 @router.post(
@@ -111,7 +112,7 @@ async def create_session(
     ``prompt`` given here (or sent by chat meanwhile) runs as soon as it is."""
     key = idempotency.parse(idempotency_key, idempotency.CREATE_SCOPE, body)
     result = await services.sessions.create(
-        principal.owner, body.config, body.prompt, body.workspace.choice(), idempotency=key
+        principal.owner, body.config, body.prompt, workspace_choice(body.workspace), idempotency=key
     )
     return created(result, response)
 
@@ -132,19 +133,19 @@ async def list_sessions(
 ) -> SessionList:
     """The caller's sessions, newest first."""
     rows, next_cursor = await services.sessions.list(principal.owner, limit, cursor, status_filter)
-    return SessionList(sessions=[SessionOut.of(row) for row in rows], next_cursor=next_cursor)
+    return SessionList(sessions=[session_out(row) for row in rows], next_cursor=next_cursor)
 
 
 @router.get("/{session_id}", response_model=SessionOut, responses=_NOT_FOUND)
 async def get_session(session: OwnedSession) -> SessionOut:
-    return SessionOut.of(session)
+    return session_out(session)
 
 
 @router.get("/{session_id}/turns", response_model=TurnList, responses=_NOT_FOUND)
 async def list_turns(session: OwnedSession, services: ServicesDep) -> TurnList:
     """Every chat turn of the session, oldest first."""
     rows = await services.sessions.turns(session.id)
-    return TurnList(turns=[TurnOut.of(row) for row in rows])
+    return TurnList(turns=[turn_out(row) for row in rows])
 
 
 @router.post(
@@ -171,31 +172,13 @@ async def chat(
     timeout = body.timeout or services.settings.chat_timeout_default
     turn, started = await services.turns.begin(session.id, body.prompt)
     if not body.wait:
-        accepted = ChatAccepted(turn=TurnOut.of(turn))
+        accepted = ChatAccepted(turn=turn_out(turn))
         return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
     if body.stream:
-        return EventSourceResponse(
-            _turn_events(services, session.id, turn, started, timeout), ping=15
-        )
+        events = services.turns.events(session.id, turn, started, timeout)
+        return EventSourceResponse(sse.messages(events), ping=sse.PING_SECONDS)
     result, recorded = await services.turns.wait(session.id, turn, started, timeout)
-    return ChatResponse(result=result, turn=TurnOut.of(recorded))
-
-
-async def _turn_events(
-    services: ServicesDep, session_id: Any, turn: Any, started: str, timeout: float
-) -> AsyncIterator[dict[str, str]]:
-    try:
-        async for event in services.turns.events(session_id, turn, started, timeout):
-            message = {"event": event.source, "data": event.envelope_json()}
-            if not event.is_notice:  # a gap notice has no cursor
-                message["id"] = event.id
-            yield message
-    except GatewayError as exc:  # the response has begun: report the error as an event
-        yield {"event": "error", "data": _json(exc.body())}
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return ChatResponse(result=result, turn=turn_out(recorded))
 
 
 @router.post(
@@ -228,8 +211,8 @@ async def wait_for_session(
         raise Conflict("a session cannot wait for its own turn to end", code=ErrorCode.WAIT_ON_SELF)
     row, turn = await services.turns.wait_idle(session.id, body.timeout)
     return WaitResponse(
-        session=SessionOut.of(row),
-        turn=TurnOut.of(turn) if turn else None,
+        session=session_out(row),
+        turn=turn_out(turn) if turn else None,
         result=turn.result_text if turn else None,
     )
 
@@ -272,14 +255,14 @@ async def session_token(
 async def resume_session(session: OwnedSession, services: ServicesDep) -> SessionOut:
     """Start a stopped or failed session again in a fresh container, with its workspace and
     its conversation restored: the model sees the earlier turns; the stream's cursor goes on."""
-    return SessionOut.of(await services.sessions.resume(session.id))
+    return session_out(await services.sessions.resume(session.id))
 
 
 @router.post("/{session_id}/stop", response_model=SessionOut, responses=_NOT_FOUND)
 async def stop_session(session: OwnedSession, services: ServicesDep) -> SessionOut:
     """Stop the session and its whole subtree, deepest first: interrupt, SIGTERM, SIGKILL after
     the grace period; containers are removed. Stopping an ended session returns it unchanged."""
-    return SessionOut.of(await services.terminator.stop(session.id))
+    return session_out(await services.terminator.stop(session.id))
 
 
 @router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND)

@@ -6,7 +6,16 @@ from fastapi import APIRouter, Response, status
 
 from gateway.api.sessions import CREATED_RESPONSES, IdempotencyKeyHeader, created
 from gateway.deps import CurrentPrincipal, OwnedSession, ServicesDep
-from gateway.schemas import ErrorResponse, SessionList, SessionOut, SessionTree, SpawnRequest
+from gateway.schemas import (
+    ErrorResponse,
+    SessionList,
+    SessionOut,
+    SessionTree,
+    SpawnRequest,
+    session_out,
+    session_tree,
+    workspace_choice,
+)
 from gateway.services import idempotency
 
 router = APIRouter(
@@ -53,7 +62,7 @@ async def spawn(
         session.id,
         body.prompt,
         body.config,
-        body.workspace.choice(),
+        workspace_choice(body.workspace),
         idempotency=key,
         by_session=principal.is_session,
     )
@@ -64,10 +73,10 @@ async def spawn(
 async def children(session: OwnedSession, services: ServicesDep) -> SessionList:
     """Direct children, oldest first."""
     rows = await services.trees.children(session.id)
-    return SessionList(sessions=[SessionOut.of(row) for row in rows], next_cursor=None)
+    return SessionList(sessions=[session_out(row) for row in rows], next_cursor=None)
 
 
 @router.get("/{session_id}/tree", response_model=SessionTree)
 async def tree(session: OwnedSession, services: ServicesDep) -> SessionTree:
     """The session and all its descendants, with statuses and last results."""
-    return SessionTree.of_node(await services.trees.subtree(session))
+    return session_tree(await services.trees.subtree(session))

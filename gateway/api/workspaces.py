@@ -10,8 +10,15 @@ from fastapi.responses import StreamingResponse
 from gateway.api.params import AfterPath, FilePath, PathPrefix
 from gateway.db.models import WorkspaceRow
 from gateway.deps import CurrentUser, ServicesDep
-from gateway.schemas import WORKSPACE_NAME, ErrorResponse, FileEntry, FileList, WorkspaceList
-from gateway.schemas import WorkspaceOut as WorkspaceOutSchema
+from gateway.schemas import (
+    WORKSPACE_NAME,
+    ErrorResponse,
+    FileEntry,
+    FileList,
+    WorkspaceList,
+    WorkspaceOut,
+    workspace_out,
+)
 from gateway.workspaces.manifest import Entry
 
 router = APIRouter(
@@ -76,13 +83,13 @@ def file_entry(entry: Entry) -> FileEntry:
 async def list_workspaces(principal: CurrentUser, services: ServicesDep) -> WorkspaceList:
     """The caller's workspaces: persistent ones and sessions' own."""
     rows = await services.files.all_of(principal.owner)
-    return WorkspaceList(workspaces=[WorkspaceOutSchema.of(row, used) for row, used in rows])
+    return WorkspaceList(workspaces=[workspace_out(row, used) for row, used in rows])
 
 
-@router.get("/{workspace_id}", response_model=WorkspaceOutSchema, responses=_NOT_FOUND)
-async def get_workspace(workspace: OwnedWorkspace, services: ServicesDep) -> WorkspaceOutSchema:
+@router.get("/{workspace_id}", response_model=WorkspaceOut, responses=_NOT_FOUND)
+async def get_workspace(workspace: OwnedWorkspace, services: ServicesDep) -> WorkspaceOut:
     """Size, entry count, last save, and the sessions using it."""
-    return WorkspaceOutSchema.of(workspace, await services.files.holders(workspace))
+    return workspace_out(workspace, await services.files.holders(workspace))
 
 
 @router.delete(
@@ -173,17 +180,17 @@ async def download_archive(workspace: OwnedWorkspace, services: ServicesDep) -> 
 
 @router.post(
     "/{workspace_id}/archive",
-    response_model=WorkspaceOutSchema,
+    response_model=WorkspaceOut,
     responses={**_IN_USE, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
     openapi_extra=ARCHIVE_BODY,
 )
 async def upload_archive(
     workspace_id: NewWorkspaceName, request: Request, principal: CurrentUser, services: ServicesDep
-) -> WorkspaceOutSchema:
+) -> WorkspaceOut:
     """Replace the workspace's contents with the tar.gz in the body. A member that would
     escape the workspace (``..``, an absolute name, a link out) refuses the whole upload and
     nothing changes. Creates the workspace on first use."""
     workspace = await services.files.get_or_create(principal.owner, workspace_id)
     await services.files.replace_from_archive(workspace, request.stream())
     refreshed = await services.files.get(principal.owner, workspace_id)
-    return WorkspaceOutSchema.of(refreshed, await services.files.holders(refreshed))
+    return workspace_out(refreshed, await services.files.holders(refreshed))

@@ -29,6 +29,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# The statuses are the API's (one definition, shared with the SDK's models).
+from ccd.models import SessionStatus as SessionStatus
+from ccd.models import TurnStatus as TurnStatus
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -41,15 +45,6 @@ NAMING_CONVENTION = {
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dict[str, Any]: JSONB, datetime: DateTime(timezone=True)}
-
-
-class SessionStatus(StrEnum):
-    STARTING = "starting"  # container started, CLI not yet past its handshake
-    READY = "ready"  # idle, accepts a turn
-    BUSY = "busy"  # a turn runs
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    FAILED = "failed"
 
 
 ACTIVE_STATUSES = (SessionStatus.STARTING, SessionStatus.READY, SessionStatus.BUSY)
@@ -78,13 +73,6 @@ TRANSITIONS: dict[SessionStatus, frozenset[SessionStatus]] = {
 
 def may_become(from_status: str, to_status: str) -> bool:
     return SessionStatus(to_status) in TRANSITIONS[SessionStatus(from_status)]
-
-
-class TurnStatus(StrEnum):
-    RUNNING = "running"
-    COMPLETED = "completed"  # the CLI's result says success
-    FAILED = "failed"  # an error result, or no result (CLI crash, session failure)
-    INTERRUPTED = "interrupted"  # aborted by an interrupt or a stop
 
 
 def _in(column: str, values: type[StrEnum]) -> str:

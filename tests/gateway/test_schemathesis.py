@@ -57,8 +57,10 @@ SCENARIOS = int(os.environ.get("CCD_SCHEMATHESIS_SCENARIOS", "40"))
 RESPONSE_TIME_LIMIT = 5.0  # seconds
 CONTAINER_BUDGET = 6  # containers started per phase (stateless, stateful)
 SESSIONS = "/api/v1/sessions"
+EXECUTE = "/api/v1/execute"
 STARTS_A_CONTAINER = {
     ("POST", SESSIONS),
+    ("POST", EXECUTE),
     ("POST", f"{SESSIONS}/{{session_id}}/spawn"),
     ("POST", f"{SESSIONS}/{{session_id}}/resume"),
 }
@@ -68,6 +70,8 @@ SLOW = {
     # most): their time is the model's, by contract, not the gateway's.
     ("POST", f"{SESSIONS}/{{session_id}}/chat"): "waits for the turn",
     ("POST", f"{SESSIONS}/{{session_id}}/wait"): "waits for the turn",
+    # A one-shot run streams until its turn has ended and its session is stopped and deleted.
+    ("POST", EXECUTE): "runs a session from start to end",
     # Stopping or deleting a session that is still `starting` waits out SESSION_STOP_GRACE
     # (its container does not act on SIGTERM yet), after SESSION_INTERRUPT_GRACE when a prompt
     # is queued: 3.4 s and 6.0 s measured with this gateway's 3 s graces; on main with the
@@ -155,6 +159,8 @@ class Budget:
         replayed = response.headers.get("idempotent-replayed") == ["true"]
         if starts and response.status_code in (200, 201) and not replayed:
             self.started += 1
+            if case.path == EXECUTE:
+                return None  # the run removed its own session when its stream ended
             return str(response.json()["id"])
         return None
 
