@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535, description="Port uvicorn listens on.")
     log_level: LogLevel = Field(default="INFO", description="Root log level.")
     log_json: bool = Field(default=True, description="Log one JSON object per line.")
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="If set, GET /metrics requires `Authorization: Bearer <this>`; if not, "
+        "/metrics is open (keep it off public networks).",
+    )
 
     # -- stores --------------------------------------------------------------------------------
     database_url: str = Field(

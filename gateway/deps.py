@@ -14,6 +14,7 @@ from gateway.db.models import SessionRow
 from gateway.errors import SessionNotFound, SessionTokenNotAllowed
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
+from gateway.metrics import Metrics
 from gateway.model.proxy import ModelProxy
 from gateway.model.usage import UsageService
 from gateway.ratelimit import RateLimiter
@@ -33,6 +34,7 @@ class Services:
     """Everything the routes use, built once by the lifespan."""
 
     settings: Settings
+    metrics: Metrics
     db: async_sessionmaker[AsyncSession]
     runtime: SessionRuntime
     bus: EventBus

@@ -22,6 +22,7 @@ from gateway.events.access import SessionAccess
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
 from gateway.guard import RequestGuard
+from gateway.metrics import Metrics
 from gateway.model.ledger import Ledger
 from gateway.model.prices import PriceTable
 from gateway.model.proxy import ModelProxy
@@ -37,6 +38,7 @@ from gateway.runtime import (
     SessionRuntime,
 )
 from gateway.runtime.docker import DockerRuntime
+from gateway.runtime.metered import MeteredRuntime
 from gateway.services import idempotency
 from gateway.services.background import TaskSet
 from gateway.services.disk_guard import DiskGuard
@@ -58,6 +60,8 @@ HUB_BLOCK_SECONDS = 30
 
 
 def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()  # the app's own registry: several apps in one process never mix
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
@@ -78,12 +82,15 @@ def create_app(settings: Settings) -> FastAPI:
                 socket_connect_timeout=5,
             )
             stack.push_async_callback(hub_redis.aclose)
-            runtime = DockerRuntime(
-                settings.instance_name,
-                settings.docker_host,
-                network=settings.session_network,
-                host_alias=SESSION_HOST_ALIAS,
-                helper_image=settings.session_image,
+            runtime = MeteredRuntime(
+                DockerRuntime(
+                    settings.instance_name,
+                    settings.docker_host,
+                    network=settings.session_network,
+                    host_alias=SESSION_HOST_ALIAS,
+                    helper_image=settings.session_image,
+                ),
+                metrics.runtime_error,
             )
             stack.push_async_callback(runtime.close)
             await _setup_runtime(runtime, settings)
@@ -108,7 +115,9 @@ def create_app(settings: Settings) -> FastAPI:
             )
             upstream = Upstream(settings)
             stack.push_async_callback(upstream.close)
-            ledger = Ledger(db, PriceTable(settings.model_prices), bus, settings.budget_wait)
+            ledger = Ledger(
+                db, PriceTable(settings.model_prices), bus, settings.budget_wait, metrics
+            )
             model_proxy = ModelProxy(
                 settings,
                 upstream,
@@ -118,14 +127,25 @@ def create_app(settings: Settings) -> FastAPI:
                 ),
             )
             stack.push_async_callback(model_proxy.close)
-            turns = TurnService(db, bus, hub)
+            turns = TurnService(db, bus, hub, metrics)
             workspaces = WorkspaceService(settings, db, runtime, store, bus)
             stack.push_async_callback(workspaces.close)
-            terminator = Terminator(settings, db, runtime, bus, hub, access, workspaces)
+            terminator = Terminator(
+                settings, db, runtime, bus, hub, access, workspaces, metrics=metrics
+            )
             stack.push_async_callback(terminator.close)
             hub.on_damage(terminator.stream_damaged)
             sessions = SessionService(
-                settings, db, runtime, bus, hub, turns, terminator, access, workspaces
+                settings,
+                db,
+                runtime,
+                bus,
+                hub,
+                turns,
+                terminator,
+                access,
+                workspaces,
+                metrics=metrics,
             )
             stack.push_async_callback(sessions.close)
             recorder = Recorder(sessions, turns, terminator, hub, workspaces)
@@ -134,6 +154,7 @@ def create_app(settings: Settings) -> FastAPI:
             )
             app.state.services = Services(
                 settings=settings,
+                metrics=metrics,
                 db=db,
                 runtime=runtime,
                 bus=bus,

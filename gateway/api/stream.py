@@ -17,7 +17,7 @@ from gateway.db.models import ACTIVE_STATUSES, SessionRow
 from gateway.deps import Services, authenticate, may_access
 from gateway.error_codes import ErrorCode
 from gateway.errors import GatewayError, InvalidRequest, SessionNotFound, error_response
-from gateway.events.bus import is_stream_id
+from gateway.events.bus import is_stream_id, parse_stream_id
 from gateway.schemas import MAX_PROMPT_CHARS
 from wrapper.aio import cancel_and_wait
 from wrapper.protocol import NO_NUL, Source
@@ -60,6 +60,7 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
     await websocket.accept()
     sender = asyncio.create_task(_send_events(websocket, services, session, after))
     receiver = asyncio.create_task(_receive_commands(websocket, services, session))
+    services.metrics.websocket_clients.inc()
     try:
         done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -67,6 +68,7 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
             if failure is not None and not isinstance(failure, WebSocketDisconnect | RuntimeError):
                 log.error("stream of %s failed", session.id, exc_info=failure)
     finally:
+        services.metrics.websocket_clients.dec()
         await cancel_and_wait([sender, receiver])
         with contextlib.suppress(Exception):  # the client may be gone already
             await websocket.close()
@@ -104,9 +106,12 @@ async def _send_events(
 ) -> None:
     sid = str(session.id)
     active = session.status in ACTIVE_STATUSES
+    # Events stored after this are live: their delay to the client is the relay's lag.
+    live_after = parse_stream_id(await services.bus.last_id(sid))
     async with contextlib.aclosing(services.hub.follow(sid, after, track=active)) as events:
         async for event in events:
             await websocket.send_text(event.envelope_json())
+            services.metrics.event_delivered(event.id, live_after)
     # follow ends only when the session is deleted
     await _send_notice(websocket, sid, {"type": "session_deleted"})
     await websocket.close(code=1000, reason="session deleted")

@@ -140,3 +140,9 @@ def _case_busy_to_ready() -> Any:
         (SessionRow.status == SessionStatus.BUSY, SessionStatus.READY.value),
         else_=SessionRow.status,
     )
+
+
+async def sessions_by_status(db: AsyncSession) -> dict[str, int]:
+    """How many sessions each status has, every owner's and instance's (one GROUP BY)."""
+    statement = select(SessionRow.status, func.count()).group_by(SessionRow.status)
+    return {status: int(count) for status, count in (await db.execute(statement)).all()}
