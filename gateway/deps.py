@@ -14,6 +14,7 @@ from gateway.db.models import SessionRow
 from gateway.errors import SessionNotFound, SessionTokenNotAllowed
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
+from gateway.logging_setup import bind_session
 from gateway.metrics import Metrics
 from gateway.model.proxy import ModelProxy
 from gateway.model.usage import UsageService
@@ -111,6 +112,7 @@ async def accessible_session(
     session = await services.sessions.get(session_id)
     if not may_access(principal, session):
         raise SessionNotFound(session_id)
+    bind_session(session.id)  # this request's log lines name it
     return session
 
 

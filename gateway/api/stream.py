@@ -18,6 +18,7 @@ from gateway.deps import Services, authenticate, may_access
 from gateway.error_codes import ErrorCode
 from gateway.errors import GatewayError, InvalidRequest, SessionNotFound, error_response
 from gateway.events.bus import is_stream_id, parse_stream_id
+from gateway.logging_setup import bind_session
 from gateway.schemas import MAX_PROMPT_CHARS
 from wrapper.aio import cancel_and_wait
 from wrapper.protocol import NO_NUL, Source
@@ -57,6 +58,7 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
     except GatewayError as exc:
         await websocket.send_denial_response(error_response(exc))
         return
+    bind_session(session.id)
     await websocket.accept()
     sender = asyncio.create_task(_send_events(websocket, services, session, after))
     receiver = asyncio.create_task(_receive_commands(websocket, services, session))

@@ -1,8 +1,11 @@
-"""Metrics without services: the metric objects and the metered runtime."""
+"""Metrics and logs without services: the metric objects, the metered runtime, log lines that
+name their session."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -11,6 +14,13 @@ from typing import BinaryIO
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.logging_setup import (
+    AddSessionId,
+    JsonFormatter,
+    TextFormatter,
+    bind_session,
+    session_context,
+)
 from gateway.metrics import Metrics
 from gateway.model.meter import Usage
 from gateway.model.prices import PriceTable
@@ -207,3 +217,45 @@ async def test_the_metered_runtime_counts_engine_failures_by_operation() -> None
         key("ccd_runtime_errors_total", operation="ping"): 1,
         key("ccd_runtime_errors_total", operation="exits"): 1,
     }
+
+
+def _log_line(formatter: logging.Formatter, message: str, **extra: object) -> str:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    handler.addFilter(AddSessionId())
+    logger = logging.getLogger(f"test-observability-{id(stream)}")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.info(message, extra=extra)
+    return stream.getvalue()
+
+
+def test_log_lines_carry_the_session_they_are_about() -> None:
+    assert "session_id" not in json.loads(_log_line(JsonFormatter(), "nothing bound"))
+    with session_context("s-1"):
+        entry = json.loads(_log_line(JsonFormatter(), "about a session"))
+        assert entry["session_id"] == "s-1"
+        # an explicit id wins over the bound one
+        assert json.loads(_log_line(JsonFormatter(), "x", session_id="s-2"))["session_id"] == "s-2"
+        assert _log_line(TextFormatter(), "saving").rstrip().endswith("saving [session s-1]")
+        # a message that names it already is not repeated
+        assert "[session" not in _log_line(TextFormatter(), "session s-1 failed")
+    assert "session_id" not in json.loads(_log_line(JsonFormatter(), "unbound again"))
+
+
+async def test_a_bound_session_follows_into_tasks_and_stays_in_its_own() -> None:
+    import asyncio
+
+    async def request(session_id: str) -> str:
+        bind_session(session_id)
+        await asyncio.sleep(0)
+
+        async def background() -> str:
+            return json.loads(_log_line(JsonFormatter(), "later"))["session_id"]  # type: ignore[no-any-return]
+
+        return await asyncio.create_task(background())
+
+    assert await asyncio.gather(request("a"), request("b")) == ["a", "b"]
+    assert "session_id" not in json.loads(_log_line(JsonFormatter(), "outside"))
