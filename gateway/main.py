@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from gateway import __version__
 from gateway.api import build_router
+from gateway.api.console import install_console
 from gateway.api.openapi import install_openapi
 from gateway.config import Settings
 from gateway.db.engine import create_engine, create_session_factory
@@ -192,6 +193,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(build_router())
+    install_console(app)
     install_openapi(app)
     # Outermost: credentials, rate and body size are checked before routing reads anything.
     app.add_middleware(RequestGuard, settings=settings)
