@@ -38,6 +38,7 @@ export class Conversation {
     this.hooks = hooks;
     this.lastId = null;
     this.tools = new Map(); // tool_use_id -> its elements
+    this.stick = null; // whether to follow the end, decided once per frame
   }
 
   add(envelope) {
@@ -46,7 +47,14 @@ export class Conversation {
       this.lastId = envelope.id;
     }
     const event = envelope.event || {};
-    const stick = this.atBottom();
+    if (this.stick === null) {
+      // One layout read and one scroll per frame, however many events a replay brings.
+      this.stick = this.atBottom();
+      window.requestAnimationFrame(() => {
+        if (this.stick) this.scrollToEnd();
+        this.stick = null;
+      });
+    }
     if (envelope.id === null && envelope.event?.type !== "gap") {
       this.hooks.onNotice?.(event);
       if (event.type === "error") this.note(`${event.code}: ${event.message}`, "error");
@@ -55,7 +63,6 @@ export class Conversation {
     } else {
       this.gateway(event);
     }
-    if (stick) this.scrollToEnd();
   }
 
   // -- the CLI's own lines ----------------------------------------------------------------
@@ -224,6 +231,9 @@ export class Conversation {
         break;
       case "wrapper_fatal":
         this.note(`the CLI kept crashing: ${event.reason}`, "error");
+        break;
+      case "session_deleted":
+        this.note("This session was deleted.", "error");
         break;
       default:
         this.note(event.type || "event");

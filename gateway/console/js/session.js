@@ -20,6 +20,7 @@ const ENDED = ["stopped", "failed"];
 export function sessionView(app, id) {
   let session = null;
   let refreshTimer = null;
+  let destroyed = false;
 
   // -- header: figures and actions ---------------------------------------------------------
   const badge = h("span", { class: "status-slot", "aria-live": "polite" });
@@ -122,6 +123,7 @@ export function sessionView(app, id) {
     files: h("div", { class: "panel", hidden: true }, filesPanel),
   };
   const tabs = tabList(panels, (name) => {
+    if (name === "conversation") conversation.scrollToEnd();
     if (name === "tree") loadTree();
     if (name === "files") loadFiles();
   });
@@ -152,6 +154,7 @@ export function sessionView(app, id) {
     badge.replaceChildren(statusBadge(status));
     const ended = ENDED.includes(status);
     interrupt.hidden = ended;
+    interrupt.disabled = status !== "busy"; // only a running turn can be interrupted
     stop.hidden = ended;
     resume.hidden = !ended;
     prompt.disabled = ended || status === "stopping";
@@ -176,13 +179,18 @@ export function sessionView(app, id) {
     );
   }
 
+  /** Read the session again; false when it could not be read (the app said why). */
   async function refresh() {
     try {
-      session = await app.api.getSession(id);
+      const fresh = await app.api.getSession(id);
+      if (destroyed) return false;
+      session = fresh;
       renderFacts();
       setStatus(session.status);
+      return true;
     } catch (error) {
-      app.fail(error);
+      if (!destroyed) app.fail(error);
+      return false;
     }
   }
 
@@ -241,10 +249,13 @@ export function sessionView(app, id) {
     );
   }
 
-  refresh().then(() => stream.start());
+  refresh().then((found) => {
+    if (found && !destroyed) stream.start();
+  });
   return {
     element: view,
     destroy: () => {
+      destroyed = true;
       stream.stop();
       window.clearTimeout(refreshTimer);
     },
