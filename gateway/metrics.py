@@ -153,16 +153,17 @@ class Metrics:
 
     # -- the relay -----------------------------------------------------------------------------
 
-    def event_delivered(self, event_id: str, live_after: tuple[int, int] | None) -> None:
-        """An event went to a WebSocket client. Its lag is observed when it was stored after
-        ``live_after`` (the stream's end when the client connected); notices have no id."""
+    def event_delivered(self, event_id: str, connected_ms: float) -> None:
+        """An event went to a WebSocket client that connected at ``connected_ms`` (epoch
+        milliseconds). Its lag is observed when its stream id says it was stored since: older
+        events are a replay, whose age is not lag. Notices have no id."""
         self.events_relayed.inc()
-        if not event_id or live_after is None:
+        if not event_id:
             return
-        position = parse_stream_id(event_id)
-        if position > live_after:
+        stored_ms = parse_stream_id(event_id)[0]
+        if stored_ms >= connected_ms:
             now_ms = datetime.now(UTC).timestamp() * 1000
-            self.relay_lag.observe(max(0.0, (now_ms - position[0]) / 1000))
+            self.relay_lag.observe(max(0.0, (now_ms - stored_ms) / 1000))
 
     # -- the runtime and the model -------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -17,7 +18,7 @@ from gateway.db.models import ACTIVE_STATUSES, SessionRow
 from gateway.deps import Services, authenticate, may_access
 from gateway.error_codes import ErrorCode
 from gateway.errors import GatewayError, InvalidRequest, SessionNotFound, error_response
-from gateway.events.bus import is_stream_id, parse_stream_id
+from gateway.events.bus import is_stream_id
 from gateway.logging_setup import bind_session
 from gateway.schemas import MAX_PROMPT_CHARS
 from wrapper.aio import cancel_and_wait
@@ -108,12 +109,12 @@ async def _send_events(
 ) -> None:
     sid = str(session.id)
     active = session.status in ACTIVE_STATUSES
-    # Events stored after this are live: their delay to the client is the relay's lag.
-    live_after = parse_stream_id(await services.bus.last_id(sid))
+    # Events stored from now on are live: their delay to the client is the relay's lag.
+    connected_ms = time.time() * 1000
     async with contextlib.aclosing(services.hub.follow(sid, after, track=active)) as events:
         async for event in events:
             await websocket.send_text(event.envelope_json())
-            services.metrics.event_delivered(event.id, live_after)
+            services.metrics.event_delivered(event.id, connected_ms)
     # follow ends only when the session is deleted
     await _send_notice(websocket, sid, {"type": "session_deleted"})
     await websocket.close(code=1000, reason="session deleted")

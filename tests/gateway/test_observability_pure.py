@@ -94,7 +94,7 @@ def test_starts_and_turns_are_timed() -> None:
 def test_relay_lag_counts_only_events_stored_after_the_client_connected() -> None:
     metrics = Metrics()
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
-    connected = (now_ms - 5000, 0)
+    connected = now_ms - 5000
     metrics.event_delivered(f"{now_ms - 60_000}-0", connected)  # replayed: not lag
     metrics.event_delivered(f"{now_ms - 20}-0", connected)  # live
     metrics.event_delivered("", connected)  # a notice has no id
