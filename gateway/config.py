@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         description="Seconds requests in flight (a chat waiting for its turn, a model call) "
         "get to finish once the listener is closed; then they are cancelled.",
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="If set, GET /metrics requires `Authorization: Bearer <this>`; if not, "
+        "/metrics is open (keep it off public networks).",
+    )
 
     # -- stores --------------------------------------------------------------------------------
     database_url: str = Field(

@@ -14,6 +14,8 @@ from gateway.db.models import SessionRow
 from gateway.errors import SessionNotFound, SessionTokenNotAllowed
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
+from gateway.logging_setup import bind_session
+from gateway.metrics import Metrics
 from gateway.model.proxy import ModelProxy
 from gateway.model.usage import UsageService
 from gateway.ratelimit import RateLimiter
@@ -34,6 +36,7 @@ class Services:
     """Everything the routes use, built once by the lifespan."""
 
     settings: Settings
+    metrics: Metrics
     db: async_sessionmaker[AsyncSession]
     runtime: SessionRuntime
     bus: EventBus
@@ -111,6 +114,7 @@ async def accessible_session(
     session = await services.sessions.get(session_id)
     if not may_access(principal, session):
         raise SessionNotFound(session_id)
+    bind_session(session.id)  # this request's log lines name it
     return session
 
 

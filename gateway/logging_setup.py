@@ -1,12 +1,15 @@
 """Process-wide logging: one JSON object per line (or plain text for a terminal), with tokens
-redacted from every line."""
+redacted from every line, and the session a line is about as its ``session_id``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import sys
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 _STANDARD = set(vars(logging.makeLogRecord({})))
@@ -52,6 +55,51 @@ class RedactTokens(logging.Filter):
         return True
 
 
+# The session the current request, WebSocket or recorded event is about. A context variable,
+# so it follows the work into the tasks it starts and never leaks into another request's.
+_session: ContextVar[str | None] = ContextVar("ccd_log_session", default=None)
+
+
+def bind_session(session_id: object) -> None:
+    """Lines logged from here on by this task (and tasks it starts) carry ``session_id``."""
+    _session.set(str(session_id))
+
+
+@contextlib.contextmanager
+def session_context(session_id: object) -> Iterator[None]:
+    """Lines logged inside the block carry ``session_id``."""
+    token = _session.set(str(session_id))
+    try:
+        yield
+    finally:
+        _session.reset(token)
+
+
+class AddSessionId(logging.Filter):
+    """Sets ``record.session_id`` from the bound session, unless the call gave one
+    (``extra={"session_id": ...}``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        session_id = _session.get()
+        if session_id is not None and not hasattr(record, "session_id"):
+            record.session_id = session_id
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """Plain lines; the session id is appended when the message does not already name it."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        session_id = getattr(record, "session_id", None)
+        if session_id and session_id not in record.message:
+            line += f" [session {session_id}]"
+        return line
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -70,12 +118,9 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str, as_json: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter()
-        if as_json
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if as_json else TextFormatter())
     handler.addFilter(RedactTokens())
+    handler.addFilter(AddSessionId())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

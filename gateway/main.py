@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from gateway import __version__
 from gateway.api import build_router
+from gateway.api.console import install_console
 from gateway.api.openapi import install_openapi
 from gateway.config import Settings
 from gateway.db.engine import create_engine, create_session_factory
@@ -23,6 +24,7 @@ from gateway.events.access import SessionAccess
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
 from gateway.guard import RequestGuard
+from gateway.metrics import Metrics
 from gateway.model.ledger import Ledger
 from gateway.model.prices import PriceTable
 from gateway.model.proxy import ModelProxy
@@ -38,6 +40,7 @@ from gateway.runtime import (
     SessionRuntime,
 )
 from gateway.runtime.docker import DockerRuntime
+from gateway.runtime.metered import MeteredRuntime
 from gateway.services import idempotency
 from gateway.services.admission import StartAdmission
 from gateway.services.background import TaskSet
@@ -66,6 +69,7 @@ HUB_BLOCK_SECONDS = 30
 def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
     """The app. ``drain`` is the process's shutdown state, shared with the server that runs
     the app (``gateway/draining.py``); without one the app gets its own, never draining."""
+    metrics = Metrics()  # the app's own registry: several apps in one process never mix
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -87,12 +91,15 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
                 socket_connect_timeout=5,
             )
             stack.push_async_callback(hub_redis.aclose)
-            runtime = DockerRuntime(
-                settings.instance_name,
-                settings.docker_host,
-                network=settings.session_network,
-                host_alias=SESSION_HOST_ALIAS,
-                helper_image=settings.session_image,
+            runtime = MeteredRuntime(
+                DockerRuntime(
+                    settings.instance_name,
+                    settings.docker_host,
+                    network=settings.session_network,
+                    host_alias=SESSION_HOST_ALIAS,
+                    helper_image=settings.session_image,
+                ),
+                metrics.runtime_error,
             )
             stack.push_async_callback(runtime.close)
             await _setup_runtime(runtime, settings)
@@ -117,7 +124,9 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
             )
             upstream = Upstream(settings)
             stack.push_async_callback(upstream.close)
-            ledger = Ledger(db, PriceTable(settings.model_prices), bus, settings.budget_wait)
+            ledger = Ledger(
+                db, PriceTable(settings.model_prices), bus, settings.budget_wait, metrics
+            )
             model_proxy = ModelProxy(
                 settings,
                 upstream,
@@ -127,10 +136,12 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
                 ),
             )
             stack.push_async_callback(model_proxy.close)
-            turns = TurnService(db, bus, hub)
+            turns = TurnService(db, bus, hub, metrics)
             workspaces = WorkspaceService(settings, db, runtime, store, bus)
             stack.push_async_callback(workspaces.close)
-            terminator = Terminator(settings, db, runtime, bus, hub, access, workspaces)
+            terminator = Terminator(
+                settings, db, runtime, bus, hub, access, workspaces, metrics=metrics
+            )
             stack.push_async_callback(terminator.close)
             hub.on_damage(terminator.stream_damaged)
             sessions = SessionService(
@@ -144,6 +155,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
                 access,
                 StartAdmission(db, settings.instance_name, settings.session_start_concurrency),
                 workspaces,
+                metrics=metrics,
             )
             stack.push_async_callback(sessions.close)
             execute = ExecuteService(sessions, turns, terminator, hub)
@@ -154,6 +166,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
             )
             app.state.services = Services(
                 settings=settings,
+                metrics=metrics,
                 db=db,
                 runtime=runtime,
                 bus=bus,
@@ -208,6 +221,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
     app.state.drain = drain or Drain()
     install_error_handlers(app)
     app.include_router(build_router())
+    install_console(app)
     install_openapi(app)
     # Outermost: credentials, rate and body size are checked before routing reads anything.
     app.add_middleware(RequestGuard, settings=settings)

@@ -85,6 +85,8 @@ up() {
 CC-Docker is up.
   API:            http://localhost:$port   (interactive docs: http://localhost:$port/docs)
   Gateways:       ${GATEWAY_REPLICAS:-1} behind the load balancer (more: GATEWAY_REPLICAS=N scripts/setup.sh)
+  Web console:    http://localhost:$port/console   (sign in with the token below)
+  Metrics:        http://localhost:$port/metrics   (Prometheus; METRICS_TOKEN protects it)
   MinIO console:  http://localhost:${MINIO_CONSOLE_PORT:-9001}   (user ${MINIO_ROOT_USER:-ccd-minio})
   Model access:   set ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN) in .env, then run this again.
 

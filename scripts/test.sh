@@ -25,9 +25,35 @@ copy_claude_cli() {
     export CLAUDE_BIN="$REPO_ROOT/.venv/bin/claude"
 }
 
+# The web console's tests drive Debian's Chromium and chromedriver. Installed here when missing
+# and this user may (root, or sudo without a password); otherwise those tests fail and say how.
+ensure_browser() {
+    if [[ -n ${CHROMIUM_BIN:-} && -n ${CHROMEDRIVER_BIN:-} ]]; then
+        return
+    fi
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        return
+    fi
+    local sudo=()
+    if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        if ! command -v apt-get >/dev/null 2>&1 || ! sudo -n true 2>/dev/null; then
+            log "chromium or chromedriver is missing and cannot be installed here; the console" \
+                "tests will fail (Debian: apt-get install -y chromium chromium-driver; elsewhere" \
+                "set CHROMIUM_BIN and CHROMEDRIVER_BIN)"
+            return
+        fi
+        sudo=(sudo -n)
+    fi
+    log "installing Chromium and chromedriver for the console tests"
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+        chromium-driver >/dev/null
+}
+
 main() {
     cd "$REPO_ROOT"
     require_docker
+    ensure_browser
 
     if [[ ! -x .venv/bin/python ]]; then
         log "creating .venv"

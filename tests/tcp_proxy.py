@@ -48,6 +48,15 @@ class TcpProxy:
                     sock.close()
             self._open.clear()
 
+    def cut(self) -> None:
+        """End every open connection at once, as a broken network would: both of its ends see
+        it end (``down`` alone leaves a pump blocked on a socket it closed). The listener, if
+        up, stays up."""
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:

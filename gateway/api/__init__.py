@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from gateway.api import (
     execute,
     health,
+    metrics,
     model,
     session_files,
     sessions,
@@ -39,6 +40,7 @@ GUARD_RESPONSES: dict[int | str, dict[str, Any]] = {
 def build_router() -> APIRouter:
     router = APIRouter()
     router.include_router(health.router)
+    router.include_router(metrics.router)
     for api in (sessions, tree, session_files, workspaces, usage, execute):
         router.include_router(api.router, prefix=API_PREFIX, responses=GUARD_RESPONSES)
     router.include_router(stream.router, prefix=API_PREFIX)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -20,6 +21,7 @@ from gateway.error_codes import ErrorCode
 from gateway.errors import GatewayError, InvalidRequest, SessionNotFound, error_response
 from gateway.events.bus import is_stream_id
 from gateway.events.hub import FollowControl
+from gateway.logging_setup import bind_session
 from gateway.schemas import MAX_PROMPT_CHARS
 from wrapper.aio import cancel_and_wait
 from wrapper.protocol import NO_NUL, Source
@@ -63,10 +65,12 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
     except GatewayError as exc:
         await websocket.send_denial_response(error_response(exc))
         return
+    bind_session(session.id)
     with drain.stream() as control:
         await websocket.accept()
         sender = asyncio.create_task(_send_events(websocket, services, session, after, control))
         receiver = asyncio.create_task(_receive_commands(websocket, services, session))
+        services.metrics.websocket_clients.inc()
         try:
             done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -76,6 +80,7 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
                 ):
                     log.error("stream of %s failed", session.id, exc_info=failure)
         finally:
+            services.metrics.websocket_clients.dec()
             await cancel_and_wait([sender, receiver])
             with contextlib.suppress(Exception):  # the client may be gone already
                 await websocket.close()
@@ -117,10 +122,13 @@ async def _send_events(
 ) -> None:
     sid = str(session.id)
     active = session.status in ACTIVE_STATUSES
+    # Events stored from now on are live: their delay to the client is the relay's lag.
+    connected_ms = time.time() * 1000
     follow = services.hub.follow(sid, after, track=active, control=control)
     async with contextlib.aclosing(follow) as events:
         async for event in events:
             await websocket.send_text(event.envelope_json())
+            services.metrics.event_delivered(event.id, connected_ms)
     if control.finished:  # the gateway shuts down: the client resumes elsewhere
         await websocket.close(code=GOING_AWAY, reason=GOING_AWAY_REASON)
         return

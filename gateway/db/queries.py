@@ -155,3 +155,9 @@ async def requeue_start(db: AsyncSession, session_id: uuid.UUID) -> bool:
         .returning(SessionRow.id)
     )
     return (await db.execute(statement)).one_or_none() is not None
+
+
+async def sessions_by_status(db: AsyncSession) -> dict[str, int]:
+    """How many sessions each status has, every owner's and instance's (one GROUP BY)."""
+    statement = select(SessionRow.status, func.count()).group_by(SessionRow.status)
+    return {status: int(count) for status, count in (await db.execute(statement)).all()}

@@ -336,7 +336,9 @@ class EventHub:
             try:
                 listener(event)
             except Exception:
-                log.exception("event listener failed on %s", event.id)
+                log.exception(
+                    "event listener failed on event %s of session %s", event.id, event.session_id
+                )
         subscribers = self._subscribers.get(event.session_id)
         if not subscribers:
             return

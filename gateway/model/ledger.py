@@ -37,6 +37,7 @@ from gateway.db.models import (
 )
 from gateway.db.outage import database_unavailable
 from gateway.events.bus import EventBus
+from gateway.metrics import Metrics
 from gateway.model.meter import USAGE_FIELDS, Usage
 from gateway.model.prices import PriceTable
 from gateway.security import Principal
@@ -109,7 +110,9 @@ class Ledger:
         prices: PriceTable,
         bus: EventBus,
         budget_wait: float,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._db = db
         self._prices = prices
         self._bus = bus
@@ -311,6 +314,7 @@ class Ledger:
                 if crossed
                 else []
             )
+        self._metrics.model_call(self._prices.family(model), usage, cost, http_status)
         for session_id in running:
             await self._bus.publish(str(session_id), GatewayEvent.BUDGET_EXCEEDED, **figures)
 

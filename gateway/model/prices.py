@@ -57,11 +57,13 @@ class PriceTable:
         self._families = sorted(self._prices, key=len, reverse=True)
         self._dearest = max(self._prices.values(), key=lambda p: (p.output, p.input))
 
+    def family(self, model: str) -> str | None:
+        """The longest family that prefixes ``model``; ``None`` when no family does."""
+        return next((family for family in self._families if model.startswith(family)), None)
+
     def price(self, model: str) -> Price:
-        for family in self._families:
-            if model.startswith(family):
-                return self._prices[family]
-        return self._dearest
+        family = self.family(model)
+        return self._prices[family] if family is not None else self._dearest
 
     def cost(self, model: str, usage: Usage) -> Decimal:
         price = self.price(model)

@@ -27,6 +27,7 @@ from gateway.config import Settings
 from gateway.db.outage import database_unavailable
 from gateway.error_codes import ErrorCode
 from gateway.errors import Unauthorized
+from gateway.logging_setup import bind_session
 from gateway.model.ledger import BudgetSpent, Caller, Ledger, NotRunning, Ticket
 from gateway.model.meter import StreamMeter, Usage, usage_of_json
 from gateway.model.slots import CallSlots
@@ -71,6 +72,7 @@ class ModelProxy:
             if not database_unavailable(exc):
                 raise
             return _database_down()
+        bind_session(caller.session_id)  # this call's log lines (and its settlement's) name it
         body = await _read_body(request, self._settings.model_max_request_bytes)
         if body is None:
             return anthropic_error(
@@ -190,9 +192,17 @@ class ModelProxy:
                 return
             except Exception as exc:
                 if not database_unavailable(exc):
-                    log.exception("could not settle model call %s", ticket.call_id)
+                    log.exception(
+                        "could not settle model call %s of session %s",
+                        ticket.call_id,
+                        ticket.caller.session_id,
+                    )
                     return
-                log.warning("settling model call %s waits for the database", ticket.call_id)
+                log.warning(
+                    "settling model call %s of session %s waits for the database",
+                    ticket.call_id,
+                    ticket.caller.session_id,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

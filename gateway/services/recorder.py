@@ -22,6 +22,7 @@ from gateway.db.models import FINAL_STATUSES
 from gateway.db.outage import database_unavailable
 from gateway.events.bus import Event
 from gateway.events.hub import EventHub
+from gateway.logging_setup import bind_session
 from gateway.services.sessions import SessionService
 from gateway.services.termination import Terminator
 from gateway.services.turns import TurnService
@@ -75,6 +76,7 @@ class Recorder:
     async def record(self, event: Event) -> None:
         """Apply ``event``, retrying for as long as the database is unavailable; returns once
         it is recorded, or at once (after logging a traceback) when applying it is a bug."""
+        bind_session(event.session_id)  # the recorder's lines are about this event's session
         delay, attempts = self._retry_first, 0
         while True:
             attempts += 1

@@ -51,6 +51,7 @@ from gateway.errors import (
 from gateway.events.access import SessionAccess
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
+from gateway.metrics import Metrics
 from gateway.runtime import ImageMissing, RuntimeFailure, SessionRuntime
 from gateway.security import mint_session_token
 from gateway.services import capabilities, limits
@@ -94,7 +95,9 @@ class SessionService:
         access: SessionAccess,
         admission: StartAdmission,
         workspaces: WorkspaceService | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._settings = settings
         self._access = access
         self._db = db
@@ -494,6 +497,7 @@ class SessionService:
             row.event_cursor = cursor
             status = row.status
         self.slot_freed()
+        self._metrics.session_ready(row.started_at)
         await self._bus.publish(str(session_id), GatewayEvent.STATUS, status=status)
 
 

@@ -23,6 +23,7 @@ from gateway.errors import SessionNotFound
 from gateway.events.access import SessionAccess
 from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
+from gateway.metrics import Metrics
 from gateway.runtime import ContainerMissing, ContainerState, RuntimeFailure, SessionRuntime
 from gateway.services.background import TaskSet
 from gateway.services.workspaces import WorkspaceService
@@ -44,7 +45,9 @@ class Terminator:
         hub: EventHub,
         access: SessionAccess,
         workspaces: WorkspaceService | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._workspaces = workspaces
         self._access = access
         self._settings = settings
@@ -141,7 +144,7 @@ class Terminator:
         unsaved: bool = False,
     ) -> SessionRow:
         async with self._db() as db, db.begin():
-            await queries.end_running_turns(db, session_id, TurnStatus.INTERRUPTED, reason)
+            closed = await queries.end_running_turns(db, session_id, TurnStatus.INTERRUPTED, reason)
             stopped = await queries.transition(
                 db,
                 session_id,
@@ -152,6 +155,7 @@ class Terminator:
                 current_turn_id=None,
                 workspace_dirty=unsaved,
             )
+        self._metrics.turns_closed(TurnStatus.INTERRUPTED, closed)
         if stopped is None:
             return await self.get(session_id)
         await self.revoke_access(session_id)
@@ -213,7 +217,8 @@ class Terminator:
             )
             if row is None:
                 return None
-            await queries.end_running_turns(db, session_id, TurnStatus.FAILED, reason)
+            closed = await queries.end_running_turns(db, session_id, TurnStatus.FAILED, reason)
+        self._metrics.turns_closed(TurnStatus.FAILED, closed)
         await self.revoke_access(session_id)
         # Its descendants cannot report to it any more: stop them.
         self._background.spawn(

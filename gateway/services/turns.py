@@ -40,6 +40,7 @@ from gateway.errors import (
 )
 from gateway.events.bus import Event, EventBus, stream_id_before
 from gateway.events.hub import EventHub, Lagged, StreamClosed, Subscription
+from gateway.metrics import Metrics
 from gateway.services import trees
 from wrapper.protocol import GatewayEvent, InterruptInput, PromptInput, Source
 
@@ -68,7 +69,14 @@ def ends_turn(event: Event, turn_id: str) -> bool:
 
 
 class TurnService:
-    def __init__(self, db: async_sessionmaker[AsyncSession], bus: EventBus, hub: EventHub) -> None:
+    def __init__(
+        self,
+        db: async_sessionmaker[AsyncSession],
+        bus: EventBus,
+        hub: EventHub,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._metrics = metrics or Metrics()
         self._db = db
         self._bus = bus
         self._hub = hub
@@ -196,6 +204,7 @@ class TurnService:
                     select(SessionRow.parent_id).where(SessionRow.id == session_id)
                 )
             )
+        self._metrics.turn_ended(ended.status, ended.created_at, ended.finished_at)
         if released is not None and released.status == SessionStatus.READY:
             await self._bus.publish(str(session_id), GatewayEvent.STATUS, status="ready")
         if parent_id is not None:

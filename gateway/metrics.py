@@ -1,0 +1,199 @@
+"""The gateway's Prometheus metrics: the metric objects and the one-line calls that feed them.
+
+One ``Metrics`` per app (built in ``create_app``) on a registry of its own, never the
+process-wide default, so that several apps (tests) never share figures. The places that know
+call one method each: the session service when a start completes, the turn service and the
+terminator when turns end, the WebSocket route per event it delivers, the runtime wrapper
+(``gateway.runtime.metered``) per failed engine call, the ledger per settled model call.
+
+Counters and histograms count what *this* process did, so a fleet sums them over replicas.
+``ccd_sessions`` is the exception: it is read from PostgreSQL at scrape time, so every replica
+reports the whole fleet's sessions (aggregate it with ``max``, never ``sum``).
+
+Label values are bounded: statuses, outcomes, operations and token kinds are fixed sets, and
+a model is labelled by its price-table family (``other`` when none matches), never by the
+name a request carried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from gateway.db.models import SessionStatus, TurnStatus
+from gateway.events.bus import parse_stream_id
+from gateway.model.meter import Usage
+
+# Seconds. A start is a container plus the CLI's handshake (a few seconds); a turn is anything
+# from one reply to an hour of tool use; relaying should take milliseconds.
+START_BUCKETS = (0.5, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120)
+TURN_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+RUNTIME_OPERATIONS = (
+    "setup",
+    "create",
+    "start",
+    "put_archive",
+    "get_archive",
+    "exec",
+    "stop",
+    "remove",
+    "inspect",
+    "list_managed",
+    "exits",
+    "disk_usage",
+    "logs_tail",
+    "ping",
+)
+TOKEN_KINDS = {
+    "input_tokens": "input",
+    "output_tokens": "output",
+    "cache_creation_input_tokens": "cache_creation",
+    "cache_read_input_tokens": "cache_read",
+}
+OTHER_MODEL = "other"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.sessions = Gauge(
+            "ccd_sessions",
+            "Sessions by status, the whole fleet's (read from PostgreSQL at scrape time).",
+            ["status"],
+            registry=r,
+        )
+        self.session_start = Histogram(
+            "ccd_session_start_seconds",
+            "From create (or resume) to ready: the container started and the CLI answered.",
+            ["warm"],
+            buckets=START_BUCKETS,
+            registry=r,
+        )
+        self.turns = Counter(
+            "ccd_turns", "Chat turns that ended, by outcome.", ["outcome"], registry=r
+        )
+        self.turn_seconds = Histogram(
+            "ccd_turn_seconds",
+            "From a prompt accepted to its turn's end (a result or turn_failed).",
+            buckets=TURN_BUCKETS,
+            registry=r,
+        )
+        self.events_relayed = Counter(
+            "ccd_events_relayed", "Events delivered to WebSocket clients.", registry=r
+        )
+        self.relay_lag = Histogram(
+            "ccd_relay_lag_seconds",
+            "From an event's stream id (when Redis stored it) to its delivery to a WebSocket "
+            "client, for events stored after the client connected (replays are not lag).",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.websocket_clients = Gauge(
+            "ccd_websocket_clients", "WebSocket streams open on this process.", registry=r
+        )
+        self.runtime_errors = Counter(
+            "ccd_runtime_errors",
+            "Container runtime calls that failed (the engine refused or did not answer), by "
+            "operation. A missing container or path is an answer, not an error.",
+            ["operation"],
+            registry=r,
+        )
+        self.model_requests = Counter(
+            "ccd_model_requests",
+            "Model calls through the proxy, settled, by model family and upstream HTTP status "
+            "('unreachable' when there was none).",
+            ["model", "status"],
+            registry=r,
+        )
+        self.model_tokens = Counter(
+            "ccd_model_tokens",
+            "Tokens the upstream reported, by kind and model family.",
+            ["kind", "model"],
+            registry=r,
+        )
+        self.model_cost = Counter(
+            "ccd_model_cost_usd",
+            "What settled model calls cost (MODEL_PRICES), by model family.",
+            ["model"],
+            registry=r,
+        )
+        # Known label values start at zero, so a rate() over them works from the first scrape.
+        self.session_start.labels(warm="false")
+        for outcome in TurnStatus:
+            if outcome != TurnStatus.RUNNING:
+                self.turns.labels(outcome=outcome.value)
+        for operation in RUNTIME_OPERATIONS:
+            self.runtime_errors.labels(operation=operation)
+
+    # -- sessions and turns --------------------------------------------------------------------
+
+    def session_ready(self, started_at: datetime, warm: bool = False) -> None:
+        """A session's start (create or resume, at ``started_at``) completed just now."""
+        seconds = max(0.0, (datetime.now(UTC) - started_at).total_seconds())
+        self.session_start.labels(warm="true" if warm else "false").observe(seconds)
+
+    def turn_ended(self, outcome: str, created_at: datetime, finished_at: datetime | None) -> None:
+        """One turn ended on its own (a result or a turn_failed event)."""
+        self.turns.labels(outcome=outcome).inc()
+        if finished_at is not None:
+            self.turn_seconds.observe(max(0.0, (finished_at - created_at).total_seconds()))
+
+    def turns_closed(self, outcome: str, turn_ids: Iterable[object]) -> None:
+        """Turns cut off by their session's end (a stop, a failure): counted, not timed."""
+        count = sum(1 for _ in turn_ids)
+        if count:
+            self.turns.labels(outcome=outcome).inc(count)
+
+    # -- the relay -----------------------------------------------------------------------------
+
+    def event_delivered(self, event_id: str, connected_ms: float) -> None:
+        """An event went to a WebSocket client that connected at ``connected_ms`` (epoch
+        milliseconds). Its lag is observed when its stream id says it was stored since: older
+        events are a replay, whose age is not lag. Notices have no id."""
+        self.events_relayed.inc()
+        if not event_id:
+            return
+        stored_ms = parse_stream_id(event_id)[0]
+        if stored_ms >= connected_ms:
+            now_ms = datetime.now(UTC).timestamp() * 1000
+            self.relay_lag.observe(max(0.0, (now_ms - stored_ms) / 1000))
+
+    # -- the runtime and the model -------------------------------------------------------------
+
+    def runtime_error(self, operation: str) -> None:
+        self.runtime_errors.labels(operation=operation).inc()
+
+    def model_call(
+        self, family: str | None, usage: Usage, cost: Decimal, status: int | None
+    ) -> None:
+        """One model call settled: what the upstream reported it used, and its price."""
+        model = family or OTHER_MODEL
+        self.model_requests.labels(
+            model=model, status=str(status) if status is not None else "unreachable"
+        ).inc()
+        for field, kind in TOKEN_KINDS.items():
+            tokens = getattr(usage, field)
+            if tokens:
+                self.model_tokens.labels(kind=kind, model=model).inc(tokens)
+        if cost:
+            self.model_cost.labels(model=model).inc(float(cost))
+
+    # -- exposition ----------------------------------------------------------------------------
+
+    def render(self, sessions: Mapping[str, int] | None, accept: str) -> tuple[bytes, str]:
+        """The exposition (body, content type) for a scraper sending ``accept``, with
+        ``ccd_sessions`` set from ``sessions`` (status -> count), or left out when the count
+        could not be read (``None``: a stale figure would be worse than none)."""
+        self.sessions.clear()
+        if sessions is not None:
+            for status in SessionStatus:
+                self.sessions.labels(status=status.value).set(sessions.get(status.value, 0))
+        encode, content_type = choose_encoder(accept)
+        return encode(self.registry), content_type
