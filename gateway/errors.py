@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -196,6 +197,7 @@ class DatabaseUnavailable(Unavailable):
 
 # Seconds a client is asked to wait when PostgreSQL cannot be reached (a restart takes a few).
 DATABASE_RETRY_AFTER = 5
+EVENTS_RETRY_AFTER = 2  # a Redis connection is made again within a second or two
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -254,6 +256,21 @@ def install_error_handlers(app: FastAPI) -> None:
         error = DatabaseUnavailable("the database is unavailable; retry shortly")
         headers = {"Retry-After": str(DATABASE_RETRY_AFTER)}
         return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+    @app.exception_handler(RedisError)
+    async def _events_error(request: Request, exc: RedisError) -> JSONResponse:
+        """Redis down, restarting or failing over: the caller retries, as for the database."""
+        log.warning(
+            "%s %s -> 503 events_unavailable: %s: %s",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+            str(exc).splitlines()[0][:300] if str(exc) else "",
+        )
+        code = ErrorCode.EVENTS_UNAVAILABLE
+        body = error_body(code, "the event store (Redis) is unavailable; retry shortly")
+        headers = {"Retry-After": str(EVENTS_RETRY_AFTER)}
+        return JSONResponse(body, status_code=code.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

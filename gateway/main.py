@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 DUTIES = ("reconciler", "exits", "snapshots", "disk", "purge")  # one lease each, per instance
 
 HUB_BLOCK_SECONDS = 30
+REDIS_HEALTH_CHECK_SECONDS = 5
 
 
 def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
@@ -78,8 +79,13 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
             stack.push_async_callback(engine.dispose)
             db = create_session_factory(engine)
             redis_url = settings.gateway_redis_url
+            # Connections idle past the health check are pinged before use, so those a Redis
+            # restart closed are replaced before a request meets them.
             redis = aioredis.Redis.from_url(
-                redis_url, decode_responses=True, socket_connect_timeout=5
+                redis_url,
+                decode_responses=True,
+                socket_connect_timeout=5,
+                health_check_interval=REDIS_HEALTH_CHECK_SECONDS,
             )
             stack.push_async_callback(redis.aclose)
             # The hub blocks in XREAD on its own connections, so it gets its own client, with
@@ -89,6 +95,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
                 decode_responses=True,
                 socket_timeout=HUB_BLOCK_SECONDS + 10,
                 socket_connect_timeout=5,
+                health_check_interval=REDIS_HEALTH_CHECK_SECONDS,
             )
             stack.push_async_callback(hub_redis.aclose)
             runtime = MeteredRuntime(

@@ -127,6 +127,9 @@ class EventHub:
         self._damage_handlers: list[DamageHandler] = []
         self._restart_handlers: list[Callable[[], None]] = []
         self._entries_added: dict[str, int] = {}  # per stream, at the last inspection
+        # Entries read per stream since tracking began (or since its loss): a stream that says
+        # fewer were ever added to it was deleted and written again, even before any inspection.
+        self._entries_read: dict[str, int] = {}
         self._disconnected = False
         self._maxlen = bus.maxlen
         self._next_inspection = 0.0
@@ -153,11 +156,17 @@ class EventHub:
         if session_id in self._cursors:
             return
         self._cursors[session_id] = after or await self._bus.last_id(session_id)
-        await self._wake()
+        try:
+            await self._wake()
+        except (
+            aioredis.RedisError
+        ) as error:  # the reader takes the cursor up on its next read anyway
+            log.warning("could not wake the event hub for %s: %s", session_id, error)
 
     def untrack(self, session_id: str) -> None:
         self._cursors.pop(session_id, None)
         self._entries_added.pop(session_id, None)
+        self._entries_read.pop(session_id, None)
 
     def close_session(self, session_id: str) -> None:
         """The session is gone: stop reading it and end every ``follow`` of it."""
@@ -225,6 +234,7 @@ class EventHub:
             session_id = keys[key]
             if session_id not in self._cursors:
                 continue  # untracked while we were reading
+            self._entries_read[session_id] = self._entries_read.get(session_id, 0) + len(entries)
             for entry_id, fields in entries:
                 self._dispatch(Event.from_entry(session_id, entry_id, fields))
             if session_id in self._cursors:  # a listener may untrack on a final event
@@ -258,7 +268,10 @@ class EventHub:
             if not isinstance(info, dict):
                 continue
             added = int(info.get("entries-added") or 0)
-            if added < self._entries_added.get(session_id, 0):
+            known = max(
+                self._entries_added.get(session_id, 0), self._entries_read.get(session_id, 0)
+            )
+            if added < known:
                 # Fewer entries ever added than at the last look: the stream was deleted and
                 # written again meanwhile (by its wrapper), so its history is gone.
                 await self._mark_lost(session_id)
@@ -285,6 +298,10 @@ class EventHub:
             except aioredis.ResponseError:
                 continue  # gone altogether: the inspection reports it
             newest = str(info.get("last-generated-id") or "0-0")
+            # What Redis came back with is the history from now on (a lost tail is told below,
+            # not taken for a deleted stream).
+            self._entries_added[session_id] = int(info.get("entries-added") or 0)
+            self._entries_read[session_id] = 0
             if parse_stream_id(newest) < parse_stream_id(cursor):
                 log.warning(
                     "session %s: Redis lost its events after %s (read up to %s)",
@@ -313,6 +330,7 @@ class EventHub:
         if cursor is None:  # untracked meanwhile (deleted): do not bring its key back
             return
         self._entries_added[session_id] = 0  # a new history starts with the gap below
+        self._entries_read[session_id] = 0
         log.warning("session %s: its output stream vanished; writing a gap event", session_id)
         await self._bus.publish(
             session_id,

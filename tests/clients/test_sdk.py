@@ -175,6 +175,14 @@ async def test_a_gap_is_surfaced_once_and_notices_do_not_move_the_cursor(
     key = f"ccd:session:{sid}:out"
     fields = {"source": "claude", "type": "noise", "turn": "", "data": "{}"}
     try:
+        # The row says ready just before the gateway writes that status into the stream: wait
+        # for the stream's own copy, so nothing but this test writes to it from here on.
+        async with asyncio.timeout(30):
+            while not any(
+                fields.get("type") == "status" and '"ready"' in fields.get("data", "")
+                for _, fields in await admin.xrange(key)
+            ):
+                await asyncio.sleep(0.1)
         first = (await admin.xrange(key, count=1))[0][0]
         for _ in range(200):  # more than is kept (trimmed like a long turn's output)
             await admin.xadd(key, fields, maxlen=50, approximate=False)
