@@ -19,6 +19,8 @@ scripted fake Anthropic API, ``python -m gateway``) and prints, in one run:
 - the model proxy (scripts/bench_proxy.py): time to first streamed byte and to the end of a
   trivial answer, and a real CLI's trivial turn, through the proxy beside the upstream reached
   directly; the gateway's CPU per 1,000 proxied streamed events;
+- stops: ``stop`` and ``delete`` of a ready (idle) session and of one still starting (its
+  CLI booting), beside a bare ``docker stop``;
 - relay: events published with the wrapper's own publisher (``wrapper.channel.Channel``) at
   ``--rate`` per second into a live session's stream, measured until they arrive at WebSocket
   clients (p50, p99, max). This is the path a CLI line takes after the wrapper reads it.
@@ -115,6 +117,51 @@ async def ours_run(api: Api) -> tuple[float, float, str]:
         while not (envelope["source"] == "claude" and envelope["event"]["type"] == "result"):
             envelope = json.loads(await ws.recv())
     return ready, first, session["id"]
+
+
+def bare_stop(network: str) -> float:
+    """``docker stop`` of a running session-image container whose process ends on SIGTERM:
+    the engine's own floor for a stop."""
+    argv = [
+        "docker", "run", "-d", "--rm", "--network", network, SESSION_IMAGE,
+        "sh", "-c", "sleep 600 | claude -p --input-format stream-json --output-format "
+        "stream-json --verbose",
+    ]  # fmt: skip
+    container = subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+    time.sleep(2)  # the CLI booted and waits
+    start = time.perf_counter()
+    subprocess.run(["docker", "stop", "-t", "10", container], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+async def ours_stop(api: Api, action: str, state: str) -> float:
+    """One ``stop`` or ``delete`` (synchronous HTTP call) of a session that is ``ready`` and
+    idle, or still ``starting`` (0.5 s after its create, its CLI booting)."""
+    session = await api.create()
+    if state == "ready":
+        await api.wait_status(session["id"], "ready")
+    else:
+        await asyncio.sleep(0.5)
+    start = time.perf_counter()
+    if action == "stop":
+        response = await api.http.post(f"/api/v1/sessions/{session['id']}/stop")
+    else:
+        response = await api.http.delete(f"/api/v1/sessions/{session['id']}")
+    elapsed = time.perf_counter() - start
+    assert response.status_code in (200, 204), response.text
+    if action == "stop":
+        await api.http.delete(f"/api/v1/sessions/{session['id']}")
+    return elapsed
+
+
+async def stops(api: Api, network: str, runs: int) -> None:
+    bare = [bare_stop(network) for _ in range(runs)]
+    print(summary("bare: docker stop (process ends on SIGTERM)", bare))
+    for state in ("ready", "starting"):
+        for action in ("stop", "delete"):
+            values = [await ours_stop(api, action, state) for _ in range(runs)]
+            line = summary(f"ours: {action} a {state} session", values, bare)
+            print(f"{line}   p99 {percentile(sorted(values), 99) * 1000:.0f} ms")
 
 
 async def credentials_cost(redis_url: str, runs: int) -> list[float]:
@@ -274,6 +321,7 @@ async def main(args: argparse.Namespace) -> None:
                 f"= {share:.2%} of create -> ready (network: made once at start-up, 0 per session)"
             )
             await relay(api, infra.redis_url, ours[-1][2], args)
+            await stops(api, infra.network_name, args.runs)
             for _, _, session_id in ours:
                 with contextlib.suppress(Exception):
                     await api.stop(session_id)

@@ -67,12 +67,19 @@ async def run(settings: WrapperSettings) -> int:
             write_token_file(settings.token_file, settings.session_token)
         except OSError as exc:
             log.warning("cannot write the token file %s: %s", settings.token_file, exc)
+    # A stop may come at any moment, the CLI's boot included: note it from the start, so the
+    # container ends at once and cleanly instead of being killed after the engine's grace.
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
     first = await spawn_cli(settings, resume=has_transcript(settings))
     try:
         async with assemble(settings) as supervisor:
-            loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, supervisor.stop)
+            if stop_requested.is_set():
+                supervisor.stop()
             return await supervisor.run(first)
     finally:
         if first.returncode is None:  # assembling failed before the supervisor took it over

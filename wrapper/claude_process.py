@@ -42,6 +42,7 @@ class ClaudeProcess:
         self._proc = proc
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._write_lock = asyncio.Lock()
+        self._output_closed = False
 
     @classmethod
     async def spawn(
@@ -71,7 +72,13 @@ class ClaudeProcess:
         """The next stdout line without its newline; ``None`` at EOF. Raises ``ValueError``
         for a line longer than the reader's limit (that line is discarded)."""
         assert self._proc.stdout is not None
-        return _strip(await self._proc.stdout.readline())
+        line = _strip(await self._proc.stdout.readline())
+        if line is None:
+            # No answer can come any more: a control request waiting for one (the handshake
+            # of a CLI stopped while it booted) fails now, not after its timeout.
+            self._output_closed = True
+            self.fail_pending("the CLI closed its output")
+        return line
 
     async def stderr_line(self) -> bytes | None:
         assert self._proc.stderr is not None
@@ -98,6 +105,8 @@ class ClaudeProcess:
 
     async def control(self, subtype: str, timeout: float, **fields: Any) -> dict[str, Any]:
         """Send a control request and wait for its answer; raises ``ControlError`` on error."""
+        if self._output_closed:
+            raise ControlError("the CLI closed its output")
         request_id = f"ccd-{next(_request_ids)}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future

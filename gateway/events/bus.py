@@ -94,7 +94,12 @@ class Event:
     def envelope_json(self) -> str:
         """The client-facing envelope, built without re-encoding the CLI's line: ``id`` (the
         cursor; null for a notice), ``session_id``, ``source``, ``turn_id`` (null outside a
-        turn) and ``event``."""
+        turn) and ``event``. Built once per event, however many clients it goes to (the hub
+        hands every follower of a session the same ``Event``)."""
+        return self._envelope
+
+    @cached_property
+    def _envelope(self) -> str:
         entry_id = f'"{self.id}"' if self.id else "null"
         turn = f'"{self.turn_id}"' if self.turn_id else "null"
         return (

@@ -1,13 +1,15 @@
-"""Pure pieces of the wrapper: the CLI command line and the wire contract."""
+"""Pieces of the wrapper: the CLI command line, the wire contract, the CLI process handle."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
 from wrapper import protocol
+from wrapper.claude_process import ClaudeProcess, ControlError
 from wrapper.cli import build_argv, claude_config_dir, cli_environment, transcript_path
 from wrapper.protocol import ContainerEnv, PromptInput, SessionConfig
 
@@ -121,3 +123,23 @@ def test_every_key_of_a_session_shares_its_prefix() -> None:
     assert protocol.output_stream_key("abc").startswith(prefix)
     assert protocol.input_stream_key("abc").startswith(prefix)
     assert protocol.output_stream_key("abc") != protocol.input_stream_key("abc")
+
+
+async def test_a_control_request_fails_at_once_when_the_cli_goes_away(tmp_path: Path) -> None:
+    """A CLI that ends before answering (stopped while it booted) fails the handshake at
+    once with ``ControlError``, rather than leaving it to run into its timeout."""
+    proc = await ClaudeProcess.spawn(
+        ["sh", "-c", "read line; exit 0"], {"PATH": "/usr/bin:/bin"}, tmp_path, 1024
+    )
+
+    async def drain() -> None:
+        while await proc.stdout_line() is not None:
+            pass
+
+    reader = asyncio.create_task(drain())
+    with pytest.raises(ControlError):
+        await proc.control("initialize", timeout=60)
+    await reader
+    with pytest.raises(ControlError):  # and so does any later request
+        await proc.control("interrupt", timeout=60)
+    assert await proc.wait() == 0
