@@ -32,6 +32,16 @@ from gateway.model.meter import Usage
 # from one reply to an hour of tool use; relaying should take milliseconds.
 START_BUCKETS = (0.5, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120)
 TURN_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+START_STEPS = (
+    "database",  # the session's row inserted (admission included)
+    "credentials",  # its capability token minted and its Redis user created
+    "engine_create",  # the container created (hardened spec, network, volumes)
+    "restore",  # its container recorded and its workspace restored into it
+    "engine_start",  # the engine started the container
+    "wrapper_boot",  # container process start -> the wrapper started the CLI (from cli_ready)
+    "cli_handshake",  # the CLI started -> it answered initialize (from cli_ready)
+)
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 RUNTIME_OPERATIONS = (
@@ -74,6 +84,13 @@ class Metrics:
             "From create (or resume) to ready: the container started and the CLI answered.",
             ["warm"],
             buckets=START_BUCKETS,
+            registry=r,
+        )
+        self.start_steps = Histogram(
+            "ccd_session_start_step_seconds",
+            "Where a cold start's time goes, step by step (see START_STEPS in gateway/metrics.py).",
+            ["step"],
+            buckets=STEP_BUCKETS,
             registry=r,
         )
         self.turns = Counter(
@@ -126,6 +143,8 @@ class Metrics:
         )
         # Known label values start at zero, so a rate() over them works from the first scrape.
         self.session_start.labels(warm="false")
+        for step in START_STEPS:
+            self.start_steps.labels(step=step)
         for outcome in TurnStatus:
             if outcome != TurnStatus.RUNNING:
                 self.turns.labels(outcome=outcome.value)
@@ -138,6 +157,10 @@ class Metrics:
         """A session's start (create or resume, at ``started_at``) completed just now."""
         seconds = max(0.0, (datetime.now(UTC) - started_at).total_seconds())
         self.session_start.labels(warm="true" if warm else "false").observe(seconds)
+
+    def start_step(self, step: str, seconds: float | None) -> None:
+        if seconds is not None and step in START_STEPS:
+            self.start_steps.labels(step=step).observe(max(0.0, seconds))
 
     def turn_ended(self, outcome: str, created_at: datetime, finished_at: datetime | None) -> None:
         """One turn ended on its own (a result or a turn_failed event)."""

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ class ClaudeProcess:
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._write_lock = asyncio.Lock()
         self._output_closed = False
+        self.spawned_at = time.monotonic()
+        self.wrapper_age_at_spawn = process_age()
 
     @classmethod
     async def spawn(
@@ -169,6 +172,19 @@ class ClaudeProcess:
     def _signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, sig)
+
+
+def process_age() -> float | None:
+    """Seconds since this process was started (interpreter start-up included), from
+    ``/proc``; ``None`` where that cannot be read. Its resolution is the clock tick."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as uptime:
+            now = float(uptime.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, now - started_ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def _strip(line: bytes) -> bytes | None:

@@ -151,6 +151,9 @@ class Supervisor:
                 claude_session_id=self._contract.claude_session_id,
                 resumed=resume,
                 pid=proc.pid,
+                # Where a start's time went inside the container (the benchmark reads these).
+                wrapper_boot_seconds=_rounded(proc.wrapper_age_at_spawn),
+                cli_handshake_seconds=_rounded(time.monotonic() - proc.spawned_at),
             )
             self._ready.set()
         exit_code = await proc.wait()
@@ -381,3 +384,7 @@ class Supervisor:
         await self._channel.publish_gateway(
             GatewayEvent.ERROR, turn.turn_id, code="interrupt_failed", message=message
         )
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 4)

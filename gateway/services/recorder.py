@@ -121,7 +121,7 @@ class Recorder:
                     self._workspaces.transcripts.schedule_save(session)
             return
         if event.type == GatewayEvent.CLI_READY:
-            await self._sessions.mark_ready(session_id, event.id)
+            await self._sessions.mark_ready(session_id, event.id, event.payload)
         elif event.type == GatewayEvent.TURN_FAILED and turn_id is not None:
             reason = str(event.payload.get("reason", "the turn failed"))
             interrupted = bool(event.payload.get("interrupted"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -180,6 +181,7 @@ class SessionService:
         created), or ``ImageNotFound``/``RuntimeUnavailable`` (the session is then recorded as
         failed). With ``idempotency``, a key already used with the same request answers that
         session as it is now (``replayed``), and nothing else happens."""
+        begun = time.perf_counter()
         created = await self._insert(
             owner,
             config.model_dump(exclude_none=True),
@@ -189,6 +191,7 @@ class SessionService:
         )
         if created.replayed:
             return created
+        self._metrics.start_step("database", time.perf_counter() - begun)
         return Created(await self._launch(created.session, prompt))
 
     async def spawn(
@@ -411,6 +414,14 @@ class SessionService:
     async def _start_container(self, row: SessionRow, resumed: bool = False) -> SessionRow:
         """Start the session's container. On failure the session is failed and the error says
         why: 503 ``image_not_found``, ``runtime_unavailable`` or ``events_unavailable``."""
+        step_began = time.perf_counter()
+
+        def step_done(step: str) -> None:
+            nonlocal step_began
+            now = time.perf_counter()
+            self._metrics.start_step(step, now - step_began)
+            step_began = now
+
         token = mint_session_token(
             self._settings,
             row.id,
@@ -427,6 +438,7 @@ class SessionService:
             raise Unavailable(
                 reason, code=ErrorCode.EVENTS_UNAVAILABLE, session_id=str(row.id)
             ) from exc
+        step_done("credentials")
         spec = build_container_spec(self._settings, row, token.token, redis_url)
         try:
             state = await self._runtime.create(spec)
@@ -440,6 +452,7 @@ class SessionService:
             reason = f"the container runtime refused to create the container: {exc}"
             await self._terminator.fail(row.id, reason)
             raise RuntimeUnavailable(reason, session_id=str(row.id)) from exc
+        step_done("engine_create")
         async with self._db() as db, db.begin():
             updated = await queries.set_container(db, row.id, state.id)
         if updated is None:  # stopped or failed meanwhile: do not leak the container
@@ -453,8 +466,10 @@ class SessionService:
             if self._workspaces is not None:
                 await self._workspaces.prepare(updated, state.id, resumed)
             await self._mark_restored(row.id, state.id)
+            step_done("restore")
             step = "start its container"
             await self._runtime.start(state.id)
+            step_done("engine_start")
         except Exception as exc:
             reason = f"could not {step}: {exc}"
             await self._terminator.fail(row.id, reason)
@@ -487,8 +502,11 @@ class SessionService:
 
     # -- readiness (from the recorder) ---------------------------------------------------------
 
-    async def mark_ready(self, session_id: uuid.UUID, cursor: str) -> None:
-        """The CLI answered its handshake. Idempotent: only a ``starting`` session changes."""
+    async def mark_ready(
+        self, session_id: uuid.UUID, cursor: str, timings: dict[str, Any] | None = None
+    ) -> None:
+        """The CLI answered its handshake. Idempotent: only a ``starting`` session changes.
+        ``timings``: the ``cli_ready`` event's own figures of the start."""
         async with self._db() as db, db.begin():
             row = await db.get(SessionRow, session_id, with_for_update=True)
             if row is None or row.status != SessionStatus.STARTING:
@@ -498,6 +516,10 @@ class SessionService:
             status = row.status
         self.slot_freed()
         self._metrics.session_ready(row.started_at)
+        for step in ("wrapper_boot", "cli_handshake"):
+            value = (timings or {}).get(f"{step}_seconds")
+            if isinstance(value, int | float):
+                self._metrics.start_step(step, float(value))
         await self._bus.publish(str(session_id), GatewayEvent.STATUS, status=status)
 
 

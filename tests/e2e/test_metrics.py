@@ -104,6 +104,17 @@ async def _check_moved(
     assert moved(before, after, "ccd_session_start_seconds_count", warm="false") == 1
     start = moved(before, after, "ccd_session_start_seconds_sum", warm="false")
     assert 0 < start < 90
+    # and where its time went: every step of the cold start observed once, the steps
+    # together no longer than the whole (give or take the engine's reply to its start, which
+    # the wrapper's boot overlaps)
+    steps = ("database", "credentials", "engine_create", "restore", "engine_start")
+    steps += ("wrapper_boot", "cli_handshake")
+    for step in steps:
+        assert moved(before, after, "ccd_session_start_step_seconds_count", step=step) == 1, step
+    spent = sum(
+        moved(before, after, "ccd_session_start_step_seconds_sum", step=step) for step in steps
+    )
+    assert 0 < spent < start + 0.5
     # the turn: counted by outcome and timed
     assert moved(before, after, "ccd_turns_total", outcome="completed") == 1
     assert moved(before, after, "ccd_turn_seconds_count") == 1
