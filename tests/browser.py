@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.wait import WebDriverWait
@@ -72,11 +72,13 @@ def wait_for(
     driver: WebDriver, condition: Callable[[WebDriver], T | None], timeout: float, what: str
 ) -> T:
     """Poll ``condition`` until it returns something truthy; on timeout fail naming ``what``
-    and the page's visible text."""
+    and the page's visible text. An element the page re-rendered between finding it and
+    looking at it (stale) is a miss for that poll, not a failure."""
+    waiting = WebDriverWait(
+        driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    )
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(  # type: ignore[no-any-return]
-            lambda d: condition(d) or False
-        )
+        return waiting.until(lambda d: condition(d) or False)  # type: ignore[no-any-return]
     except TimeoutException:
         text = driver.execute_script("return document.body.innerText")
         raise AssertionError(
