@@ -97,6 +97,9 @@ def cli_turns(base_url: str, key_file: Path | None, runs: int) -> list[float]:
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_AUTOUPDATER": "1",
         "CLAUDE_CODE_MAX_RETRIES": "0",
+        # bypassPermissions is refused to root unless the CLI is told it is in a sandbox
+        # (the benchmark's own host process; sessions run as an unprivileged user).
+        "IS_SANDBOX": "1",
     }
     argv = [
         claude_binary(), "-p", "--input-format", "stream-json", "--output-format",
