@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import asyncpg  # noqa: E402
 import docker  # noqa: E402
 from bench import bare_run  # noqa: E402
 from bench_proxy import start_upstream  # noqa: E402
@@ -42,15 +44,39 @@ def bare_burst(network: str, upstream: str, count: int) -> list[float]:
         return [future.result()[0] for future in futures]
 
 
-async def ours_burst(fleet: Fleet, count: int) -> list[float]:
+async def queue_and_start(database_url: str, ready: dict[str, float]) -> tuple[list, list]:
+    """Per session: seconds waiting for a start slot (created -> admitted), and seconds from
+    admission to ready."""
+    connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        rows = await connection.fetch(
+            "SELECT id::text, extract(epoch FROM started_at) AS created, "
+            "extract(epoch FROM admitted_at) AS admitted FROM sessions WHERE id::text = ANY($1)",
+            list(ready),
+        )
+    finally:
+        await connection.close()
+    waits = [float(row["admitted"] - row["created"]) for row in rows]
+    starts = [ready[row["id"]] - float(row["admitted"]) for row in rows]
+    return waits, starts
+
+
+async def ours_burst(fleet: Fleet, count: int, ready_at: dict[str, float]) -> list[float]:
     urls = [replica.url for replica in fleet.replicas if replica is not None]
     clients = [Api(urls[i % len(urls)], token(fleet, f"burst-{i % 10}")) for i in range(count)]
 
     async def one(client: Api) -> float:
+        # Readiness as a client sees it on the session's WebSocket: polling 50 sessions with
+        # GETs would load the replicas the burst is measuring.
         start = time.perf_counter()
         session = await client.create()
-        await client.wait_status(session["id"], "ready", timeout=600)
-        return time.perf_counter() - start
+        async with client.stream(session["id"], after="0") as ws:
+            while True:
+                event = json.loads(await asyncio.wait_for(ws.recv(), 600))["event"]
+                if event.get("type") == "status" and event.get("status") in ("ready", "failed"):
+                    assert event["status"] == "ready", event
+                    ready_at[session["id"]] = time.time()
+                    return time.perf_counter() - start
 
     try:
         return list(await asyncio.gather(*(one(client) for client in clients)))
@@ -90,13 +116,17 @@ async def main(args: argparse.Namespace) -> None:
                     bare = await asyncio.to_thread(
                         bare_burst, infra.network_name, upstream_url, args.sessions
                     )
-                    ours = await ours_burst(fleet, args.sessions)
+                    ready_at: dict[str, float] = {}
+                    ours = await ours_burst(fleet, args.sessions, ready_at)
+                    waits, starts = await queue_and_start(infra.database_url, ready_at)
         finally:
             upstream.kill()
     print(f"burst of {args.sessions}, {args.replicas} replicas, {args.concurrency} start slots")
     print(line("bare: docker run -i + CLI initialize, at once", bare))
     print(line("ours: POST /sessions -> ready, at once", ours))
     print(f"ratio of the last ready: {max(ours) / max(bare):.2f}x")
+    print(line("ours: waiting for a start slot", waits))
+    print(line("ours: admitted -> ready", starts))
 
 
 if __name__ == "__main__":
