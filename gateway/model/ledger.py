@@ -67,6 +67,8 @@ class Caller:
     owner: str
     max_tokens: int | None
     max_cost_usd: Decimal | None
+    # Its spawn path (root first), when it was read with the session: a call's row lists it.
+    ancestors: tuple[uuid.UUID, ...] | None = None
 
     @property
     def has_budget(self) -> bool:
@@ -134,6 +136,7 @@ class Ledger:
                 SessionRow.owner,
                 TreeUsageRow.max_tokens,
                 TreeUsageRow.max_cost_usd,
+                SessionRow.path,
             )
             .outerjoin(TreeUsageRow, TreeUsageRow.root_id == SessionRow.root_id)
             .where(SessionRow.id == principal.session_id)
@@ -152,7 +155,12 @@ class Ledger:
         if row is None or row.status not in ACTIVE_STATUSES:
             raise NotRunning(f"session {principal.session_id} is {row.status if row else 'gone'}")
         return Caller(
-            principal.session_id, row.root_id, row.owner, row.max_tokens, row.max_cost_usd
+            principal.session_id,
+            row.root_id,
+            row.owner,
+            row.max_tokens,
+            row.max_cost_usd,
+            tuple(row.path or ()),
         )
 
     async def admit(
@@ -189,7 +197,7 @@ class Ledger:
                 if not _exhausted(tree, tree.reserved_tokens, tree.reserved_cost_usd):
                     tree.reserved_tokens += ticket.reserved_tokens
                     tree.reserved_cost_usd += ticket.reserved_cost
-                    ancestors = await self._ancestors(db, ticket.caller.session_id)
+                    ancestors = await self._ancestors(db, ticket.caller)
                     await db.execute(
                         insert(ModelCallRow).values(**self._call_values(ticket, ancestors))
                     )
@@ -230,8 +238,10 @@ class Ledger:
             "reserved_cost_usd": ticket.reserved_cost,
         }
 
-    async def _ancestors(self, db: AsyncSession, session_id: uuid.UUID) -> list[uuid.UUID]:
-        path = await db.scalar(select(SessionRow.path).where(SessionRow.id == session_id))
+    async def _ancestors(self, db: AsyncSession, caller: Caller) -> list[uuid.UUID]:
+        if caller.ancestors is not None:
+            return list(caller.ancestors)
+        path = await db.scalar(select(SessionRow.path).where(SessionRow.id == caller.session_id))
         return list(path or [])
 
     # -- settling ----------------------------------------------------------------------------
@@ -245,6 +255,10 @@ class Ledger:
         last of the budget."""
         cost = self._prices.cost(model, usage)
         counted = {name: getattr(usage, name) for name in USAGE_FIELDS}
+        if not ticket.caller.has_budget and ticket.reserved_tokens == 0:
+            await self._settle_unbudgeted(ticket, model, usage, http_status, cost)
+            self._metrics.model_call(self._prices.family(model), usage, cost, http_status)
+            return
         async with self._db() as db, db.begin():
             prior = await db.scalar(
                 select(ModelCallRow.state)
@@ -254,7 +268,7 @@ class Ledger:
             if prior == CallState.SETTLED:
                 return  # settled already
             if prior is None:  # a call of a tree without a budget: first written now
-                ancestors = await self._ancestors(db, ticket.caller.session_id)
+                ancestors = await self._ancestors(db, ticket.caller)
                 await db.execute(
                     insert(ModelCallRow).values(**self._call_values(ticket, ancestors))
                 )
@@ -317,6 +331,58 @@ class Ledger:
         self._metrics.model_call(self._prices.family(model), usage, cost, http_status)
         for session_id in running:
             await self._bus.publish(str(session_id), GatewayEvent.BUDGET_EXCEEDED, **figures)
+
+    async def _settle_unbudgeted(
+        self, ticket: Ticket, model: str, usage: Usage, http_status: int | None, cost: Decimal
+    ) -> None:
+        """A call of a tree without a budget reserved nothing and has no row yet: three
+        statements count it (its row, its session's totals, its tree's totals). Its row's id
+        makes a second settlement of it a no-op."""
+        counted = {name: getattr(usage, name) for name in USAGE_FIELDS}
+        async with self._db() as db, db.begin():
+            values = self._call_values(ticket, await self._ancestors(db, ticket.caller))
+            values.update(
+                state=CallState.SETTLED,
+                model=model[:200],
+                http_status=http_status,
+                cost_usd=cost,
+                finished_at=func.now(),
+                **counted,
+            )
+            written = await db.scalar(
+                pg_insert(ModelCallRow)
+                .values(**values)
+                .on_conflict_do_nothing()
+                .returning(ModelCallRow.id)
+            )
+            if written is None:
+                return  # settled already
+            await db.execute(
+                update(SessionRow)
+                .where(SessionRow.id == ticket.caller.session_id)
+                .values(
+                    requests=SessionRow.requests + 1,
+                    cost_usd=SessionRow.cost_usd + cost,
+                    **{name: getattr(SessionRow, name) + v for name, v in counted.items()},
+                )
+            )
+            tree = pg_insert(TreeUsageRow).values(
+                root_id=ticket.caller.root_id,
+                owner=ticket.caller.owner,
+                requests=1,
+                cost_usd=cost,
+                **counted,
+            )
+            await db.execute(
+                tree.on_conflict_do_update(
+                    index_elements=[TreeUsageRow.root_id],
+                    set_={
+                        "requests": TreeUsageRow.requests + 1,
+                        "cost_usd": TreeUsageRow.cost_usd + cost,
+                        **{name: getattr(TreeUsageRow, name) + v for name, v in counted.items()},
+                    },
+                )
+            )
 
     async def abandon_stale(self, older_than: timedelta) -> int:
         """Release the reservations of calls whose gateway died mid-call (older than any call
