@@ -46,6 +46,7 @@ class Soak:
         self.accepted: dict[str, str] = {}  # turn id -> session id
         self.completed: set[str] = set()
         self.followers: list[Follower] = []
+        self.following_since: dict[int, float] = {}  # events stored earlier are a replay
         self.chaos_started: float | None = None
         self.stopping = False
 
@@ -54,6 +55,7 @@ class Soak:
         await self.client.wait_status(session["id"], "ready", timeout=300)
         follower = Follower(Api(self.fleet.url, self.client.token), session["id"])
         self.followers.append(follower)
+        self.following_since[id(follower)] = time.time()
         seq = 0
         while not self.stopping:
             seq += 1
@@ -170,8 +172,9 @@ async def main(args: argparse.Namespace) -> None:
                 driver.cancel()
             await asyncio.gather(*drivers, return_exceptions=True)
             lost = await soak.lost_results()
-            ids = [i for f in soak.followers for i in f.ids()]
-            duplicates = len(ids) - len(set(ids))
+            # Per stream: ids are unique within a session's stream, not across sessions (two
+            # streams written in the same millisecond share an id).
+            duplicates = sum(len(f.ids()) - len(set(f.ids())) for f in soak.followers)
             gaps = sum(
                 1 for f in soak.followers for e in f.envelopes if e["event"].get("type") == "gap"
             )
@@ -180,6 +183,8 @@ async def main(args: argparse.Namespace) -> None:
                 for e in f.envelopes:
                     if e.get("id") and "_received" in e:
                         sent = int(e["id"].split("-")[0]) / 1000
+                        if sent < soak.following_since[id(f)]:
+                            continue  # stored before its client followed: not relay latency
                         key = "during" if sent >= chaos_wall else "before"
                         split[key].append((e["_received"] - sent) * 1000)
             for values in split.values():
