@@ -55,6 +55,7 @@ def serve(settings: Settings, run_migrations: bool) -> None:
         log_config=None,
         proxy_headers=True,
         ws_max_size=16 * 1024 * 1024,
+        ws_per_message_deflate=settings.websocket_compression,
         timeout_graceful_shutdown=settings.shutdown_grace,
     )
     server = draining.GracefulServer(

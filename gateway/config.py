@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535, description="Port uvicorn listens on.")
     log_level: LogLevel = Field(default="INFO", description="Root log level.")
     log_json: bool = Field(default=True, description="Log one JSON object per line.")
+    websocket_compression: bool = Field(
+        default=False,
+        description="Per-message deflate on WebSocket streams for clients that offer it. Off: "
+        "compressing every event once per viewer costs the relay more CPU than the bandwidth "
+        "it saves (CLI lines are small); turn it on for clients on slow links.",
+    )
     shutdown_drain_delay: float = Field(
         default=5.0,
         ge=0,

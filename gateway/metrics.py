@@ -17,6 +17,7 @@ name a request carried.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,7 +26,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from gateway.db.models import SessionStatus, TurnStatus
-from gateway.events.bus import parse_stream_id
 from gateway.model.meter import Usage
 
 # Seconds. A start is a container plus the CLI's handshake (a few seconds); a turn is anything
@@ -176,17 +176,14 @@ class Metrics:
 
     # -- the relay -----------------------------------------------------------------------------
 
-    def event_delivered(self, event_id: str, connected_ms: float) -> None:
-        """An event went to a WebSocket client that connected at ``connected_ms`` (epoch
-        milliseconds). Its lag is observed when its stream id says it was stored since: older
-        events are a replay, whose age is not lag. Notices have no id."""
+    def event_delivered(self, stored_ms: int | None, connected_ms: float) -> None:
+        """An event stored at ``stored_ms`` (its stream id's time; ``None`` for a notice)
+        went to a WebSocket client that connected at ``connected_ms`` (epoch milliseconds).
+        Its lag is observed when it was stored since: older events are a replay, whose age is
+        not lag. Called once per delivery, so it does no more than it must."""
         self.events_relayed.inc()
-        if not event_id:
-            return
-        stored_ms = parse_stream_id(event_id)[0]
-        if stored_ms >= connected_ms:
-            now_ms = datetime.now(UTC).timestamp() * 1000
-            self.relay_lag.observe(max(0.0, (now_ms - stored_ms) / 1000))
+        if stored_ms is not None and stored_ms >= connected_ms:
+            self.relay_lag.observe(max(0.0, time.time() - stored_ms / 1000))
 
     # -- the runtime and the model -------------------------------------------------------------
 

@@ -128,7 +128,7 @@ async def _send_events(
     async with contextlib.aclosing(follow) as events:
         async for event in events:
             await websocket.send_text(event.envelope_json())
-            services.metrics.event_delivered(event.id, connected_ms)
+            services.metrics.event_delivered(event.stored_ms, connected_ms)
     if control.finished:  # the gateway shuts down: the client resumes elsewhere
         await websocket.close(code=GOING_AWAY, reason=GOING_AWAY_REASON)
         return

@@ -91,6 +91,11 @@ class Event:
     def position(self) -> tuple[int, int]:
         return parse_stream_id(self.id)
 
+    @cached_property
+    def stored_ms(self) -> int | None:
+        """When Redis stored it (its id's time, epoch ms); ``None`` for a notice (no id)."""
+        return self.position[0] if self.id else None
+
     def envelope_json(self) -> str:
         """The client-facing envelope, built without re-encoding the CLI's line: ``id`` (the
         cursor; null for a notice), ``session_id``, ``source``, ``turn_id`` (null outside a

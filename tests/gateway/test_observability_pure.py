@@ -95,9 +95,9 @@ def test_relay_lag_counts_only_events_stored_after_the_client_connected() -> Non
     metrics = Metrics()
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
     connected = now_ms - 5000
-    metrics.event_delivered(f"{now_ms - 60_000}-0", connected)  # replayed: not lag
-    metrics.event_delivered(f"{now_ms - 20}-0", connected)  # live
-    metrics.event_delivered("", connected)  # a notice has no id
+    metrics.event_delivered(now_ms - 60_000, connected)  # replayed: not lag
+    metrics.event_delivered(now_ms - 20, connected)  # live
+    metrics.event_delivered(None, connected)  # a notice has no id
     found = samples(metrics)
     assert found[key("ccd_events_relayed_total")] == 3
     assert found[key("ccd_relay_lag_seconds_count")] == 1
