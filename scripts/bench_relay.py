@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import os
 import sys
 import tempfile
 import time
@@ -37,19 +36,14 @@ sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
+from bench import percentile  # noqa: E402
+from bench_proxy import cpu_seconds  # noqa: E402
 
 from tests.client import Api, mint_token  # noqa: E402
 from tests.stack import run_gateway, start_infra, start_s3  # noqa: E402
 from wrapper.channel import Channel  # noqa: E402
 
 SATURATED_MS = 50.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def client_worker(
@@ -110,11 +104,6 @@ def publisher(redis_url: str, session_ids: list[str], rate: int, seconds: float)
         await client.aclose()
 
     asyncio.run(run())
-
-
-def percentile(values: list[float], p: float) -> float:
-    index = min(len(values) - 1, max(0, round(p / 100 * len(values)) - 1))
-    return values[index]
 
 
 def scenario(

@@ -255,8 +255,9 @@ class Ledger:
         last of the budget."""
         cost = self._prices.cost(model, usage)
         counted = {name: getattr(usage, name) for name in USAGE_FIELDS}
+        settled = _settled_values(model, http_status, cost, counted)
         if not ticket.caller.has_budget and ticket.reserved_tokens == 0:
-            await self._settle_unbudgeted(ticket, model, usage, http_status, cost)
+            await self._settle_unbudgeted(ticket, settled, cost, counted)
             self._metrics.model_call(self._prices.family(model), usage, cost, http_status)
             return
         async with self._db() as db, db.begin():
@@ -267,7 +268,7 @@ class Ledger:
             )
             if prior == CallState.SETTLED:
                 return  # settled already
-            if prior is None:  # a call of a tree without a budget: first written now
+            if prior is None:  # it reserved nothing (count_tokens of a budgeted tree): written now
                 ancestors = await self._ancestors(db, ticket.caller)
                 await db.execute(
                     insert(ModelCallRow).values(**self._call_values(ticket, ancestors))
@@ -275,29 +276,9 @@ class Ledger:
             # An abandoned call (its reservation already released) still counts what it used.
             release = prior == CallState.RESERVED
             await db.execute(
-                update(ModelCallRow)
-                .where(ModelCallRow.id == ticket.call_id)
-                .values(
-                    state=CallState.SETTLED,
-                    model=model[:200],
-                    http_status=http_status,
-                    cost_usd=cost,
-                    finished_at=func.now(),
-                    **counted,
-                )
+                update(ModelCallRow).where(ModelCallRow.id == ticket.call_id).values(**settled)
             )
-            increments = {
-                name: getattr(SessionRow, name) + value for name, value in counted.items()
-            }
-            await db.execute(
-                update(SessionRow)
-                .where(SessionRow.id == ticket.caller.session_id)
-                .values(
-                    requests=SessionRow.requests + 1,
-                    cost_usd=SessionRow.cost_usd + cost,
-                    **increments,
-                )
-            )
+            await _count_for_session(db, ticket.caller.session_id, cost, counted)
             tree = await self._tree_for_update(db, ticket.caller)
             tree.requests += 1
             tree.cost_usd += cost
@@ -333,22 +314,14 @@ class Ledger:
             await self._bus.publish(str(session_id), GatewayEvent.BUDGET_EXCEEDED, **figures)
 
     async def _settle_unbudgeted(
-        self, ticket: Ticket, model: str, usage: Usage, http_status: int | None, cost: Decimal
+        self, ticket: Ticket, settled: dict[str, Any], cost: Decimal, counted: dict[str, int]
     ) -> None:
         """A call of a tree without a budget reserved nothing and has no row yet: three
         statements count it (its row, its session's totals, its tree's totals). Its row's id
         makes a second settlement of it a no-op."""
-        counted = {name: getattr(usage, name) for name in USAGE_FIELDS}
         async with self._db() as db, db.begin():
             values = self._call_values(ticket, await self._ancestors(db, ticket.caller))
-            values.update(
-                state=CallState.SETTLED,
-                model=model[:200],
-                http_status=http_status,
-                cost_usd=cost,
-                finished_at=func.now(),
-                **counted,
-            )
+            values.update(settled)
             written = await db.scalar(
                 pg_insert(ModelCallRow)
                 .values(**values)
@@ -357,15 +330,7 @@ class Ledger:
             )
             if written is None:
                 return  # settled already
-            await db.execute(
-                update(SessionRow)
-                .where(SessionRow.id == ticket.caller.session_id)
-                .values(
-                    requests=SessionRow.requests + 1,
-                    cost_usd=SessionRow.cost_usd + cost,
-                    **{name: getattr(SessionRow, name) + v for name, v in counted.items()},
-                )
-            )
+            await _count_for_session(db, ticket.caller.session_id, cost, counted)
             tree = pg_insert(TreeUsageRow).values(
                 root_id=ticket.caller.root_id,
                 owner=ticket.caller.owner,
@@ -414,3 +379,32 @@ class Ledger:
                     )
                 )
         return len(stale)
+
+
+def _settled_values(
+    model: str, http_status: int | None, cost: Decimal, counted: dict[str, int]
+) -> dict[str, Any]:
+    """A call row's columns once it is settled."""
+    return {
+        "state": CallState.SETTLED,
+        "model": model[:200],
+        "http_status": http_status,
+        "cost_usd": cost,
+        "finished_at": func.now(),
+        **counted,
+    }
+
+
+async def _count_for_session(
+    db: AsyncSession, session_id: uuid.UUID, cost: Decimal, counted: dict[str, int]
+) -> None:
+    """Add one settled call to its session's running totals."""
+    await db.execute(
+        update(SessionRow)
+        .where(SessionRow.id == session_id)
+        .values(
+            requests=SessionRow.requests + 1,
+            cost_usd=SessionRow.cost_usd + cost,
+            **{name: getattr(SessionRow, name) + value for name, value in counted.items()},
+        )
+    )
