@@ -47,13 +47,12 @@ sys.path.insert(0, str(ROOT))
 
 import bench_proxy  # noqa: E402
 import docker  # noqa: E402
-import httpx  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from gateway.events.access import SessionAccess  # noqa: E402
 from gateway.metrics import START_STEPS  # noqa: E402
 from tests.client import Api, mint_token  # noqa: E402
+from tests.e2e.test_metrics import Samples, moved, scrape  # noqa: E402
 from tests.stack import SESSION_IMAGE, run_gateway, start_infra, start_s3  # noqa: E402
 from wrapper.channel import Channel  # noqa: E402
 
@@ -123,31 +122,13 @@ async def ours_run(api: Api) -> tuple[float, float, str]:
     return ready, first, session["id"]
 
 
-def step_totals(gateway_url: str) -> dict[str, tuple[float, float]]:
-    """(sum, count) of ``ccd_session_start_step_seconds`` per step, from the gateway."""
-    response = httpx.get(f"{gateway_url}/metrics", timeout=10)
-    response.raise_for_status()
-    totals: dict[str, list[float]] = {}
-    for family in text_string_to_metric_families(response.text):
-        if family.name != "ccd_session_start_step_seconds":
-            continue
-        for sample in family.samples:
-            step = sample.labels.get("step", "")
-            if sample.name.endswith("_sum"):
-                totals.setdefault(step, [0.0, 0.0])[0] = sample.value
-            elif sample.name.endswith("_count"):
-                totals.setdefault(step, [0.0, 0.0])[1] = sample.value
-    return {step: (s, c) for step, (s, c) in totals.items()}
-
-
-def print_steps(
-    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
-) -> None:
+def print_steps(before: Samples, after: Samples) -> None:
+    """Mean time of each cold-start step between two scrapes of the gateway's /metrics."""
     parts = []
     for step in START_STEPS:
-        spent = after.get(step, (0, 0))[0] - before.get(step, (0, 0))[0]
-        count = after.get(step, (0, 0))[1] - before.get(step, (0, 0))[1]
+        count = moved(before, after, "ccd_session_start_step_seconds_count", step=step)
         if count:
+            spent = moved(before, after, "ccd_session_start_step_seconds_sum", step=step)
             parts.append(f"{step} {spent / count * 1000:.0f}")
     print(f"{'ours: where a cold start goes (mean ms)':<44} " + ", ".join(parts))
 
@@ -326,9 +307,9 @@ async def main(args: argparse.Namespace) -> None:
             unlimited = [bare_run(infra.network_name, upstream_url, []) for _ in range(args.runs)]
             bare = [bare_run(infra.network_name, upstream_url, limits) for _ in range(args.runs)]
             api = Api(gateway.url, mint_token(gateway.jwt_secret, "bench"))
-            steps_before = step_totals(gateway.url)
+            steps_before = scrape(gateway.url, token=None)
             ours = [await ours_run(api) for _ in range(args.runs)]
-            steps_after = step_totals(gateway.url)
+            steps_after = scrape(gateway.url, token=None)
             print(f"session image {SESSION_IMAGE}, {args.runs} runs each (first run included)")
             bare_ready = [r for r, _ in bare]
             bare_first = [f for _, f in bare]

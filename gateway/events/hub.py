@@ -158,9 +158,8 @@ class EventHub:
         self._cursors[session_id] = after or await self._bus.last_id(session_id)
         try:
             await self._wake()
-        except (
-            aioredis.RedisError
-        ) as error:  # the reader takes the cursor up on its next read anyway
+        except aioredis.RedisError as error:
+            # Not fatal: the reader takes the new cursor up on its next read anyway.
             log.warning("could not wake the event hub for %s: %s", session_id, error)
 
     def untrack(self, session_id: str) -> None:
@@ -272,8 +271,8 @@ class EventHub:
                 self._entries_added.get(session_id, 0), self._entries_read.get(session_id, 0)
             )
             if added < known:
-                # Fewer entries ever added than at the last look: the stream was deleted and
-                # written again meanwhile (by its wrapper), so its history is gone.
+                # Fewer entries ever added than at the last look, or than the hub has read:
+                # the stream was deleted and written again meanwhile, so its history is gone.
                 await self._mark_lost(session_id)
             else:
                 self._entries_added[session_id] = added
