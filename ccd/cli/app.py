@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ccd.aio import AsyncClient
+from ccd.aio import AsyncClient, AsyncSession
 from ccd.cli import live
 from ccd.cli.copy import copy, list_files
 from ccd.cli.render import Output
@@ -272,15 +272,20 @@ def usage(
     _execute(ctx, json_mode, work)
 
 
+def _print_status(output: Output, session: AsyncSession) -> None:
+    """A session as a stop or resume left it: its record, or its id and status."""
+    if output.json_mode:
+        output.json(session.info)
+    else:
+        output.out.print(f"{session.id} {session.status}")
+
+
 @app.command()
 def stop(ctx: typer.Context, session_id: SessionId, json_mode: Json = False) -> None:
     """Stop a session and its subtree (files saved, containers removed)."""
 
     async def work(client: AsyncClient, output: Output) -> int:
-        session = await (await client.get_session(session_id)).stop()
-        output.json(session.info) if output.json_mode else output.out.print(
-            f"{session.id} {session.status}"
-        )
+        _print_status(output, await (await client.get_session(session_id)).stop())
         return 0
 
     _execute(ctx, json_mode, work)
@@ -291,10 +296,7 @@ def resume(ctx: typer.Context, session_id: SessionId, json_mode: Json = False) -
     """Start a stopped or failed session again (conversation and files restored)."""
 
     async def work(client: AsyncClient, output: Output) -> int:
-        session = await (await client.get_session(session_id)).resume()
-        output.json(session.info) if output.json_mode else output.out.print(
-            f"{session.id} {session.status}"
-        )
+        _print_status(output, await (await client.get_session(session_id)).resume())
         return 0
 
     _execute(ctx, json_mode, work)
