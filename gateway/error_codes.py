@@ -223,7 +223,8 @@ class ErrorCode(StrEnum):
     EVENTS_UNAVAILABLE = (
         "events_unavailable",
         503,
-        "Redis cannot be reached: no prompt or session user could be written.",
+        "Redis cannot be reached: no prompt, event or session user could be read or "
+        "written (a request that met a Redis error also gets `Retry-After: 2`).",
     )
     STORE_UNAVAILABLE = "store_unavailable", 503, "The object store cannot be reached."
     SHUTTING_DOWN = (
