@@ -27,6 +27,11 @@ def stream_id_before(entry_id: str) -> str:
     return f"{ms - 1}-{2**64 - 1}" if ms > 0 else "0-0"
 
 
+def is_wrong_type(error: aioredis.ResponseError) -> bool:
+    """Redis refused a stream command because the key holds another type."""
+    return str(error).startswith("WRONGTYPE")
+
+
 def is_stream_id(value: str) -> bool:
     try:
         parse_stream_id(value)
@@ -165,10 +170,16 @@ class EventBus:
         return [Event.from_entry(session_id, entry_id, fields) for entry_id, fields in entries]
 
     async def last_id(self, session_id: str) -> str:
-        """The newest event's id, or "0-0" for an empty stream."""
-        entries = await self._redis.xrevrange(
-            protocol.output_stream_key(session_id), max="+", min="-", count=1
-        )
+        """The newest event's id, or "0-0" for an empty stream or for a key its writer turned
+        into something else (the gateway resets it to a fresh stream: all of it is new)."""
+        try:
+            entries = await self._redis.xrevrange(
+                protocol.output_stream_key(session_id), max="+", min="-", count=1
+            )
+        except aioredis.ResponseError as error:
+            if not is_wrong_type(error):
+                raise
+            return "0-0"
         return str(entries[0][0]) if entries else "0-0"
 
     async def gap_after(self, session_id: str, after: str) -> Event | None:

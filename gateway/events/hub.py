@@ -31,7 +31,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.events.bus import Event, EventBus, parse_stream_id
+from gateway.events.bus import Event, EventBus, is_wrong_type, parse_stream_id
 from wrapper import protocol
 from wrapper.protocol import GatewayEvent
 
@@ -42,6 +42,7 @@ DamageHandler = Callable[[str, str], None]  # (session id, reason)
 
 INSPECT_INTERVAL = 5.0  # seconds between checks of every tracked stream
 FLOOD_FACTOR = 2  # a stream this many times over its bound ignores the contract
+BROKEN_KEY_RETRY = 0.5  # seconds a follower waits for a broken key to be reset, then rereads
 
 
 class Lagged(Exception):
@@ -400,9 +401,17 @@ class EventHub:
                 gap = await self._bus.gap_after(session_id, last)
                 if gap is not None:
                     yield gap
-                async for event in self._replay(session_id, last):
-                    last = event.id
-                    yield event
+                try:
+                    async for event in self._replay(session_id, last):
+                        last = event.id
+                        yield event
+                except aioredis.ResponseError as error:
+                    if not is_wrong_type(error):
+                        raise
+                    # Its writer broke the key: the inspection fails the session and resets
+                    # the key to a fresh stream, whose events this follower then reads.
+                    await asyncio.sleep(BROKEN_KEY_RETRY)
+                    continue
                 position = parse_stream_id(last)
                 try:
                     while True:

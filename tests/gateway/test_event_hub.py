@@ -200,3 +200,39 @@ async def test_a_reader_resynchronised_past_trimmed_events_gets_a_gap_first(infr
         await cancel_and_wait([task])
         await client.aclose()
         await reader.aclose()
+
+
+async def test_readers_arriving_while_a_key_is_broken_get_what_follows_its_repair(
+    hub_and_bus, infra
+) -> None:
+    """A session's key turned into a string before a reader's first look (the race a stream
+    opened just before the damage runs): no reader fails; each gets the events written into
+    the fresh stream once the gateway has reset it, as the termination service does."""
+    hub, bus = hub_and_bus
+    sid = str(uuid.uuid4())
+    await publish(bus, sid, 3)
+    await hub.track(sid)
+    repaired: list[str] = []
+
+    async def repair(session_id: str) -> None:
+        await bus.reset_broken(session_id)
+        repaired.append(await bus.publish(session_id, GatewayEvent.STATUS, status="failed"))
+        await hub.track(session_id, after="0-0")
+
+    hub.on_damage(lambda session_id, _reason: asyncio.create_task(repair(session_id)))
+    admin = aioredis.Redis.from_url(infra.redis_url, decode_responses=True)
+    try:
+        key = f"ccd:session:{sid}:out"
+        await admin.delete(key)
+        await admin.set(key, "not a stream")
+    finally:
+        await admin.aclose()
+
+    async def first_event(after: str | None) -> str:
+        async for event in hub.follow(sid, after):
+            return event.id
+        raise AssertionError("the follow ended")
+
+    readers = [asyncio.create_task(first_event(after)) for after in (None, "0")]
+    got = await asyncio.wait_for(asyncio.gather(*readers), 20)
+    assert got == repaired * 2
