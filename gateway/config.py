@@ -280,6 +280,20 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(
         default=15.0, gt=0, description="Seconds between runtime/database reconciliations."
     )
+    session_pool_size: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Containers kept started ahead of demand per engine, CLI booted, with no "
+        "session's identity or secret: a new session with the default CLI options claims one "
+        "and is ready in tens of milliseconds. 0: every session starts cold. Each costs an "
+        "idle container's memory (about 155 MiB).",
+    )
+    session_pool_max_age: float = Field(
+        default=3600.0,
+        ge=10,
+        description="Seconds a pooled container waits for a claim before it is replaced.",
+    )
 
     # -- workspaces ----------------------------------------------------------------------------
     workspace_max_bytes: int = Field(

@@ -47,6 +47,7 @@ from gateway.services.background import TaskSet
 from gateway.services.disk_guard import DiskGuard
 from gateway.services.execute import ExecuteService
 from gateway.services.leases import Leases
+from gateway.services.pool import WarmPool
 from gateway.services.reconciler import Reconciler
 from gateway.services.recorder import Recorder
 from gateway.services.session_files import LiveFiles
@@ -61,7 +62,8 @@ from wrapper.protocol import SESSION_HOST_ALIAS
 
 log = logging.getLogger(__name__)
 
-DUTIES = ("reconciler", "exits", "snapshots", "disk", "purge")  # one lease each, per instance
+# One lease each, per instance.
+DUTIES = ("reconciler", "exits", "snapshots", "disk", "purge", "pool")
 
 HUB_BLOCK_SECONDS = 30
 REDIS_HEALTH_CHECK_SECONDS = 5
@@ -151,6 +153,10 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
             )
             stack.push_async_callback(terminator.close)
             hub.on_damage(terminator.stream_damaged)
+            admission = StartAdmission(
+                db, settings.instance_name, settings.session_start_concurrency
+            )
+            pool = WarmPool(settings, db, runtime, access, admission, metrics)
             sessions = SessionService(
                 settings,
                 db,
@@ -160,9 +166,10 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
                 turns,
                 terminator,
                 access,
-                StartAdmission(db, settings.instance_name, settings.session_start_concurrency),
+                admission,
                 workspaces,
                 metrics=metrics,
+                pool=pool,
             )
             stack.push_async_callback(sessions.close)
             execute = ExecuteService(sessions, turns, terminator, hub)
@@ -208,6 +215,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
             tasks.spawn(sessions.run_starter(), "starter")
             tasks.spawn(reconciler.watch_exits(mine("exits")), "container-exits")
             tasks.spawn(reconciler.run(mine("reconciler")), "reconciler")
+            tasks.spawn(pool.run(mine("pool")), "warm-pool")
             tasks.spawn(workspaces.run_snapshots(mine("snapshots")), "workspace-snapshots")
             tasks.spawn(
                 DiskGuard(settings, db, runtime, terminator).run(mine("disk")), "disk-guard"

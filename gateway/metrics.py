@@ -25,7 +25,7 @@ from decimal import Decimal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
-from gateway.db.models import SessionStatus, TurnStatus
+from gateway.db.models import PoolStatus, SessionStatus, TurnStatus
 from gateway.model.meter import Usage
 
 # Seconds. A start is a container plus the CLI's handshake (a few seconds); a turn is anything
@@ -58,6 +58,7 @@ RUNTIME_OPERATIONS = (
     "exits",
     "disk_usage",
     "logs_tail",
+    "image_id",
     "ping",
 )
 TOKEN_KINDS = {
@@ -67,6 +68,7 @@ TOKEN_KINDS = {
     "cache_read_input_tokens": "cache_read",
 }
 OTHER_MODEL = "other"
+POOL_CLAIM_OUTCOMES = ("claimed", "empty")
 
 
 class Metrics:
@@ -91,6 +93,18 @@ class Metrics:
             "Where a cold start's time goes, step by step (see START_STEPS in gateway/metrics.py).",
             ["step"],
             buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.pool_containers = Gauge(
+            "ccd_pool_containers",
+            "Pooled containers by status, every engine's (read from PostgreSQL at scrape time).",
+            ["status"],
+            registry=r,
+        )
+        self.pool_claims = Counter(
+            "ccd_pool_claims",
+            "Creates that looked for a pooled container: claimed one, or found the pool empty.",
+            ["outcome"],
             registry=r,
         )
         self.turns = Counter(
@@ -143,6 +157,9 @@ class Metrics:
         )
         # Known label values start at zero, so a rate() over them works from the first scrape.
         self.session_start.labels(warm="false")
+        self.session_start.labels(warm="true")
+        for outcome in POOL_CLAIM_OUTCOMES:
+            self.pool_claims.labels(outcome=outcome)
         for step in START_STEPS:
             self.start_steps.labels(step=step)
         for outcome in TurnStatus:
@@ -157,6 +174,9 @@ class Metrics:
         """A session's start (create or resume, at ``started_at``) completed just now."""
         seconds = max(0.0, (datetime.now(UTC) - started_at).total_seconds())
         self.session_start.labels(warm="true" if warm else "false").observe(seconds)
+
+    def pool_claim(self, outcome: str) -> None:
+        self.pool_claims.labels(outcome=outcome).inc()
 
     def start_step(self, step: str, seconds: float | None) -> None:
         if seconds is not None and step in START_STEPS:
@@ -207,13 +227,25 @@ class Metrics:
 
     # -- exposition ----------------------------------------------------------------------------
 
-    def render(self, sessions: Mapping[str, int] | None, accept: str) -> tuple[bytes, str]:
+    def render(
+        self,
+        sessions: Mapping[str, int] | None,
+        accept: str,
+        pool: Mapping[str, int] | None = None,
+    ) -> tuple[bytes, str]:
         """The exposition (body, content type) for a scraper sending ``accept``, with
-        ``ccd_sessions`` set from ``sessions`` (status -> count), or left out when the count
-        could not be read (``None``: a stale figure would be worse than none)."""
+        ``ccd_sessions`` set from ``sessions`` (status -> count) and ``ccd_pool_containers``
+        from ``pool``, each left out when it could not be read (``None``: a stale figure
+        would be worse than none)."""
         self.sessions.clear()
         if sessions is not None:
             for status in SessionStatus:
                 self.sessions.labels(status=status.value).set(sessions.get(status.value, 0))
+        self.pool_containers.clear()
+        if pool is not None:
+            for pool_status in PoolStatus:
+                self.pool_containers.labels(status=pool_status.value).set(
+                    pool.get(pool_status.value, 0)
+                )
         encode, content_type = choose_encoder(accept)
         return encode(self.registry), content_type

@@ -20,6 +20,9 @@ from gateway.error_codes import ErrorCode
 from gateway.errors import Unauthorized
 
 SESSION_AUDIENCE = "cc-docker:session"
+# A pooled container's model key: good for nothing but the model proxy, and there only once a
+# claim bound its pooled container to a running session.
+POOL_AUDIENCE = "cc-docker:pool"
 _SESSION_ALGORITHM = "HS256"
 _MAX_SUBJECT_LENGTH = 200
 
@@ -88,6 +91,33 @@ def mint_session_token(
         expires_at=datetime.fromtimestamp(expires, UTC),
         expires_in=settings.session_token_ttl,
     )
+
+
+def mint_pool_key(settings: Settings, pool_id: uuid.UUID) -> str:
+    """The model key a pooled container's CLI boots with; it outlives the pooled container's
+    longest wait and its session's token (the CLI reads a fresh key long before then)."""
+    now = int(time.time())
+    lifetime = int(settings.session_pool_max_age) + settings.session_token_ttl
+    claims = {"pool": str(pool_id), "aud": POOL_AUDIENCE, "iat": now, "exp": now + lifetime}
+    return jwt.encode(claims, settings.session_token_key, _SESSION_ALGORITHM)
+
+
+def pool_key_id(settings: Settings, token: str) -> uuid.UUID | None:
+    """The pooled container a model key names, verified; ``None`` when it is not a pool key
+    at all. Raises ``Unauthorized`` for a forged or expired one."""
+    try:
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return None
+    if unverified.get("aud") != POOL_AUDIENCE:
+        return None
+    claims = _decode(
+        token, settings.session_token_key, _SESSION_ALGORITHM, POOL_AUDIENCE, ["pool", "exp"]
+    )
+    try:
+        return uuid.UUID(str(claims["pool"]))
+    except ValueError:
+        raise Unauthorized("invalid token: bad pool id", code=ErrorCode.INVALID_TOKEN) from None
 
 
 def authenticate_token(settings: Settings, token: str) -> Principal:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import sys
@@ -22,6 +23,13 @@ if TYPE_CHECKING:
     from wrapper.supervisor import Supervisor
 
 log = logging.getLogger("wrapper")
+
+ASSEMBLED_MODULES = (
+    "wrapper.channel",
+    "wrapper.gateway_client",
+    "wrapper.mcp_sessions",
+    "wrapper.supervisor",
+)
 
 
 @contextlib.asynccontextmanager
@@ -61,10 +69,12 @@ async def run(settings: WrapperSettings) -> int:
     from wrapper.claude_process import has_transcript, spawn_cli
     from wrapper.token_file import write_token_file
 
-    if settings.session_token is not None:
-        # Before the CLI starts: its apiKeyHelper reads the model credential from this file.
+    # Before the CLI starts: its apiKeyHelper reads the model credential from this file (and
+    # caches it). A pooled container's key means nothing until a claim binds it to a session.
+    model_key = settings.pool.model_key if settings.pool else settings.session_token
+    if model_key is not None:
         try:
-            write_token_file(settings.token_file, settings.session_token)
+            write_token_file(settings.token_file, model_key)
         except OSError as exc:
             log.warning("cannot write the token file %s: %s", settings.token_file, exc)
     # A stop may come at any moment, the CLI's boot included: note it from the start, so the
@@ -75,6 +85,11 @@ async def run(settings: WrapperSettings) -> int:
         loop.add_signal_handler(sig, stop_requested.set)
     first = await spawn_cli(settings, resume=has_transcript(settings))
     try:
+        if settings.pool is not None:
+            claimed = await _wait_for_claim(settings, stop_requested)
+            if claimed is None:
+                return 0  # stopped while pooled (recycled, or the gateway shrank the pool)
+            settings = claimed
         async with assemble(settings) as supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, supervisor.stop)
@@ -84,6 +99,27 @@ async def run(settings: WrapperSettings) -> int:
     finally:
         if first.returncode is None:  # assembling failed before the supervisor took it over
             await first.terminate(settings.terminate_grace)
+
+
+async def _wait_for_claim(
+    settings: WrapperSettings, stop_requested: asyncio.Event
+) -> WrapperSettings | None:
+    """A pooled container: everything a session needs is loaded while it waits, so a claim is
+    answered in milliseconds. Returns the claimed session's settings (``None``: stopped)."""
+    for module in ASSEMBLED_MODULES:  # loaded now, used by ``assemble`` after the claim
+        importlib.import_module(module)
+    from wrapper.pool import wait_for_claim
+    from wrapper.token_file import write_token_file
+
+    assert settings.pool is not None
+    claim = await wait_for_claim(settings.pool, stop_requested)
+    if claim is None:
+        return None
+    log.info("claimed by session %s", claim.session_id)
+    # Before the first turn, which may run ccd-agent: it reads the session id from this file
+    # (the CLI's environment was fixed before there was one).
+    write_token_file(settings.session_id_file, claim.session_id)
+    return settings.claimed(claim)
 
 
 def main() -> int:

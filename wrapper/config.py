@@ -6,6 +6,7 @@ rest are tunables with defaults that suit a container and can be overridden for 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,16 +15,36 @@ from pathlib import Path
 from wrapper.cli import claude_config_dir
 from wrapper.protocol import (
     ENV_GATEWAY_URL,
+    ENV_POOL_ID,
+    ENV_POOL_MODEL_KEY,
+    ENV_POOL_REDIS_URL,
     ENV_SESSION_ID,
     ENV_SESSION_TOKEN,
+    SESSION_ID_FILE,
     SESSION_TOKEN_FILE,
     ContainerEnv,
+    PoolClaim,
 )
 
 
 def token_file(environ: Mapping[str, str]) -> Path:
     """Where the current session token is kept for ``ccd-agent``: under ``$HOME``."""
     return Path(environ.get("HOME") or "/root") / SESSION_TOKEN_FILE
+
+
+def session_id_file(environ: Mapping[str, str]) -> Path:
+    """Where a pooled container's wrapper writes the session id it was claimed for."""
+    return Path(environ.get("HOME") or "/root") / SESSION_ID_FILE
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """A pooled container's own, before any claim: where to wait for one, and the model key
+    its CLI starts with (it means nothing until the claim binds it to a session)."""
+
+    pool_id: str
+    redis_url: str = field(repr=False)
+    model_key: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -55,12 +76,41 @@ class WrapperSettings:
     that it started before it is sent anyway."""
     interrupt_attempts: int = 5
     """Interrupts sent to a running turn before the wrapper reports ``interrupt_failed``."""
+    pool: PoolSettings | None = None
+    """Set in a pooled container until it is claimed; its ``contract`` has no session id or
+    Redis URL until then (only what the CLI's command line needs)."""
+    session_id_file: Path = Path("/nonexistent")
+    """Where a claimed pooled container's session id is written for ``ccd-agent``."""
+    warm: bool = False
+    """Claimed from the pool: its CLI booted before the session existed."""
+
+    def claimed(
+        self, claim: PoolClaim, environ: Mapping[str, str] | None = None
+    ) -> WrapperSettings:
+        """These settings as the session ``claim`` names: its identity and credentials."""
+        env = os.environ if environ is None else environ
+        return dataclasses.replace(
+            self,
+            contract=ContainerEnv.from_env(env, claim),
+            session_token=claim.session_token,
+            pool=None,
+            warm=True,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WrapperSettings:
         env = os.environ if environ is None else environ
+        pool = None
+        if env.get(ENV_POOL_ID):
+            pool = PoolSettings(env[ENV_POOL_ID], env[ENV_POOL_REDIS_URL], env[ENV_POOL_MODEL_KEY])
+            unclaimed = PoolClaim(session_id="", redis_url="", session_token="")
+            contract = ContainerEnv.from_env(env, unclaimed)
+        else:
+            contract = ContainerEnv.from_env(env)
         return cls(
-            contract=ContainerEnv.from_env(env),
+            contract=contract,
+            pool=pool,
+            session_id_file=session_id_file(env),
             claude_bin=env.get("CCD_CLAUDE_BIN", "claude"),
             workdir=Path(env.get("CCD_WORKDIR") or os.getcwd()),
             config_dir=claude_config_dir(env),
@@ -89,11 +139,19 @@ class AgentSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AgentSettings:
-        """Raises ``KeyError`` naming the variable that is missing."""
+        """Raises ``KeyError`` naming the variable that is missing. The session id comes from
+        the environment, or (in a container claimed from the pool, whose CLI started before
+        it had one) from the file its wrapper wrote at the claim."""
         env = os.environ if environ is None else environ
+        session_id = env.get(ENV_SESSION_ID)
+        if not session_id:
+            try:
+                session_id = session_id_file(env).read_text(encoding="ascii").strip()
+            except OSError:
+                raise KeyError(ENV_SESSION_ID) from None
         return cls(
             gateway_url=env[ENV_GATEWAY_URL],
-            session_id=env[ENV_SESSION_ID],
+            session_id=session_id,
             token_file=token_file(env),
             env_token=env.get(ENV_SESSION_TOKEN) or None,
         )

@@ -65,7 +65,7 @@ class GatewayEvent(StrEnum):
     TURN_STARTED = "turn_started"  # {"turn_id", "prompt"}: a prompt was accepted
     TURN_FAILED = "turn_failed"  # {"reason", "interrupted"}: a turn ended without a CLI result
     INTERRUPT_SENT = "interrupt_sent"  # {"turn_id"}: an interrupt reached the CLI
-    CLI_READY = "cli_ready"  # {"claude_session_id", "resumed"}: the CLI answered initialize
+    CLI_READY = "cli_ready"  # {"claude_session_id", "resumed", "warm"}: the CLI answered initialize
     CLI_STDERR = "cli_stderr"  # {"line"}: one line the CLI wrote to stderr
     CLI_EXITED = "cli_exited"  # {"exit_code", "expected"}: the CLI process ended
     CLI_OUTPUT_INVALID = "cli_output_invalid"  # {"line"}: a stdout line that is not JSON
@@ -251,6 +251,31 @@ ENV_STREAM_MAXLEN = "CCD_STREAM_MAXLEN"
 # ``session_token_file``. Not part of ``ContainerEnv``: it is minted when the container starts.
 ENV_SESSION_TOKEN = "CCD_SESSION_TOKEN"
 SESSION_TOKEN_FILE = ".ccd/session-token"  # relative to the container user's HOME
+# Where ``ccd-agent`` finds its session's id when the CLI was started before the container
+# had one (a pooled container: see ``PoolClaim``); relative to HOME like the token file.
+SESSION_ID_FILE = ".ccd/session-id"
+
+# A pooled container: started ahead of demand, with no session's identity or secret. Its
+# environment has the contract minus ``session_id`` and ``redis_url``, plus these two. Its Redis
+# user may only pop its own claim list; its model key means nothing until a claim binds it.
+ENV_POOL_ID = "CCD_POOL_ID"
+ENV_POOL_REDIS_URL = "CCD_POOL_REDIS_URL"
+ENV_POOL_MODEL_KEY = "CCD_POOL_MODEL_KEY"
+
+
+def pool_claim_key(pool_id: str) -> str:
+    """The list a pooled container's wrapper waits on (BLPOP) for its one claim."""
+    return f"ccd:pool:{pool_id}:claim"
+
+
+class PoolClaim(BaseModel):
+    """What a claim hands a pooled container: the session it now is, and its credentials."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str
+    redis_url: str
+    session_token: str
 
 
 class ContainerEnv(BaseModel):
@@ -277,13 +302,22 @@ class ContainerEnv(BaseModel):
             ENV_STREAM_MAXLEN: str(self.stream_maxlen),
         }
 
+    def pooled_env(self) -> dict[str, str]:
+        """The contract without the session's identity: what a pooled container is given."""
+        env = self.to_env()
+        del env[ENV_SESSION_ID], env[ENV_REDIS_URL]
+        return env
+
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ContainerEnv:
-        """Read the contract back; raises ``KeyError`` or ``ValueError`` when it is broken."""
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, claim: PoolClaim | None = None
+    ) -> ContainerEnv:
+        """Read the contract back (the identity from ``claim`` for a pooled container); raises
+        ``KeyError`` or ``ValueError`` when it is broken."""
         env = os.environ if env is None else env
         return cls(
-            session_id=env[ENV_SESSION_ID],
-            redis_url=env[ENV_REDIS_URL],
+            session_id=claim.session_id if claim else env[ENV_SESSION_ID],
+            redis_url=claim.redis_url if claim else env[ENV_REDIS_URL],
             gateway_url=env[ENV_GATEWAY_URL],
             claude_session_id=env[ENV_CLAUDE_SESSION_ID],
             config=SessionConfig.model_validate_json(env.get(ENV_SESSION_CONFIG) or "{}"),

@@ -127,6 +127,7 @@ class Supervisor:
     async def _run_once(self, resume: bool, proc: ClaudeProcess | None) -> int:
         """Start the CLI (unless given), handshake, relay until it exits; returns its exit
         code."""
+        warm = proc is not None and self._settings.warm  # booted before its session existed
         if proc is None:
             proc = await spawn_cli(self._settings, resume)
         self._proc = proc
@@ -150,6 +151,7 @@ class Supervisor:
                 GatewayEvent.CLI_READY,
                 claude_session_id=self._contract.claude_session_id,
                 resumed=resume,
+                warm=warm,
                 pid=proc.pid,
                 # Where a start's time went inside the container (the benchmark reads these).
                 wrapper_boot_seconds=_rounded(proc.wrapper_age_at_spawn),

@@ -32,8 +32,9 @@ async def metrics(
     authorization: Annotated[str | None, Header()] = None,
     accept: Annotated[str, Header()] = "",
 ) -> Response:
-    """Every metric of this process, and ``ccd_sessions`` read from PostgreSQL now (left out
-    while the database cannot be reached: the rest is still served)."""
+    """Every metric of this process, and ``ccd_sessions`` and ``ccd_pool_containers`` read
+    from PostgreSQL now (left out while the database cannot be reached: the rest is still
+    served)."""
     expected = services.settings.metrics_token
     if expected is not None:
         token = bearer_token(authorization)
@@ -41,13 +42,15 @@ async def metrics(
             raise Unauthorized("missing bearer token (METRICS_TOKEN)", code=ErrorCode.MISSING_TOKEN)
         if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
             raise Unauthorized("wrong metrics token", code=ErrorCode.INVALID_TOKEN)
+    sessions: dict[str, int] | None = None
+    pool: dict[str, int] | None = None
     try:
         async with services.db() as db:
-            sessions: dict[str, int] | None = await queries.sessions_by_status(db)
+            sessions = await queries.sessions_by_status(db)
+            pool = await queries.pool_by_status(db)
     except Exception as exc:
         if not database_unavailable(exc):
             raise
         log.warning("metrics: sessions not counted, the database is unavailable: %s", exc)
-        sessions = None
-    body, content_type = services.metrics.render(sessions, accept)
+    body, content_type = services.metrics.render(sessions, accept, pool)
     return Response(body, media_type=content_type)

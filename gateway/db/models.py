@@ -161,10 +161,19 @@ class SessionRow(UsageCounters, Base):
     workspace_source: Mapped[uuid.UUID | None] = mapped_column(
         comment="inherit: the session whose live files its container starts with."
     )
+    pool_id: Mapped[uuid.UUID | None] = mapped_column(
+        comment="The pooled container it was claimed from (its CLI's first model key names it)."
+    )
     stopped_at: Mapped[datetime | None]
 
     __table_args__ = (
         CheckConstraint(_in("status", SessionStatus), name="status"),
+        Index(
+            "ix_sessions_pool_id",
+            "pool_id",
+            unique=True,
+            postgresql_where="pool_id IS NOT NULL",
+        ),
         Index("ix_sessions_owner_created", "owner", created_at.desc(), id.desc()),
         Index("ix_sessions_parent_id", "parent_id"),
         Index("ix_sessions_root_id", "root_id"),
@@ -192,6 +201,43 @@ class LeaseRow(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     holder: Mapped[str] = mapped_column(String(200), comment="The gateway process.")
     expires_at: Mapped[datetime]
+
+
+class PoolStatus(StrEnum):
+    STARTING = "starting"  # being created and started
+    READY = "ready"  # running, waiting for a claim
+
+
+class PoolContainerRow(Base):
+    """A container started ahead of demand, with no session yet (``SESSION_POOL_SIZE``). A
+    claim deletes its row in the transaction that gives its container to a session."""
+
+    __tablename__ = "pool_containers"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    instance: Mapped[str] = mapped_column(
+        String(63), comment="The gateway instance whose engine runs it."
+    )
+    image: Mapped[str] = mapped_column(String(500), comment="Pooled for this image only.")
+    container_id: Mapped[str | None] = mapped_column(
+        String(128), comment="Set once the engine created it."
+    )
+    claude_session_id: Mapped[uuid.UUID] = mapped_column(
+        comment="Its CLI's --session-id: the claiming session's from then on."
+    )
+    status: Mapped[str] = mapped_column(String(16), default=PoolStatus.STARTING)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(_in("status", PoolStatus), name="status"),
+        Index(
+            "ix_pool_containers_ready",
+            "instance",
+            "image",
+            "created_at",
+            postgresql_where="status = 'ready'",
+        ),
+    )
 
 
 class WorkspaceKind(StrEnum):

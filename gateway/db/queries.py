@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.models import (
     ACTIVE_STATUSES,
+    PoolContainerRow,
     SessionRow,
     SessionStatus,
     TurnRow,
@@ -155,6 +156,12 @@ async def requeue_start(db: AsyncSession, session_id: uuid.UUID) -> bool:
         .returning(SessionRow.id)
     )
     return (await db.execute(statement)).one_or_none() is not None
+
+
+async def pool_by_status(db: AsyncSession) -> dict[str, int]:
+    """How many pooled containers each status has, every instance's."""
+    statement = select(PoolContainerRow.status, func.count()).group_by(PoolContainerRow.status)
+    return {status: int(count) for status, count in (await db.execute(statement)).all()}
 
 
 async def sessions_by_status(db: AsyncSession) -> dict[str, int]:

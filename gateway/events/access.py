@@ -28,6 +28,7 @@ from wrapper import protocol
 log = logging.getLogger(__name__)
 
 USER_PREFIX = "ccd-session-"
+POOL_USER_PREFIX = "ccd-pool-"
 
 
 def username(instance: str, session_id: uuid.UUID | str) -> str:
@@ -56,6 +57,20 @@ def acl_rules(session_id: str, password_hash: str) -> list[str]:
     ]
 
 
+def pool_acl_rules(pool_id: str, password_hash: str) -> list[str]:
+    """A pooled container's user: it may only pop its own claim list (and ping)."""
+    return [
+        "reset",
+        "on",
+        f"#{password_hash}",
+        "resetchannels",
+        "-@all",
+        "+ping",
+        "+blpop",
+        f"~{protocol.pool_claim_key(pool_id)}",
+    ]
+
+
 class SessionAccess:
     def __init__(
         self, client: aioredis.Redis, key: str, session_redis_url: str, instance: str
@@ -73,12 +88,49 @@ class SessionAccess:
 
     def url_for(self, session_id: uuid.UUID, generation: datetime) -> str:
         """The Redis URL a session container gets: its own user and password."""
-        user = quote(username(self._instance, session_id), safe="")
-        credentials = f"{user}:{self.password(session_id, generation)}"
-        netloc = f"{credentials}@{self._base.hostname}"
+        return self._url(
+            username(self._instance, session_id), self.password(session_id, generation)
+        )
+
+    def _url(self, user: str, password: str) -> str:
+        netloc = f"{quote(user, safe='')}:{password}@{self._base.hostname}"
         if self._base.port:
             netloc += f":{self._base.port}"
         return urlunsplit(self._base._replace(netloc=netloc))
+
+    # -- pooled containers -----------------------------------------------------------------
+
+    def _pool_user(self, pool_id: uuid.UUID) -> str:
+        return f"{POOL_USER_PREFIX}{self._instance}-{pool_id}"
+
+    async def grant_pool(self, pool_id: uuid.UUID) -> str:
+        """Create a pooled container's user (it may only wait for its claim); its URL."""
+        password = hmac.new(self._key, f"pool-user:{pool_id}".encode(), hashlib.sha256).hexdigest()
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        user = self._pool_user(pool_id)
+        await self._redis.execute_command(
+            "ACL", "SETUSER", user, *pool_acl_rules(str(pool_id), digest)
+        )
+        return self._url(user, password)
+
+    async def send_claim(self, pool_id: uuid.UUID, claim: protocol.PoolClaim, ttl: float) -> None:
+        """Hand a pooled container its claim. It is not kept past ``ttl`` seconds: a claim no
+        wrapper took (its container died) does not leave a session's secrets lying around."""
+        key = protocol.pool_claim_key(str(pool_id))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, claim.model_dump_json())
+            pipe.expire(key, max(1, int(ttl)))
+            await pipe.execute()
+
+    async def revoke_pool(self, pool_id: uuid.UUID) -> None:
+        """Delete a pooled container's user and any claim it did not take. Idempotent. Not
+        at the claim itself: dropping the user's connection could lose the claim's delivery."""
+        await self._redis.execute_command("ACL", "DELUSER", self._pool_user(pool_id))
+        await self._redis.delete(protocol.pool_claim_key(str(pool_id)))
+
+    async def pools_with_users(self) -> set[uuid.UUID]:
+        """Pooled containers of this instance that have a Redis user now."""
+        return await self._users_named(f"{POOL_USER_PREFIX}{self._instance}-")
 
     async def grant(self, session_id: uuid.UUID, generation: datetime) -> str:
         """Create (or reset) the session's user; returns the URL for its container."""
@@ -97,13 +149,16 @@ class SessionAccess:
 
     async def sessions_with_users(self) -> set[uuid.UUID]:
         """Sessions of this instance that have a Redis user now."""
+        return await self._users_named(self._prefix)
+
+    async def _users_named(self, prefix: str) -> set[uuid.UUID]:
         names = await self._redis.execute_command("ACL", "USERS")
         found: set[uuid.UUID] = set()
         for name in names:
             name = name.decode() if isinstance(name, bytes) else str(name)
-            if name.startswith(self._prefix):
+            if name.startswith(prefix):
                 try:
-                    found.add(uuid.UUID(name[len(self._prefix) :]))
+                    found.add(uuid.UUID(name[len(prefix) :]))
                 except ValueError:  # another instance whose name starts like ours
                     continue
         return found

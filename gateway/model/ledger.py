@@ -23,7 +23,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -129,21 +129,12 @@ class Ledger:
         running sessions keep working through an outage; a budgeted one cannot be admitted
         (the database error propagates)."""
         assert principal.session_id is not None and principal.root_id is not None
-        statement = (
-            select(
-                SessionRow.status,
-                SessionRow.root_id,
-                SessionRow.owner,
-                TreeUsageRow.max_tokens,
-                TreeUsageRow.max_cost_usd,
-                SessionRow.path,
-            )
-            .outerjoin(TreeUsageRow, TreeUsageRow.root_id == SessionRow.root_id)
-            .where(SessionRow.id == principal.session_id)
-        )
         try:
-            async with self._db() as db:
-                row = (await db.execute(statement)).one_or_none()
+            return await self._running_caller(
+                SessionRow.id == principal.session_id, f"session {principal.session_id}"
+            )
+        except NotRunning:
+            raise
         except Exception as exc:
             if principal.budgeted or not database_unavailable(exc):
                 raise
@@ -152,10 +143,33 @@ class Ledger:
                 principal.session_id,
             )
             return Caller(principal.session_id, principal.root_id, principal.owner, None, None)
+
+    async def caller_of_pool(self, pool_id: uuid.UUID) -> Caller:
+        """The running session that claimed pooled container ``pool_id`` (whose CLI still
+        uses the key it booted with); raises ``NotRunning`` before a claim or after its end."""
+        return await self._running_caller(SessionRow.pool_id == pool_id, f"pool key {pool_id}")
+
+    async def _running_caller(self, which: ColumnElement[bool], name: str) -> Caller:
+        statement = (
+            select(
+                SessionRow.id,
+                SessionRow.status,
+                SessionRow.root_id,
+                SessionRow.owner,
+                TreeUsageRow.max_tokens,
+                TreeUsageRow.max_cost_usd,
+                SessionRow.path,
+            )
+            .outerjoin(TreeUsageRow, TreeUsageRow.root_id == SessionRow.root_id)
+            .where(which)
+        )
+        async with self._db() as db:
+            row = (await db.execute(statement)).one_or_none()
         if row is None or row.status not in ACTIVE_STATUSES:
-            raise NotRunning(f"session {principal.session_id} is {row.status if row else 'gone'}")
+            who = f"session {row.id}" if row is not None else name
+            raise NotRunning(f"{who} is {row.status if row else 'gone'}")
         return Caller(
-            principal.session_id,
+            row.id,
             row.root_id,
             row.owner,
             row.max_tokens,

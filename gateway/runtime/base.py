@@ -118,6 +118,7 @@ class ContainerState:
     exit_code: int | None = None
     oom_killed: bool = False
     error: str = ""
+    image_id: str = ""  # the image it runs, by content (a tag updated in place is another)
 
     @property
     def running(self) -> bool:
@@ -225,6 +226,11 @@ class SessionRuntime(abc.ABC):
     @abc.abstractmethod
     async def logs_tail(self, container_id: str, lines: int) -> str:
         """The last ``lines`` of the container's output ('' when it is gone)."""
+
+    @abc.abstractmethod
+    async def image_id(self, image: str) -> str:
+        """The content id of the image ``image`` names now (a tag rebuilt in place names
+        another); raises ``ImageMissing``."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

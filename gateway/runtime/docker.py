@@ -248,6 +248,9 @@ class DockerRuntime(SessionRuntime):
 
         return await self._call(logs)
 
+    async def image_id(self, image: str) -> str:
+        return str(await self._call(lambda: self._client.images.get(image).id))
+
     async def ping(self) -> None:
         await self._call(lambda: self._client.ping())
 
@@ -324,6 +327,7 @@ def _state(attrs: dict[str, Any]) -> ContainerState:
         exit_code=None if phase == ContainerPhase.RUNNING else state.get("ExitCode"),
         oom_killed=bool(state.get("OOMKilled")),
         error=str(state.get("Error") or ""),
+        image_id=str(attrs.get("Image") or ""),  # inspected: the image's id, not its tag
     )
 
 

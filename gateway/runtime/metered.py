@@ -86,6 +86,9 @@ class MeteredRuntime(SessionRuntime):
     async def logs_tail(self, container_id: str, lines: int) -> str:
         return await self._call("logs_tail", self.inner.logs_tail(container_id, lines))
 
+    async def image_id(self, image: str) -> str:
+        return await self._call("image_id", self.inner.image_id(image))
+
     async def ping(self) -> None:
         await self._call("ping", self.inner.ping())
 

@@ -6,10 +6,21 @@ LABEL_MANAGED = "cc-docker.managed"
 LABEL_INSTANCE = "cc-docker.instance"
 LABEL_SESSION = "cc-docker.session-id"
 LABEL_OWNER = "cc-docker.owner"
+LABEL_POOL = "cc-docker.pool-id"  # a pooled container; after its claim the records say whose
 
 
 def container_name(instance: str, session_id: str) -> str:
     return f"ccd-{instance}-{session_id}"
+
+
+def pool_container_name(instance: str, pool_id: str) -> str:
+    """A pooled container keeps this name after its claim (the engine's names are for
+    people; the gateway maps a container to its session by its records)."""
+    return f"ccd-{instance}-pool-{pool_id}"
+
+
+def pool_labels(instance: str, pool_id: str) -> dict[str, str]:
+    return {**managed_labels(instance), LABEL_POOL: pool_id}
 
 
 def session_network_name(instance: str) -> str:

@@ -1,16 +1,29 @@
-"""What a session's container gets: image, hardening, limits, labels and its environment."""
+"""What a session's container gets: image, hardening, limits, labels and its environment; and
+what a pooled container (no session yet) gets."""
 
 from __future__ import annotations
+
+import uuid
+from typing import Any
 
 from gateway.config import Settings, parse_size
 from gateway.db.models import SessionRow
 from gateway.runtime import ContainerSpec, ScratchMount
-from gateway.runtime.naming import container_name, session_labels
+from gateway.runtime.naming import (
+    container_name,
+    pool_container_name,
+    pool_labels,
+    session_labels,
+)
+from wrapper.cli import build_argv
 from wrapper.protocol import (
     CLAUDE_STATE_DIR,
     CONTAINER_GID,
     CONTAINER_HOME,
     CONTAINER_UID,
+    ENV_POOL_ID,
+    ENV_POOL_MODEL_KEY,
+    ENV_POOL_REDIS_URL,
     ENV_SESSION_TOKEN,
     HEADLESS_CLI_VARIABLES,
     WORKSPACE_DIR,
@@ -30,23 +43,90 @@ def build_container_spec(
     """Pure: the same settings, row, token and Redis URL always give the same spec.
     ``redis_url`` carries the session's own Redis user, never the gateway's."""
     session_id = str(session.id)
-    contract = ContainerEnv(
+    contract = _contract(settings, session_id, redis_url, str(session.claude_session_id))
+    contract = contract.model_copy(update={"config": SessionConfig.model_validate(session.config)})
+    return _spec(
+        settings,
+        name=container_name(settings.instance_name, session_id),
+        image=session.image,
+        labels=session_labels(settings.instance_name, session_id, session.owner),
+        contract_env={**contract.to_env(), ENV_SESSION_TOKEN: session_token},
+    )
+
+
+def build_pool_spec(
+    settings: Settings,
+    pool_id: uuid.UUID,
+    claude_session_id: uuid.UUID,
+    pool_redis_url: str,
+    model_key: str,
+) -> ContainerSpec:
+    """A pooled container: a session's spec with the default CLI options, minus everything
+    that belongs to a session (its id, token, Redis user, owner); a claim supplies those."""
+    contract = _contract(settings, "", "", str(claude_session_id))
+    return _spec(
+        settings,
+        name=pool_container_name(settings.instance_name, str(pool_id)),
+        image=settings.session_image,
+        labels=pool_labels(settings.instance_name, str(pool_id)),
+        contract_env={
+            **contract.pooled_env(),
+            ENV_POOL_ID: str(pool_id),
+            ENV_POOL_REDIS_URL: pool_redis_url,
+            ENV_POOL_MODEL_KEY: model_key,
+        },
+    )
+
+
+def pool_compatible(config: dict[str, Any], permission_mode: str) -> bool:
+    """Whether a session with ``config`` may take a pooled container: its CLI's command line
+    would be the pooled CLI's (options that only the gateway reads, like a budget, may differ)."""
+    probe = "00000000-0000-0000-0000-000000000000"
+
+    def argv(chosen: SessionConfig) -> list[str]:
+        contract = ContainerEnv(
+            session_id="",
+            redis_url="",
+            gateway_url="",
+            claude_session_id=probe,
+            config=chosen,
+            permission_mode=permission_mode,
+            stream_maxlen=100,
+        )
+        return build_argv("claude", contract, resume=False)
+
+    return argv(SessionConfig.model_validate(config)) == argv(SessionConfig())
+
+
+def _contract(
+    settings: Settings, session_id: str, redis_url: str, claude_session_id: str
+) -> ContainerEnv:
+    return ContainerEnv(
         session_id=session_id,
         redis_url=redis_url,
         gateway_url=settings.effective_session_gateway_url,
-        claude_session_id=str(session.claude_session_id),
-        config=SessionConfig.model_validate(session.config),
+        claude_session_id=claude_session_id,
+        config=SessionConfig(),
         permission_mode=settings.session_permission_mode,
         stream_maxlen=settings.event_stream_maxlen,
     )
+
+
+def _spec(
+    settings: Settings,
+    *,
+    name: str,
+    image: str,
+    labels: dict[str, str],
+    contract_env: dict[str, str],
+) -> ContainerSpec:
     # Later entries win: operators' extras may override the headless defaults, and the
     # contract is applied last so nothing can spoof a session's identity.
     env = {
         **HEADLESS_CLI_VARIABLES,
         **settings.session_extra_env,
         **settings.session_cli_env(),
-        **contract.to_env(),
-        ENV_SESSION_TOKEN: session_token,
+        **contract_env,
         # The model is reached through the gateway's proxy, never directly, and with no
         # credential of the operator's: the CLI's key is its session's token (apiKeyHelper).
         "ANTHROPIC_BASE_URL": settings.model_proxy_url,
@@ -54,10 +134,10 @@ def build_container_spec(
     }
     user = (CONTAINER_UID, CONTAINER_GID)
     return ContainerSpec(
-        name=container_name(settings.instance_name, session_id),
-        image=session.image,
+        name=name,
+        image=image,
         env=env,
-        labels=session_labels(settings.instance_name, session_id, session.owner),
+        labels=labels,
         user=f"{CONTAINER_UID}:{CONTAINER_GID}",
         persistent_paths=(WORKSPACE_DIR, CLAUDE_STATE_DIR),
         scratch=(

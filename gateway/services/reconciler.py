@@ -26,13 +26,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
 from gateway.db import queries
-from gateway.db.models import ACTIVE_STATUSES, FINAL_STATUSES, SessionRow, SessionStatus
+from gateway.db.models import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    PoolContainerRow,
+    SessionRow,
+    SessionStatus,
+)
 from gateway.db.outage import database_unavailable
 from gateway.events.access import SessionAccess
 from gateway.events.hub import EventHub
 from gateway.model.ledger import Ledger
 from gateway.runtime import ContainerPhase, ContainerState, SessionRuntime
-from gateway.runtime.naming import LABEL_SESSION
+from gateway.runtime.naming import LABEL_POOL, LABEL_SESSION
 from gateway.services.termination import Terminator, describe_exit
 from gateway.services.workspaces import WorkspaceService
 
@@ -67,8 +73,14 @@ class Reconciler:
         """Every replica follows the engine's exits; the holder of the exits lease acts on
         them (an exit nobody acted on is found by the next reconciliation anyway)."""
         async for exit_ in self._runtime.exits():
+            if not is_mine():
+                continue
             session_id = _session_id(exit_.labels.get(LABEL_SESSION))
-            if session_id is None or not is_mine():
+            if session_id is None and LABEL_POOL in exit_.labels:
+                # A pooled container: a session's once claimed (its row says so); an unclaimed
+                # one is replaced by the pool's filler.
+                session_id = await self._session_of_container(exit_.container_id)
+            if session_id is None:
                 continue
             try:
                 await self._terminator.on_container_exit(session_id, exit_.container_id)
@@ -97,10 +109,26 @@ class Reconciler:
     async def reconcile_once(self) -> None:
         # Containers first, rows second: a container always has its row inserted before it
         # starts, so a container listed here cannot be missing from the rows read after.
-        containers = {
-            state.labels.get(LABEL_SESSION, ""): state
-            for state in await self._runtime.list_managed()
-        }
+        listed = await self._runtime.list_managed()
+        async with self._db() as db:
+            pooled = {
+                str(pool_id)
+                for pool_id in await db.scalars(
+                    select(PoolContainerRow.id).where(
+                        PoolContainerRow.instance == self._settings.instance_name
+                    )
+                )
+            }
+            claimed = await self._claimed_sessions(db, listed)
+        containers: dict[str, ContainerState] = {}
+        for listing in listed:
+            pool_id = listing.labels.get(LABEL_POOL)
+            if pool_id is None:
+                containers[listing.labels.get(LABEL_SESSION, "")] = listing
+            elif listing.id in claimed:  # claimed from the pool: its session's row names it
+                containers[str(claimed[listing.id])] = listing
+            elif pool_id not in pooled:  # neither pooled nor claimed: nobody's
+                containers[f"pool:{pool_id}"] = listing
         async with self._db() as db:
             rows = (
                 await db.scalars(
@@ -182,6 +210,24 @@ class Reconciler:
         )
         if abandoned:
             log.warning("released the reservations of %d model calls left in flight", abandoned)
+
+    async def _claimed_sessions(
+        self, db: AsyncSession, listed: Sequence[ContainerState]
+    ) -> dict[str, uuid.UUID]:
+        """Container id -> session, for the listed pooled containers a session claimed."""
+        ids = [state.id for state in listed if LABEL_POOL in state.labels]
+        if not ids:
+            return {}
+        rows = await db.execute(
+            select(SessionRow.container_id, SessionRow.id).where(SessionRow.container_id.in_(ids))
+        )
+        return {str(container_id): session_id for container_id, session_id in rows.all()}
+
+    async def _session_of_container(self, container_id: str) -> uuid.UUID | None:
+        async with self._db() as db:
+            return await db.scalar(
+                select(SessionRow.id).where(SessionRow.container_id == container_id).limit(1)
+            )
 
     async def _remove_orphan(self, session_key: str, state: ContainerState) -> None:
         """A container no active session owns (its stop or failure was cut short): save what

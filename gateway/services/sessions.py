@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 from redis.exceptions import RedisError
 from sqlalchemy import func, select, tuple_, update
@@ -61,11 +61,12 @@ from gateway.services.admission import StartAdmission
 from gateway.services.background import TaskSet
 from gateway.services.container_spec import build_container_spec
 from gateway.services.idempotency import IdempotencyKey
+from gateway.services.pool import Claimed, WarmPool
 from gateway.services.termination import Terminator
 from gateway.services.turns import TurnService
 from gateway.services.workspaces import MODE_RW, WorkspaceChoice, WorkspaceInUse, WorkspaceService
 from gateway.store.objects import StoreError
-from wrapper.protocol import GatewayEvent, SessionConfig
+from wrapper.protocol import GatewayEvent, PoolClaim, SessionConfig
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,10 @@ class SessionService:
         admission: StartAdmission,
         workspaces: WorkspaceService | None = None,
         metrics: Metrics | None = None,
+        pool: WarmPool | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
+        self._pool = pool
         self._settings = settings
         self._access = access
         self._db = db
@@ -375,8 +378,13 @@ class SessionService:
         return await self._admit_and_start(row)
 
     async def _admit_and_start(self, row: SessionRow, resumed: bool = False) -> SessionRow:
-        """Start now when its start was admitted with its row; else the session waits in
-        ``starting`` (no container yet) for a starter to claim it (``run_starter``)."""
+        """Take a pooled container if the session may (no start slot needed: it is already
+        started), else start now when its start was admitted with its row; else the session
+        waits in ``starting`` (no container yet) for a starter to claim it (``run_starter``)."""
+        if self._pool is not None and self._pool.eligible(row, resumed):
+            claimed = await self._pool.claim(row)
+            if claimed is not None:
+                return await self._start_warm(claimed)
         if row.admitted_at is not None:
             return await self._start_container(row, resumed)
         self._queued.set()
@@ -422,24 +430,9 @@ class SessionService:
             self._metrics.start_step(step, now - step_began)
             step_began = now
 
-        token = mint_session_token(
-            self._settings,
-            row.id,
-            row.root_id,
-            row.owner,
-            budgeted=await self.tree_budgeted(row.root_id),
-        )
-        try:
-            # Its own Redis user exists before its container does.
-            redis_url = await self._access.grant(row.id, row.started_at)
-        except RedisError as exc:
-            reason = f"could not create the session's Redis user: {exc}"
-            await self._terminator.fail(row.id, reason)
-            raise Unavailable(
-                reason, code=ErrorCode.EVENTS_UNAVAILABLE, session_id=str(row.id)
-            ) from exc
+        token, redis_url = await self._credentials(row)
         step_done("credentials")
-        spec = build_container_spec(self._settings, row, token.token, redis_url)
+        spec = build_container_spec(self._settings, row, token, redis_url)
         try:
             state = await self._runtime.create(spec)
         except ImageMissing as exc:
@@ -471,16 +464,65 @@ class SessionService:
             await self._runtime.start(state.id)
             step_done("engine_start")
         except Exception as exc:
-            reason = f"could not {step}: {exc}"
-            await self._terminator.fail(row.id, reason)
-            if isinstance(exc, GatewayError):
-                raise
-            if isinstance(exc, StoreError):  # the stored workspace is left as it was
-                code = exc.code if exc.code.status >= 500 else ErrorCode.STORE_ERROR
-                raise GatewayError(reason, code=code, session_id=str(row.id)) from exc
-            raise RuntimeUnavailable(reason, session_id=str(row.id)) from exc
+            await self._start_failed(row, step, exc)
         self._background.spawn(self._watch_start(row.id), name=f"start-watch-{row.id}")
         return updated
+
+    async def _start_warm(self, claimed: Claimed) -> SessionRow:
+        """A session that claimed a pooled container (running, its CLI booted): its
+        workspace goes in, then the claim hands the wrapper the session's identity and
+        credentials. Failures as for ``_start_container``."""
+        row = claimed.session
+        token, redis_url = await self._credentials(row)
+        step = "restore its workspace"
+        try:
+            if self._workspaces is not None:
+                await self._workspaces.prepare(row, claimed.container_id, False)
+            await self._mark_restored(row.id, claimed.container_id)
+            step = "hand its pooled container the claim"
+            claim = PoolClaim(session_id=str(row.id), redis_url=redis_url, session_token=token)
+            await self._access.send_claim(
+                claimed.pool_id, claim, self._settings.session_start_timeout
+            )
+        except Exception as exc:
+            await self._start_failed(row, step, exc)
+        self._background.spawn(self._watch_start(row.id), name=f"start-watch-{row.id}")
+        return row
+
+    async def _credentials(self, row: SessionRow) -> tuple[str, str]:
+        """The session's capability token, and the URL of its own Redis user (created now:
+        it exists before its container runs as the session)."""
+        token = mint_session_token(
+            self._settings,
+            row.id,
+            row.root_id,
+            row.owner,
+            budgeted=await self.tree_budgeted(row.root_id),
+        )
+        try:
+            redis_url = await self._access.grant(row.id, row.started_at)
+        except RedisError as exc:
+            reason = f"could not create the session's Redis user: {exc}"
+            await self._terminator.fail(row.id, reason)
+            raise Unavailable(
+                reason, code=ErrorCode.EVENTS_UNAVAILABLE, session_id=str(row.id)
+            ) from exc
+        return token.token, redis_url
+
+    async def _start_failed(self, row: SessionRow, step: str, exc: Exception) -> NoReturn:
+        """Fail the session with what went wrong, and raise the error its caller answers."""
+        reason = f"could not {step}: {exc}"
+        await self._terminator.fail(row.id, reason)
+        if isinstance(exc, GatewayError):
+            raise exc
+        if isinstance(exc, StoreError):  # the stored workspace is left as it was
+            code = exc.code if exc.code.status >= 500 else ErrorCode.STORE_ERROR
+            raise GatewayError(reason, code=code, session_id=str(row.id)) from exc
+        if isinstance(exc, RedisError):
+            raise Unavailable(
+                reason, code=ErrorCode.EVENTS_UNAVAILABLE, session_id=str(row.id)
+            ) from exc
+        raise RuntimeUnavailable(reason, session_id=str(row.id)) from exc
 
     async def _mark_restored(self, session_id: uuid.UUID, container_id: str) -> None:
         async with self._db() as db, db.begin():
@@ -515,12 +557,16 @@ class SessionService:
             row.event_cursor = cursor
             status = row.status
         self.slot_freed()
-        self._metrics.session_ready(row.started_at)
-        for step in ("wrapper_boot", "cli_handshake"):
-            value = (timings or {}).get(f"{step}_seconds")
+        timings = timings or {}
+        warm = timings.get("warm") is True
+        self._metrics.session_ready(row.started_at, warm=warm)
+        for step in () if warm else ("wrapper_boot", "cli_handshake"):  # a cold start's steps
+            value = timings.get(f"{step}_seconds")
             if isinstance(value, int | float):
                 self._metrics.start_step(step, float(value))
         await self._bus.publish(str(session_id), GatewayEvent.STATUS, status=status)
+        if warm and row.pool_id is not None and self._pool is not None:
+            await self._pool.claimed_and_ready(row.pool_id)
 
 
 def _decimal(value: object) -> Decimal | None:

@@ -178,6 +178,10 @@ class ScriptedRuntime(SessionRuntime):
         self._maybe_fail("logs_tail")
         return ""
 
+    async def image_id(self, image: str) -> str:
+        self._maybe_fail("image_id")
+        return "sha256:0"
+
     async def ping(self) -> None:
         self._maybe_fail("ping")
 

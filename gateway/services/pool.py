@@ -1,0 +1,312 @@
+"""The warm pool: containers started ahead of demand, claimed by new sessions.
+
+``SESSION_POOL_SIZE`` containers per engine run the session image with the default CLI options,
+their wrapper up and their CLI booted, holding nothing of any session: no session id, no
+capability token, no Redis user of a session, no owner. Their own credentials are worth nothing
+to a thief: a Redis user that may only pop the container's claim list, and a model key that the
+model proxy accepts only once a claim bound the container to a running session.
+
+A claim is one transaction: it takes the oldest ready container (``FOR UPDATE SKIP LOCKED``, so
+two creates on any replicas never get the same one), deletes its pool row and writes its
+container, CLI session id and pool id into the session's row; from then on the session's row is
+what maps the container to its session (the engine cannot relabel a container). The session
+service then restores the workspace into it and pushes the claim (the session's id, Redis URL
+and token) on the container's list; the wrapper takes it, and the session is ready when its CLI
+answers the handshake, as for a cold start.
+
+The filler runs on the holder of the ``pool`` lease (one per engine across replicas): it starts
+containers while the pool is short, within the engine's session capacity and only while a start
+slot is free (cold starts first), and replaces containers that aged past
+``SESSION_POOL_MAX_AGE``, run an image other than ``SESSION_IMAGE`` (updated in place), or died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from redis.exceptions import RedisError
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.config import Settings
+from gateway.db import queries
+from gateway.db.models import (
+    ACTIVE_STATUSES,
+    PoolContainerRow,
+    PoolStatus,
+    SessionRow,
+    SessionStatus,
+)
+from gateway.db.outage import database_unavailable
+from gateway.events.access import SessionAccess
+from gateway.metrics import Metrics
+from gateway.runtime import RuntimeFailure, SessionRuntime
+from gateway.security import mint_pool_key
+from gateway.services.admission import StartAdmission
+from gateway.services.container_spec import build_pool_spec, pool_compatible
+
+log = logging.getLogger(__name__)
+
+FILL_INTERVAL = 1.0  # seconds between passes of the filler (sooner when woken)
+RETIRE_INTERVAL = 5.0  # seconds between looks at every pooled container (an inspect each)
+FAILURE_BACKOFF = 10.0  # seconds the filler rests after the engine refused a pooled container
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A pooled container now a session's."""
+
+    pool_id: uuid.UUID
+    container_id: str
+    session: SessionRow
+
+
+class WarmPool:
+    def __init__(
+        self,
+        settings: Settings,
+        db: async_sessionmaker[AsyncSession],
+        runtime: SessionRuntime,
+        access: SessionAccess,
+        admission: StartAdmission,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._runtime = runtime
+        self._access = access
+        self._admission = admission
+        self._metrics = metrics or Metrics()
+        self.wake = asyncio.Event()  # a claim took one: refill now
+        self._next_retire = 0.0
+
+    # -- claiming ----------------------------------------------------------------------------
+
+    def eligible(self, row: SessionRow, resumed: bool) -> bool:
+        """A new session whose CLI would run exactly as the pooled ones do."""
+        return (
+            self._settings.session_pool_size > 0
+            and not resumed
+            and row.image == self._settings.session_image
+            and pool_compatible(row.config, self._settings.session_permission_mode)
+        )
+
+    async def claim(self, row: SessionRow) -> Claimed | None:
+        """Give session ``row`` (starting, no container yet) the oldest ready pooled
+        container; ``None`` when there is none (it then starts cold)."""
+        async with self._db() as db, db.begin():
+            pooled = await db.scalar(
+                select(PoolContainerRow)
+                .where(
+                    PoolContainerRow.instance == self._settings.instance_name,
+                    PoolContainerRow.image == row.image,
+                    PoolContainerRow.status == PoolStatus.READY,
+                )
+                .order_by(PoolContainerRow.created_at)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if pooled is None or pooled.container_id is None:
+                self._metrics.pool_claim("empty")
+                return None
+            session = await db.scalar(
+                update(SessionRow)
+                .where(
+                    SessionRow.id == row.id,
+                    SessionRow.status == SessionStatus.STARTING,
+                    SessionRow.container_id.is_(None),
+                )
+                .values(
+                    container_id=pooled.container_id,
+                    claude_session_id=pooled.claude_session_id,
+                    pool_id=pooled.id,
+                    admitted_at=func.coalesce(SessionRow.admitted_at, func.now()),
+                )
+                .returning(SessionRow)
+            )
+            if session is None:  # stopped meanwhile: the pooled container stays pooled
+                return None
+            await db.delete(pooled)
+        self._metrics.pool_claim("claimed")
+        self.wake.set()
+        return Claimed(pooled.id, pooled.container_id, session)
+
+    async def claimed_and_ready(self, pool_id: uuid.UUID) -> None:
+        """Its wrapper took the claim and the session is ready: the pool's own Redis user
+        goes (not earlier: dropping its connection could lose the claim's delivery)."""
+        try:
+            await self._access.revoke_pool(pool_id)
+        except RedisError as exc:
+            log.warning("could not remove the Redis user of pooled container %s: %s", pool_id, exc)
+
+    # -- filling -----------------------------------------------------------------------------
+
+    async def run(self, is_mine: Callable[[], bool]) -> None:
+        """The filler: every ``FILL_INTERVAL`` (or when a claim woke it) while this replica
+        holds the pool lease."""
+        while True:
+            rest = FILL_INTERVAL
+            if is_mine():
+                try:
+                    await self.fill_once()
+                except RuntimeFailure as exc:
+                    log.warning("the warm pool could not start a container: %s", exc)
+                    rest = FAILURE_BACKOFF
+                except Exception as exc:
+                    if database_unavailable(exc) or isinstance(exc, RedisError):
+                        log.warning("the warm pool waits for its stores: %s", exc)
+                    else:
+                        log.exception("the warm pool filler failed; trying again")
+                    rest = FAILURE_BACKOFF
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(rest):
+                    await self.wake.wait()
+            self.wake.clear()
+
+    async def fill_once(self) -> None:
+        """Retire what must go, then start one container if the pool is short."""
+        rows = await self._rows()
+        loop = asyncio.get_running_loop()
+        alive = list(rows)
+        if loop.time() >= self._next_retire:
+            alive = await self._retire(rows)
+            self._next_retire = loop.time() + RETIRE_INTERVAL
+        if len(alive) >= self._settings.session_pool_size:
+            return
+        async with self._db() as db, db.begin():
+            # Cold starts go first: a pooled container is started only while a start slot is
+            # free, and never past the engine's capacity.
+            if not await self._admission.slot_free(db):
+                return
+            running = await db.scalar(
+                select(func.count())
+                .select_from(SessionRow)
+                .where(
+                    SessionRow.instance == self._settings.instance_name,
+                    SessionRow.status.in_(ACTIVE_STATUSES),
+                )
+            )
+            if int(running or 0) + len(alive) >= self._settings.max_sessions_per_engine:
+                return
+            pooled = PoolContainerRow(
+                instance=self._settings.instance_name,
+                image=self._settings.session_image,
+                claude_session_id=uuid.uuid4(),
+                status=PoolStatus.STARTING,
+            )
+            db.add(pooled)
+        await self._start(pooled)
+        self.wake.set()  # short by more than one: go on at once
+
+    async def _rows(self) -> Sequence[PoolContainerRow]:
+        async with self._db() as db:
+            statement = select(PoolContainerRow).where(
+                PoolContainerRow.instance == self._settings.instance_name
+            )
+            return (await db.scalars(statement)).all()
+
+    async def _retire(self, rows: Sequence[PoolContainerRow]) -> list[PoolContainerRow]:
+        """Remove pooled containers that are too old, of another image (a tag rebuilt in
+        place included), dead, or stuck in their start; the rest, still pooled."""
+        await self._drop_stale_users({row.id for row in rows})
+        image_id = await self._runtime.image_id(self._settings.session_image)
+        now = queries.utcnow()
+        max_age = timedelta(seconds=self._settings.session_pool_max_age)
+        start_timeout = timedelta(seconds=self._settings.session_start_timeout)
+        alive = []
+        for row in rows:
+            why = None
+            if row.status == PoolStatus.STARTING:  # its filler may have died with its replica
+                why = "its start was lost" if now - row.created_at > start_timeout else None
+            elif row.image != self._settings.session_image:
+                why = f"the session image is {self._settings.session_image} now"
+            elif now - row.created_at > max_age:
+                why = "it aged out (SESSION_POOL_MAX_AGE)"
+            else:
+                state = await self._runtime.inspect(row.container_id or "")
+                if state is None or not state.running:
+                    why = "its container is gone"
+                elif state.image_id != image_id:
+                    why = f"{row.image} was rebuilt"
+            if why is None:
+                alive.append(row)
+            else:
+                await self._discard(row.id, why)
+        return alive
+
+    async def _drop_stale_users(self, pooled: set[uuid.UUID]) -> None:
+        """Pool Redis users left behind (a replica died between a claim and its session's
+        readiness, or while retiring): kept only while pooled or while a claim is being
+        taken (its session still starting)."""
+        others = await self._access.pools_with_users() - pooled
+        if not others:
+            return
+        async with self._db() as db:
+            taking = set(
+                await db.scalars(
+                    select(SessionRow.pool_id).where(
+                        SessionRow.pool_id.in_(others),
+                        SessionRow.status == SessionStatus.STARTING,
+                    )
+                )
+            )
+        for pool_id in others - taking:
+            await self._access.revoke_pool(pool_id)
+
+    async def _start(self, pooled: PoolContainerRow) -> None:
+        container_id = None
+        try:
+            redis_url = await self._access.grant_pool(pooled.id)
+            spec = build_pool_spec(
+                self._settings,
+                pooled.id,
+                pooled.claude_session_id,
+                redis_url,
+                mint_pool_key(self._settings, pooled.id),
+            )
+            state = await self._runtime.create(spec)
+            container_id = state.id
+            await self._set(pooled.id, container_id=container_id)
+            await self._runtime.start(container_id)
+            if not await self._set(pooled.id, status=PoolStatus.READY):
+                raise RuntimeFailure("retired while it started")
+        except BaseException:
+            await self._discard(pooled.id, "its start failed", container_id)
+            raise
+        log.info("pooled container %s started (%s)", pooled.id, container_id)
+
+    async def _set(self, pool_id: uuid.UUID, **values: object) -> bool:
+        async with self._db() as db, db.begin():
+            changed = await db.scalar(
+                update(PoolContainerRow)
+                .where(PoolContainerRow.id == pool_id)
+                .values(**values)
+                .returning(PoolContainerRow.id)
+            )
+        return changed is not None
+
+    async def _discard(self, pool_id: uuid.UUID, why: str, container_id: str | None = None) -> None:
+        """Remove a pooled container unless a claim took it meanwhile (the row is deleted
+        first, conditionally: whoever deletes it owns what is left)."""
+        async with self._db() as db, db.begin():
+            deleted = await db.scalar(
+                delete(PoolContainerRow)
+                .where(PoolContainerRow.id == pool_id)
+                .returning(PoolContainerRow.container_id)
+            )
+        container_id = deleted or container_id
+        log.info("retiring pooled container %s: %s", pool_id, why)
+        with contextlib.suppress(RuntimeFailure, RedisError):
+            await self._access.revoke_pool(pool_id)
+        if container_id is not None:
+            with contextlib.suppress(RuntimeFailure):
+                await self._runtime.remove(container_id)
+
+    async def close(self) -> None:
+        """Leave the pool as it is: another replica (or the next start) keeps using it."""
