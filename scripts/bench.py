@@ -20,6 +20,8 @@ scripted fake Anthropic API, ``python -m gateway``) and prints, in one run:
 - the model proxy (scripts/bench_proxy.py): time to first streamed byte and to the end of a
   trivial answer, and a real CLI's trivial turn, through the proxy beside the upstream reached
   directly; the gateway's CPU per 1,000 proxied streamed events;
+- warm: ``POST /sessions`` -> ``ready`` for sessions that claim a pooled container (a second
+  gateway with ``SESSION_POOL_SIZE``), p50 and p99, and an idle pooled container's memory;
 - stops: ``stop`` and ``delete`` of a ready (idle) session and of one still starting (its
   CLI booting), beside a bare ``docker stop``;
 - relay: events published with the wrapper's own publisher (``wrapper.channel.Channel``) at
@@ -52,7 +54,7 @@ import redis.asyncio as aioredis  # noqa: E402
 from gateway.events.access import SessionAccess  # noqa: E402
 from gateway.metrics import START_STEPS  # noqa: E402
 from tests.client import Api, mint_token  # noqa: E402
-from tests.e2e.test_metrics import Samples, moved, scrape  # noqa: E402
+from tests.e2e.test_metrics import Samples, moved, scrape, total  # noqa: E402
 from tests.stack import SESSION_IMAGE, run_gateway, start_infra, start_s3  # noqa: E402
 from wrapper.channel import Channel  # noqa: E402
 
@@ -120,6 +122,61 @@ async def ours_run(api: Api) -> tuple[float, float, str]:
         while not (envelope["source"] == "claude" and envelope["event"]["type"] == "result"):
             envelope = json.loads(await ws.recv())
     return ready, first, session["id"]
+
+
+async def warm_run(api: Api) -> tuple[float, str]:
+    """POST /sessions -> ready on the WebSocket, for a session that claims a pooled container."""
+    start = time.perf_counter()
+    session = await api.create()
+    async with api.stream(session["id"], after="0") as ws:
+        while True:
+            event = json.loads(await ws.recv())["event"]
+            if event.get("type") == "status" and event.get("status") == "ready":
+                return time.perf_counter() - start, session["id"]
+
+
+def pool_ready(gateway_url: str) -> float:
+    return total(scrape(gateway_url, token=None), "ccd_pool_containers", status="ready")
+
+
+async def warm_starts(gateway: Any, runs: int, pool_size: int, boot_wait: float) -> None:
+    """Warm create -> ready, each create made once the pool is full again and its newest
+    container had ``boot_wait`` seconds to boot its CLI; then an idle pooled container's memory."""
+    api = Api(gateway.url, mint_token(gateway.jwt_secret, "bench-warm"))
+    before = scrape(gateway.url, token=None)
+    times, sessions = [], []
+    for _ in range(runs):
+        async with asyncio.timeout(120):
+            while True:  # the gauge is read from PostgreSQL: nothing to wait on here
+                if pool_ready(gateway.url) >= pool_size:
+                    break
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(boot_wait)
+        took, session_id = await warm_run(api)
+        times.append(took)
+        sessions.append(session_id)
+        await api.stop(session_id)
+    after = scrape(gateway.url, token=None)
+    warm = moved(before, after, "ccd_session_start_seconds_count", warm="true")
+    ordered = sorted(times)
+    print(
+        f"{'ours, warm: POST /sessions -> ready (WebSocket)':<44} p50 "
+        f"{percentile(ordered, 50) * 1000:7.1f} ms  p99 {percentile(ordered, 99) * 1000:.1f} ms  "
+        f"max {ordered[-1] * 1000:.1f} ms  ({runs} runs, {warm:.0f} claimed a pooled container)"
+    )
+    client = docker.from_env()
+    pooled = client.containers.list(
+        filters={"label": [f"cc-docker.instance={gateway.instance}", "cc-docker.pool-id"]}
+    )
+    held = {(await api.get(s))["container_id"] for s in sessions}
+    idle = [c for c in pooled if c.id not in held]
+    memory = [c.stats(stream=False)["memory_stats"].get("usage", 0) for c in idle]
+    if memory:
+        print(
+            f"{'idle pooled container memory':<44} median "
+            f"{statistics.median(memory) / 2**20:7.0f} MiB  ({len(memory)} containers)"
+        )
+    await api.aclose()
 
 
 def print_steps(before: Samples, after: Samples) -> None:
@@ -345,6 +402,21 @@ async def main(args: argparse.Namespace) -> None:
             if not args.skip_proxy:
                 await bench_proxy.run(gateway, api, upstream_url, args.proxy_requests)
             await api.aclose()
+        if args.warm_runs:
+            with (
+                tempfile.TemporaryDirectory() as logs,
+                start_s3(Path(logs)) as s3,
+                run_gateway(
+                    infra,
+                    upstream_url,
+                    s3,
+                    Path(logs),
+                    LOG_LEVEL="WARNING",
+                    SESSION_POOL_SIZE=str(args.pool_size),
+                    **dict(item.split("=", 1) for item in args.gateway_env),
+                ) as gateway,
+            ):
+                await warm_starts(gateway, args.warm_runs, args.pool_size, args.boot_wait)
         upstream.kill()
 
 
@@ -357,6 +429,14 @@ if __name__ == "__main__":
     parser.add_argument("--skip-proxy", action="store_true", help="skip the model proxy figures")
     parser.add_argument(
         "--proxy-requests", type=int, default=300, help="requests each way for the proxy figures"
+    )
+    parser.add_argument("--warm-runs", type=int, default=20, help="warm creates (0: none)")
+    parser.add_argument("--pool-size", type=int, default=2, help="SESSION_POOL_SIZE for them")
+    parser.add_argument(
+        "--boot-wait",
+        type=float,
+        default=2.0,
+        help="seconds a refilled pooled container gets to boot its CLI before the next create",
     )
     parser.add_argument(
         "--gateway-env",

@@ -102,9 +102,10 @@ token() {
 
 down() {
     # Session containers are the gateway's, not compose's: remove them first, or the sessions
-    # network cannot go.
+    # network cannot go; the gateways stop first, so that no pooled container is started after.
     local instance=${INSTANCE_NAME:-compose}
     local ids
+    compose stop gateway >/dev/null 2>&1 || true
     ids=$(docker ps -aq --filter "label=cc-docker.instance=$instance")
     if [[ -n $ids ]]; then
         log "removing the stack's session containers"

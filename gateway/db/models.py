@@ -166,6 +166,10 @@ class SessionRow(UsageCounters, Base):
     )
     stopped_at: Mapped[datetime | None]
 
+    # Server-side defaults (created_at, ...) come back with the INSERT (RETURNING), so a row
+    # is complete after its transaction without another round trip.
+    __mapper_args__ = {"eager_defaults": True}
+
     __table_args__ = (
         CheckConstraint(_in("status", SessionStatus), name="status"),
         Index(

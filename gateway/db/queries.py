@@ -52,6 +52,28 @@ async def transition(
     return (await db.execute(statement)).scalar_one_or_none()
 
 
+async def become_ready(db: AsyncSession, session_id: uuid.UUID, cursor: str) -> SessionRow | None:
+    """A ``starting`` session's CLI answered: ``ready``, or ``busy`` when a prompt already
+    waits (one statement). ``None`` when it was not ``starting``."""
+    assert may_become(SessionStatus.STARTING, SessionStatus.READY)
+    assert may_become(SessionStatus.STARTING, SessionStatus.BUSY)
+    statement = (
+        update(SessionRow)
+        .where(SessionRow.id == session_id, SessionRow.status == SessionStatus.STARTING)
+        .values(
+            status=case(
+                (SessionRow.current_turn_id.is_(None), SessionStatus.READY.value),
+                else_=SessionStatus.BUSY.value,
+            ),
+            event_cursor=cursor,
+            updated_at=func.now(),
+        )
+        .returning(SessionRow)
+        .execution_options(synchronize_session=False)
+    )
+    return (await db.execute(statement)).scalar_one_or_none()
+
+
 async def set_container(
     db: AsyncSession, session_id: uuid.UUID, container_id: str
 ) -> SessionRow | None:

@@ -6,10 +6,11 @@ capability token, no Redis user of a session, no owner. Their own credentials ar
 to a thief: a Redis user that may only pop the container's claim list, and a model key that the
 model proxy accepts only once a claim bound the container to a running session.
 
-A claim is one transaction: it takes the oldest ready container (``FOR UPDATE SKIP LOCKED``, so
-two creates on any replicas never get the same one), deletes its pool row and writes its
-container, CLI session id and pool id into the session's row; from then on the session's row is
-what maps the container to its session (the engine cannot relabel a container). The session
+A claim is part of the transaction that inserts the session: it takes the oldest ready
+container (``FOR UPDATE SKIP LOCKED``, so two creates on any replicas never get the same one),
+deletes its pool row and writes its container, CLI session id and pool id into the session's
+row; from then on the session's row is what maps the container to its session (the engine
+cannot relabel a container). The session
 service then restores the workspace into it and pushes the claim (the session's id, Redis URL
 and token) on the container's list; the wrapper takes it, and the session is ready when its CLI
 answers the handshake, as for a cold start.
@@ -50,6 +51,7 @@ from gateway.runtime import RuntimeFailure, SessionRuntime
 from gateway.security import mint_pool_key
 from gateway.services.admission import StartAdmission
 from gateway.services.container_spec import build_pool_spec, pool_compatible
+from gateway.services.workspaces import own_workspace_name
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,6 @@ class Claimed:
 
     pool_id: uuid.UUID
     container_id: str
-    session: SessionRow
 
 
 class WarmPool:
@@ -97,45 +98,36 @@ class WarmPool:
             and pool_compatible(row.config, self._settings.session_permission_mode)
         )
 
-    async def claim(self, row: SessionRow) -> Claimed | None:
-        """Give session ``row`` (starting, no container yet) the oldest ready pooled
-        container; ``None`` when there is none (it then starts cold)."""
-        async with self._db() as db, db.begin():
-            pooled = await db.scalar(
-                select(PoolContainerRow)
-                .where(
-                    PoolContainerRow.instance == self._settings.instance_name,
-                    PoolContainerRow.image == row.image,
-                    PoolContainerRow.status == PoolStatus.READY,
-                )
-                .order_by(PoolContainerRow.created_at)
-                .limit(1)
-                .with_for_update(skip_locked=True)
+    async def take(self, db: AsyncSession, row: SessionRow) -> Claimed | None:
+        """Give new session ``row`` (being inserted in ``db``'s transaction) the oldest ready
+        pooled container; ``None`` when there is none (it then starts cold). Its pool row is
+        deleted in the same transaction: the session's row maps the container from then on."""
+        pooled = await db.scalar(
+            select(PoolContainerRow)
+            .where(
+                PoolContainerRow.instance == self._settings.instance_name,
+                PoolContainerRow.image == row.image,
+                PoolContainerRow.status == PoolStatus.READY,
             )
-            if pooled is None or pooled.container_id is None:
-                self._metrics.pool_claim("empty")
-                return None
-            session = await db.scalar(
-                update(SessionRow)
-                .where(
-                    SessionRow.id == row.id,
-                    SessionRow.status == SessionStatus.STARTING,
-                    SessionRow.container_id.is_(None),
-                )
-                .values(
-                    container_id=pooled.container_id,
-                    claude_session_id=pooled.claude_session_id,
-                    pool_id=pooled.id,
-                    admitted_at=func.coalesce(SessionRow.admitted_at, func.now()),
-                )
-                .returning(SessionRow)
-            )
-            if session is None:  # stopped meanwhile: the pooled container stays pooled
-                return None
-            await db.delete(pooled)
+            .order_by(PoolContainerRow.created_at)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if pooled is None or pooled.container_id is None:
+            self._metrics.pool_claim("empty")
+            return None
+        await db.delete(pooled)
+        row.container_id = pooled.container_id
+        row.claude_session_id = pooled.claude_session_id
+        row.pool_id = pooled.id
+        row.admitted_at = row.admitted_at or queries.utcnow()
+        # Its own workspace, made in this same transaction, has nothing to restore yet.
+        row.workspace_restored = (
+            row.workspace_source is None and row.workspace_name == own_workspace_name(row.id)
+        )
         self._metrics.pool_claim("claimed")
         self.wake.set()
-        return Claimed(pooled.id, pooled.container_id, session)
+        return Claimed(pooled.id, pooled.container_id)
 
     async def claimed_and_ready(self, pool_id: uuid.UUID) -> None:
         """Its wrapper took the claim and the session is ready: the pool's own Redis user

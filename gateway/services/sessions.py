@@ -82,6 +82,7 @@ class Created:
 
     session: SessionRow
     replayed: bool = False
+    warm: Claimed | None = None  # it took a pooled container in its insert
 
 
 class SessionService:
@@ -195,7 +196,7 @@ class SessionService:
         if created.replayed:
             return created
         self._metrics.start_step("database", time.perf_counter() - begun)
-        return Created(await self._launch(created.session, prompt))
+        return Created(await self._launch(created, prompt))
 
     async def spawn(
         self,
@@ -239,7 +240,7 @@ class SessionService:
             depth=row.depth,
             prompt=prompt,
         )
-        return Created(await self._launch(row, prompt))
+        return Created(await self._launch(created, prompt))
 
     async def _insert(
         self,
@@ -296,6 +297,11 @@ class SessionService:
             if await self._admission.slot_free(db):
                 row.admitted_at = queries.utcnow()
             db.add(row)
+            # A pooled container needs no start slot (it is started): taken in this same
+            # transaction, so a warm create costs no more round trips than a cold one.
+            warm = None
+            if self._pool is not None and self._pool.eligible(row, resumed=False):
+                warm = await self._pool.take(db, row)
             if parent is None:  # a new tree: its running totals and its budget
                 await db.flush()
                 budget = config.get("budget") or {}
@@ -314,7 +320,7 @@ class SessionService:
         # counts as lost).
         await self._bus.publish(str(session_id), GatewayEvent.STATUS, status=SessionStatus.STARTING)
         await self._hub.track(str(session_id), after="0-0")
-        return Created(row)
+        return Created(row, warm=warm)
 
     async def resume(self, session_id: uuid.UUID) -> SessionRow:
         """Start a stopped or failed session again, in a fresh container with its workspace
@@ -372,19 +378,17 @@ class SessionService:
         )
         return await self._admit_and_start(again, resumed=True)
 
-    async def _launch(self, row: SessionRow, prompt: str | None) -> SessionRow:
+    async def _launch(self, created: Created, prompt: str | None) -> SessionRow:
+        row = created.session
         if prompt is not None:
             await self._turns.begin(row.id, prompt)
+        if created.warm is not None:
+            return await self._start_warm(row, created.warm)
         return await self._admit_and_start(row)
 
     async def _admit_and_start(self, row: SessionRow, resumed: bool = False) -> SessionRow:
-        """Take a pooled container if the session may (no start slot needed: it is already
-        started), else start now when its start was admitted with its row; else the session
-        waits in ``starting`` (no container yet) for a starter to claim it (``run_starter``)."""
-        if self._pool is not None and self._pool.eligible(row, resumed):
-            claimed = await self._pool.claim(row)
-            if claimed is not None:
-                return await self._start_warm(claimed)
+        """Start now when its start was admitted with its row; else the session waits in
+        ``starting`` (no container yet) for a starter to claim it (``run_starter``)."""
         if row.admitted_at is not None:
             return await self._start_container(row, resumed)
         self._queued.set()
@@ -468,17 +472,18 @@ class SessionService:
         self._background.spawn(self._watch_start(row.id), name=f"start-watch-{row.id}")
         return updated
 
-    async def _start_warm(self, claimed: Claimed) -> SessionRow:
-        """A session that claimed a pooled container (running, its CLI booted): its
-        workspace goes in, then the claim hands the wrapper the session's identity and
-        credentials. Failures as for ``_start_container``."""
-        row = claimed.session
+    async def _start_warm(self, row: SessionRow, claimed: Claimed) -> SessionRow:
+        """A session that took a pooled container (running, its CLI booted): its workspace
+        goes in (unless it is the session's own, new and empty), then the claim hands the
+        wrapper the session's identity and credentials. Failures as for
+        ``_start_container``."""
         token, redis_url = await self._credentials(row)
         step = "restore its workspace"
         try:
-            if self._workspaces is not None:
-                await self._workspaces.prepare(row, claimed.container_id, False)
-            await self._mark_restored(row.id, claimed.container_id)
+            if not row.workspace_restored:
+                if self._workspaces is not None:
+                    await self._workspaces.prepare(row, claimed.container_id, False)
+                await self._mark_restored(row.id, claimed.container_id)
             step = "hand its pooled container the claim"
             claim = PoolClaim(session_id=str(row.id), redis_url=redis_url, session_token=token)
             await self._access.send_claim(
@@ -492,12 +497,12 @@ class SessionService:
     async def _credentials(self, row: SessionRow) -> tuple[str, str]:
         """The session's capability token, and the URL of its own Redis user (created now:
         it exists before its container runs as the session)."""
+        if row.id == row.root_id:  # a root's budget is in its own config
+            budgeted = bool(row.config.get("budget"))
+        else:
+            budgeted = await self.tree_budgeted(row.root_id)
         token = mint_session_token(
-            self._settings,
-            row.id,
-            row.root_id,
-            row.owner,
-            budgeted=await self.tree_budgeted(row.root_id),
+            self._settings, row.id, row.root_id, row.owner, budgeted=budgeted
         )
         try:
             redis_url = await self._access.grant(row.id, row.started_at)
@@ -550,12 +555,10 @@ class SessionService:
         """The CLI answered its handshake. Idempotent: only a ``starting`` session changes.
         ``timings``: the ``cli_ready`` event's own figures of the start."""
         async with self._db() as db, db.begin():
-            row = await db.get(SessionRow, session_id, with_for_update=True)
-            if row is None or row.status != SessionStatus.STARTING:
-                return
-            row.status = SessionStatus.BUSY if row.current_turn_id else SessionStatus.READY
-            row.event_cursor = cursor
-            status = row.status
+            row = await queries.become_ready(db, session_id, cursor)
+        if row is None:
+            return
+        status = row.status
         self.slot_freed()
         timings = timings or {}
         warm = timings.get("warm") is True

@@ -91,6 +91,11 @@ class SaveStats:
         )
 
 
+def own_workspace_name(session_id: uuid.UUID) -> str:
+    """The name of a session's own (ephemeral) workspace."""
+    return f"session-{session_id}"
+
+
 class WorkspaceService:
     def __init__(
         self,
@@ -164,7 +169,7 @@ class WorkspaceService:
         workspace = WorkspaceRow(
             id=uuid.uuid4(),
             owner=session.owner,
-            name=f"session-{session.id}",
+            name=own_workspace_name(session.id),
             kind=WorkspaceKind.EPHEMERAL,
             session_id=session.id,
         )

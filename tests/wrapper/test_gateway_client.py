@@ -243,3 +243,31 @@ def test_ccd_agent_reports_gateway_errors(stub: StubGateway, tmp_path: Path) -> 
     assert code == 1 and err.startswith("error: no_session_token:")
     code, _, err = ccd_agent(stub, tmp_path, "bogus")
     assert code == 2 and "invalid choice" in err
+
+
+def test_a_pooled_container_has_no_identity_until_its_claim(tmp_path: Path) -> None:
+    """Before the claim: no session id, token or Redis URL anywhere in the settings, and
+    ccd-agent cannot name a session. After it: the claim's, and ccd-agent reads the session id
+    from the file the wrapper wrote (its environment was fixed before there was one)."""
+    env = {
+        protocol.ENV_GATEWAY_URL: "http://g",
+        protocol.ENV_CLAUDE_SESSION_ID: "c",
+        protocol.ENV_POOL_ID: "p1",
+        protocol.ENV_POOL_REDIS_URL: "redis://pool:pw@r",
+        protocol.ENV_POOL_MODEL_KEY: "pool-key",
+        "HOME": str(tmp_path),
+    }
+    pooled = WrapperSettings.from_env(env)
+    assert pooled.pool is not None and pooled.session_token is None and not pooled.warm
+    assert (pooled.contract.session_id, pooled.contract.redis_url) == ("", "")
+    assert "pool-key" not in repr(pooled) and "pw" not in repr(pooled)
+    with pytest.raises(KeyError):
+        AgentSettings.from_env(env)
+    claim = protocol.PoolClaim(session_id=PARENT, redis_url="redis://s:x@r", session_token="t")
+    claimed = pooled.claimed(claim, env)
+    assert claimed.pool is None and claimed.warm and claimed.session_token == "t"
+    assert (claimed.contract.session_id, claimed.contract.redis_url) == (PARENT, "redis://s:x@r")
+    assert claimed.contract.claude_session_id == "c"
+    claimed.session_id_file.parent.mkdir(parents=True)
+    claimed.session_id_file.write_text(PARENT + "\n")
+    assert AgentSettings.from_env(env).session_id == PARENT
