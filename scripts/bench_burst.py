@@ -2,13 +2,15 @@
 hand (not in CI), after scripts/test.sh has built the images:
 
     .venv/bin/python scripts/bench_burst.py [--sessions 50] [--replicas 3] [--concurrency 4]
+        [--pool-size 0]
 
 - bare: N ``docker run -i`` of the session image at once (the sessions' limits), each until
   its CLI answers ``initialize``: the floor of a burst on this engine;
 - ours: N ``POST /sessions`` at once, spread round-robin over the replicas (the test harness's
   load balancer, tests/fleet.py), each until the session is ``ready``.
 
-It prints p50 and the last of each, and the ratio of the last ones.
+It prints p50 and the last of each, and the ratio of the last ones; with ``--pool-size`` the
+first creates take pooled containers (ready in milliseconds) and the rest start cold.
 """
 
 from __future__ import annotations
@@ -44,21 +46,26 @@ def bare_burst(network: str, upstream: str, count: int) -> list[float]:
         return [future.result()[0] for future in futures]
 
 
-async def queue_and_start(database_url: str, ready: dict[str, float]) -> tuple[list, list]:
-    """Per session: seconds waiting for a start slot (created -> admitted), and seconds from
-    admission to ready."""
+async def queue_and_start(
+    database_url: str, ready: dict[str, float]
+) -> tuple[list[float], list[float], list[float]]:
+    """Per cold session: seconds waiting for a start slot (created -> admitted), and seconds
+    from admission to ready; per warm one (it claimed a pooled container): created -> ready."""
     connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
     try:
         rows = await connection.fetch(
             "SELECT id::text, extract(epoch FROM started_at) AS created, "
-            "extract(epoch FROM admitted_at) AS admitted FROM sessions WHERE id::text = ANY($1)",
+            "extract(epoch FROM admitted_at) AS admitted, pool_id IS NOT NULL AS warm "
+            "FROM sessions WHERE id::text = ANY($1)",
             list(ready),
         )
     finally:
         await connection.close()
-    waits = [float(row["admitted"] - row["created"]) for row in rows]
-    starts = [ready[row["id"]] - float(row["admitted"]) for row in rows]
-    return waits, starts
+    cold = [row for row in rows if not row["warm"]]
+    waits = [float(row["admitted"] - row["created"]) for row in cold]
+    starts = [ready[row["id"]] - float(row["admitted"]) for row in cold]
+    warm = [ready[row["id"]] - float(row["created"]) for row in rows if row["warm"]]
+    return waits, starts, warm
 
 
 async def ours_burst(fleet: Fleet, count: int, ready_at: dict[str, float]) -> list[float]:
@@ -83,6 +90,26 @@ async def ours_burst(fleet: Fleet, count: int, ready_at: dict[str, float]) -> li
     finally:
         for client in clients:
             await client.aclose()
+
+
+async def pool_full(database_url: str, size: int) -> None:
+    """Wait until the warm pool holds ``size`` ready containers, and their CLIs had time to
+    boot."""
+    if not size:
+        return
+    connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        async with asyncio.timeout(300):
+            while True:
+                ready = await connection.fetchval(
+                    "SELECT count(*) FROM pool_containers WHERE status = 'ready'"
+                )
+                if ready >= size:
+                    break
+                await asyncio.sleep(0.5)
+    finally:
+        await connection.close()
+    await asyncio.sleep(3)
 
 
 def line(name: str, values: list[float]) -> str:
@@ -110,23 +137,30 @@ async def main(args: argparse.Namespace) -> None:
                         "RATE_LIMIT_PER_SECOND": "0",
                         "SESSION_START_TIMEOUT": "600",
                         "LOG_LEVEL": "WARNING",
+                        "SESSION_POOL_SIZE": str(args.pool_size),
                     },
                 )
                 with fleet.running():
                     bare = await asyncio.to_thread(
                         bare_burst, infra.network_name, upstream_url, args.sessions
                     )
+                    await pool_full(infra.database_url, args.pool_size)
                     ready_at: dict[str, float] = {}
                     ours = await ours_burst(fleet, args.sessions, ready_at)
-                    waits, starts = await queue_and_start(infra.database_url, ready_at)
+                    waits, starts, warm = await queue_and_start(infra.database_url, ready_at)
         finally:
             upstream.kill()
-    print(f"burst of {args.sessions}, {args.replicas} replicas, {args.concurrency} start slots")
+    print(
+        f"burst of {args.sessions}, {args.replicas} replicas, {args.concurrency} start slots, "
+        f"a warm pool of {args.pool_size}"
+    )
     print(line("bare: docker run -i + CLI initialize, at once", bare))
     print(line("ours: POST /sessions -> ready, at once", ours))
     print(f"ratio of the last ready: {max(ours) / max(bare):.2f}x")
-    print(line("ours: waiting for a start slot", waits))
-    print(line("ours: admitted -> ready", starts))
+    print(line("ours, cold: waiting for a start slot", waits))
+    print(line("ours, cold: admitted -> ready", starts))
+    if warm:
+        print(line("ours, warm (a pooled container): created -> ready", warm))
 
 
 if __name__ == "__main__":
@@ -134,4 +168,5 @@ if __name__ == "__main__":
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--pool-size", type=int, default=0, help="SESSION_POOL_SIZE")
     asyncio.run(main(parser.parse_args()))

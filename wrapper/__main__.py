@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 import sys
@@ -23,13 +22,6 @@ if TYPE_CHECKING:
     from wrapper.supervisor import Supervisor
 
 log = logging.getLogger("wrapper")
-
-ASSEMBLED_MODULES = (
-    "wrapper.channel",
-    "wrapper.gateway_client",
-    "wrapper.mcp_sessions",
-    "wrapper.supervisor",
-)
 
 
 @contextlib.asynccontextmanager
@@ -86,10 +78,9 @@ async def run(settings: WrapperSettings) -> int:
     first = await spawn_cli(settings, resume=has_transcript(settings))
     try:
         if settings.pool is not None:
-            claimed = await _wait_for_claim(settings, stop_requested)
-            if claimed is None:
-                return 0  # stopped while pooled (recycled, or the gateway shrank the pool)
-            settings = claimed
+            from wrapper.pool import run_pooled
+
+            return await run_pooled(settings, first, stop_requested)
         async with assemble(settings) as supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, supervisor.stop)
@@ -99,27 +90,6 @@ async def run(settings: WrapperSettings) -> int:
     finally:
         if first.returncode is None:  # assembling failed before the supervisor took it over
             await first.terminate(settings.terminate_grace)
-
-
-async def _wait_for_claim(
-    settings: WrapperSettings, stop_requested: asyncio.Event
-) -> WrapperSettings | None:
-    """A pooled container: everything a session needs is loaded while it waits, so a claim is
-    answered in milliseconds. Returns the claimed session's settings (``None``: stopped)."""
-    for module in ASSEMBLED_MODULES:  # loaded now, used by ``assemble`` after the claim
-        importlib.import_module(module)
-    from wrapper.pool import wait_for_claim
-    from wrapper.token_file import write_token_file
-
-    assert settings.pool is not None
-    claim = await wait_for_claim(settings.pool, stop_requested)
-    if claim is None:
-        return None
-    log.info("claimed by session %s", claim.session_id)
-    # Before the first turn, which may run ccd-agent: it reads the session id from this file
-    # (the CLI's environment was fixed before there was one).
-    write_token_file(settings.session_id_file, claim.session_id)
-    return settings.claimed(claim)
 
 
 def main() -> int:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -38,6 +39,20 @@ def connect(url: str) -> aioredis.Redis:
     )
 
 
+class EventChannel(Protocol):
+    """What the supervisor needs of Redis: publish output, consume and acknowledge input."""
+
+    async def publish(self, fields: dict[str, str]) -> str: ...
+
+    async def publish_gateway(
+        self, event: protocol.GatewayEvent, turn_id: str | None = None, **payload: Any
+    ) -> str: ...
+
+    def inputs(self) -> AsyncIterator[tuple[str, dict[str, str]]]: ...
+
+    async def ack(self, entry_id: str) -> None: ...
+
+
 class Channel:
     """Publishes to the session's output stream and consumes its input stream."""
 
@@ -60,6 +75,15 @@ class Channel:
         self, event: protocol.GatewayEvent, turn_id: str | None = None, **payload: Any
     ) -> str:
         return await self.publish(protocol.gateway_event(event, turn_id, **payload))
+
+    async def publish_all(self, events: Sequence[dict[str, str]]) -> None:
+        """XADD every event, in order, in one round trip."""
+        if not events:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for fields in events:
+                pipe.xadd(self._out, fields, maxlen=self._maxlen, approximate=True)
+            await pipe.execute()
 
     async def _ensure_group(self) -> None:
         try:
@@ -84,3 +108,45 @@ class Channel:
 
     async def ack(self, entry_id: str) -> None:
         await self._redis.xack(self._in, INPUT_GROUP, entry_id)
+
+
+class HeldChannel:
+    """The channel of a pooled container, before it knows its session. What the CLI prints
+    meanwhile (its handshake answer, ``cli_ready``) is held, in order, and written first when
+    ``bind`` gives it the session's channel; reading input waits for that."""
+
+    def __init__(self) -> None:
+        self._held: list[dict[str, str]] = []
+        self._channel: Channel | None = None
+        self._bound = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    async def bind(self, channel: Channel) -> None:
+        async with self._lock:
+            await channel.publish_all(self._held)
+            self._held.clear()
+            self._channel = channel
+        self._bound.set()
+
+    async def publish(self, fields: dict[str, str]) -> str:
+        if self._channel is None:
+            async with self._lock:  # a bind in progress writes what is held first
+                if self._channel is None:
+                    self._held.append(fields)
+                    return ""  # no id yet: it gets one when it is written
+        return await self._channel.publish(fields)
+
+    async def publish_gateway(
+        self, event: protocol.GatewayEvent, turn_id: str | None = None, **payload: Any
+    ) -> str:
+        return await self.publish(protocol.gateway_event(event, turn_id, **payload))
+
+    async def inputs(self) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        await self._bound.wait()
+        assert self._channel is not None
+        async for entry in self._channel.inputs():
+            yield entry
+
+    async def ack(self, entry_id: str) -> None:
+        assert self._channel is not None  # nothing is read before the bind
+        await self._channel.ack(entry_id)

@@ -6,7 +6,6 @@ rest are tunables with defaults that suit a container and can be overridden for 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,12 +17,12 @@ from wrapper.protocol import (
     ENV_POOL_ID,
     ENV_POOL_MODEL_KEY,
     ENV_POOL_REDIS_URL,
+    ENV_REDIS_URL,
     ENV_SESSION_ID,
     ENV_SESSION_TOKEN,
     SESSION_ID_FILE,
     SESSION_TOKEN_FILE,
     ContainerEnv,
-    PoolClaim,
 )
 
 
@@ -77,25 +76,13 @@ class WrapperSettings:
     interrupt_attempts: int = 5
     """Interrupts sent to a running turn before the wrapper reports ``interrupt_failed``."""
     pool: PoolSettings | None = None
-    """Set in a pooled container until it is claimed; its ``contract`` has no session id or
-    Redis URL until then (only what the CLI's command line needs)."""
+    """Set in a pooled container: its ``contract`` has no session id or Redis URL (the claim
+    brings them), only what the CLI's command line needs."""
     session_id_file: Path = Path("/nonexistent")
     """Where a claimed pooled container's session id is written for ``ccd-agent``."""
     warm: bool = False
-    """Claimed from the pool: its CLI booted before the session existed."""
-
-    def claimed(
-        self, claim: PoolClaim, environ: Mapping[str, str] | None = None
-    ) -> WrapperSettings:
-        """These settings as the session ``claim`` names: its identity and credentials."""
-        env = os.environ if environ is None else environ
-        return dataclasses.replace(
-            self,
-            contract=ContainerEnv.from_env(env, claim),
-            session_token=claim.session_token,
-            pool=None,
-            warm=True,
-        )
+    """A pooled container: its CLI boots (and answers its handshake) before its session
+    exists."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WrapperSettings:
@@ -103,13 +90,15 @@ class WrapperSettings:
         pool = None
         if env.get(ENV_POOL_ID):
             pool = PoolSettings(env[ENV_POOL_ID], env[ENV_POOL_REDIS_URL], env[ENV_POOL_MODEL_KEY])
-            unclaimed = PoolClaim(session_id="", redis_url="", session_token="")
-            contract = ContainerEnv.from_env(env, unclaimed)
+            # Unknown until the claim, which hands them to the session's channel and client;
+            # nothing reads them from here.
+            contract = ContainerEnv.from_env({**env, ENV_SESSION_ID: "", ENV_REDIS_URL: ""})
         else:
             contract = ContainerEnv.from_env(env)
         return cls(
             contract=contract,
             pool=pool,
+            warm=pool is not None,
             session_id_file=session_id_file(env),
             claude_bin=env.get("CCD_CLAUDE_BIN", "claude"),
             workdir=Path(env.get("CCD_WORKDIR") or os.getcwd()),

@@ -309,15 +309,12 @@ class ContainerEnv(BaseModel):
         return env
 
     @classmethod
-    def from_env(
-        cls, env: Mapping[str, str] | None = None, claim: PoolClaim | None = None
-    ) -> ContainerEnv:
-        """Read the contract back (the identity from ``claim`` for a pooled container); raises
-        ``KeyError`` or ``ValueError`` when it is broken."""
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ContainerEnv:
+        """Read the contract back; raises ``KeyError`` or ``ValueError`` when it is broken."""
         env = os.environ if env is None else env
         return cls(
-            session_id=claim.session_id if claim else env[ENV_SESSION_ID],
-            redis_url=claim.redis_url if claim else env[ENV_REDIS_URL],
+            session_id=env[ENV_SESSION_ID],
+            redis_url=env[ENV_REDIS_URL],
             gateway_url=env[ENV_GATEWAY_URL],
             claude_session_id=env[ENV_CLAUDE_SESSION_ID],
             config=SessionConfig.model_validate_json(env.get(ENV_SESSION_CONFIG) or "{}"),

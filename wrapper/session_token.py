@@ -55,6 +55,10 @@ class SessionToken:
     def get(self) -> str | None:
         return self._token
 
+    def replace(self, token: str) -> None:
+        """Take a token given from outside (a pooled container's claim)."""
+        self._token = token
+
     def save(self) -> None:
         """Write the current token to the file for ``ccd-agent`` (nothing without a token)."""
         if self._token:

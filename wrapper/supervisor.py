@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from wrapper import protocol
 from wrapper.aio import cancel_and_wait, wait_any
-from wrapper.channel import Channel
+from wrapper.channel import EventChannel
 from wrapper.claude_process import (
     ClaudeProcess,
     ControlError,
@@ -47,7 +47,7 @@ class Supervisor:
     def __init__(
         self,
         settings: WrapperSettings,
-        channel: Channel,
+        channel: EventChannel,
         control_handlers: dict[str, ControlHandler] | None = None,
     ) -> None:
         self._settings = settings

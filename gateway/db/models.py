@@ -223,6 +223,11 @@ class PoolContainerRow(Base):
         String(63), comment="The gateway instance whose engine runs it."
     )
     image: Mapped[str] = mapped_column(String(500), comment="Pooled for this image only.")
+    spec_hash: Mapped[str] = mapped_column(
+        String(64),
+        comment="What its container was made with (image, limits, environment): claimed only "
+        "while the gateway's settings still make the same.",
+    )
     container_id: Mapped[str | None] = mapped_column(
         String(128), comment="Set once the engine created it."
     )
@@ -237,7 +242,7 @@ class PoolContainerRow(Base):
         Index(
             "ix_pool_containers_ready",
             "instance",
-            "image",
+            "spec_hash",
             "created_at",
             postgresql_where="status = 'ready'",
         ),

@@ -3,6 +3,9 @@ what a pooled container (no session yet) gets."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import uuid
 from typing import Any
 
@@ -76,6 +79,15 @@ def build_pool_spec(
             ENV_POOL_MODEL_KEY: model_key,
         },
     )
+
+
+def pool_spec_hash(settings: Settings) -> str:
+    """What a pooled container is made with under ``settings``, as a digest: a pooled
+    container made otherwise (another image, limits, environment) is never claimed."""
+    zero = uuid.UUID(int=0)
+    spec = build_pool_spec(settings, zero, zero, "", "")
+    canonical = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def pool_compatible(config: dict[str, Any], permission_mode: str) -> bool:

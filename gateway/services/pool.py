@@ -50,7 +50,7 @@ from gateway.metrics import Metrics
 from gateway.runtime import RuntimeFailure, SessionRuntime
 from gateway.security import mint_pool_key
 from gateway.services.admission import StartAdmission
-from gateway.services.container_spec import build_pool_spec, pool_compatible
+from gateway.services.container_spec import build_pool_spec, pool_compatible, pool_spec_hash
 from gateway.services.workspaces import own_workspace_name
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class WarmPool:
         self._metrics = metrics or Metrics()
         self.wake = asyncio.Event()  # a claim took one: refill now
         self._next_retire = 0.0
+        self._spec_hash = pool_spec_hash(settings)
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -106,7 +107,7 @@ class WarmPool:
             select(PoolContainerRow)
             .where(
                 PoolContainerRow.instance == self._settings.instance_name,
-                PoolContainerRow.image == row.image,
+                PoolContainerRow.spec_hash == self._spec_hash,
                 PoolContainerRow.status == PoolStatus.READY,
             )
             .order_by(PoolContainerRow.created_at)
@@ -189,6 +190,7 @@ class WarmPool:
             pooled = PoolContainerRow(
                 instance=self._settings.instance_name,
                 image=self._settings.session_image,
+                spec_hash=self._spec_hash,
                 claude_session_id=uuid.uuid4(),
                 status=PoolStatus.STARTING,
             )
@@ -216,8 +218,8 @@ class WarmPool:
             why = None
             if row.status == PoolStatus.STARTING:  # its filler may have died with its replica
                 why = "its start was lost" if now - row.created_at > start_timeout else None
-            elif row.image != self._settings.session_image:
-                why = f"the session image is {self._settings.session_image} now"
+            elif row.spec_hash != self._spec_hash:
+                why = "the gateway's session settings (image, limits, environment) changed"
             elif now - row.created_at > max_age:
                 why = "it aged out (SESSION_POOL_MAX_AGE)"
             else:

@@ -247,8 +247,8 @@ def test_ccd_agent_reports_gateway_errors(stub: StubGateway, tmp_path: Path) -> 
 
 def test_a_pooled_container_has_no_identity_until_its_claim(tmp_path: Path) -> None:
     """Before the claim: no session id, token or Redis URL anywhere in the settings, and
-    ccd-agent cannot name a session. After it: the claim's, and ccd-agent reads the session id
-    from the file the wrapper wrote (its environment was fixed before there was one)."""
+    ccd-agent cannot name a session. After it, ccd-agent reads the session id from the file the
+    wrapper wrote (its environment was fixed before there was one)."""
     env = {
         protocol.ENV_GATEWAY_URL: "http://g",
         protocol.ENV_CLAUDE_SESSION_ID: "c",
@@ -258,16 +258,12 @@ def test_a_pooled_container_has_no_identity_until_its_claim(tmp_path: Path) -> N
         "HOME": str(tmp_path),
     }
     pooled = WrapperSettings.from_env(env)
-    assert pooled.pool is not None and pooled.session_token is None and not pooled.warm
+    assert pooled.pool is not None and pooled.session_token is None and pooled.warm
     assert (pooled.contract.session_id, pooled.contract.redis_url) == ("", "")
+    assert pooled.contract.claude_session_id == "c"
     assert "pool-key" not in repr(pooled) and "pw" not in repr(pooled)
     with pytest.raises(KeyError):
         AgentSettings.from_env(env)
-    claim = protocol.PoolClaim(session_id=PARENT, redis_url="redis://s:x@r", session_token="t")
-    claimed = pooled.claimed(claim, env)
-    assert claimed.pool is None and claimed.warm and claimed.session_token == "t"
-    assert (claimed.contract.session_id, claimed.contract.redis_url) == (PARENT, "redis://s:x@r")
-    assert claimed.contract.claude_session_id == "c"
-    claimed.session_id_file.parent.mkdir(parents=True)
-    claimed.session_id_file.write_text(PARENT + "\n")
+    pooled.session_id_file.parent.mkdir(parents=True)
+    pooled.session_id_file.write_text(PARENT + "\n")
     assert AgentSettings.from_env(env).session_id == PARENT

@@ -30,6 +30,13 @@ def upgrade() -> None:
             "image", sa.String(length=500), nullable=False, comment="Pooled for this image only."
         ),
         sa.Column(
+            "spec_hash",
+            sa.String(length=64),
+            nullable=False,
+            comment="What its container was made with (image, limits, environment): claimed "
+            "only while the gateway's settings still make the same.",
+        ),
+        sa.Column(
             "container_id",
             sa.String(length=128),
             nullable=True,
@@ -53,7 +60,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_pool_containers_ready",
         "pool_containers",
-        ["instance", "image", "created_at"],
+        ["instance", "spec_hash", "created_at"],
         postgresql_where=sa.text("status = 'ready'"),
     )
     op.add_column(
