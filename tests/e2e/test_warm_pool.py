@@ -206,7 +206,7 @@ async def test_a_warm_session_behaves_as_a_cold_one(
 async def test_concurrent_creates_never_share_a_container(api, pool_gateway, docker_client) -> None:
     await wait_for_pool(docker_client, pool_gateway, api)
     created = await asyncio.gather(*(api.create() for _ in range(POOL_SIZE + 2)))
-    ready = await asyncio.gather(*(api.wait_status(s["id"], "ready", 90) for s in created))
+    ready = await asyncio.gather(*(api.wait_status(s["id"], "ready", timeout=90) for s in created))
     containers = [row["container_id"] for row in ready]
     assert len(set(containers)) == len(containers)
     await asyncio.gather(*(api.stop(s["id"]) for s in created))
