@@ -287,7 +287,7 @@ class Settings(BaseSettings):
         description="Containers kept started ahead of demand per engine, CLI booted, with no "
         "session's identity or secret: a new session with the default CLI options claims one "
         "and is ready in tens of milliseconds. 0: every session starts cold. Each costs an "
-        "idle container's memory (about 155 MiB).",
+        "idle container's memory (about 150 MiB).",
     )
     session_pool_max_age: float = Field(
         default=3600.0,

@@ -7,18 +7,19 @@ to a thief: a Redis user that may only pop the container's claim list, and a mod
 model proxy accepts only once a claim bound the container to a running session.
 
 A claim is part of the transaction that inserts the session: it takes the oldest ready
-container (``FOR UPDATE SKIP LOCKED``, so two creates on any replicas never get the same one),
-deletes its pool row and writes its container, CLI session id and pool id into the session's
-row; from then on the session's row is what maps the container to its session (the engine
-cannot relabel a container). The session
-service then restores the workspace into it and pushes the claim (the session's id, Redis URL
-and token) on the container's list; the wrapper takes it, and the session is ready when its CLI
-answers the handshake, as for a cold start.
+container made under the gateway's current settings (``FOR UPDATE SKIP LOCKED``, so two creates
+on any replicas never get the same one), deletes its pool row and writes its container, CLI
+session id and pool id into the session's row; from then on the session's row is what maps the
+container to its session (the engine cannot relabel a container). The session service then
+restores the workspace into it if there is one to restore and pushes the claim (the session's
+id, Redis URL and token) on the container's list; the wrapper takes it and writes the handshake
+it already did into the session's stream, which makes the session ready.
 
 The filler runs on the holder of the ``pool`` lease (one per engine across replicas): it starts
 containers while the pool is short, within the engine's session capacity and only while a start
 slot is free (cold starts first), and replaces containers that aged past
-``SESSION_POOL_MAX_AGE``, run an image other than ``SESSION_IMAGE`` (updated in place), or died.
+``SESSION_POOL_MAX_AGE``, were made under other settings (``spec_hash``) or of an image since
+rebuilt under the same tag, or died.
 """
 
 from __future__ import annotations
@@ -301,6 +302,3 @@ class WarmPool:
         if container_id is not None:
             with contextlib.suppress(RuntimeFailure):
                 await self._runtime.remove(container_id)
-
-    async def close(self) -> None:
-        """Leave the pool as it is: another replica (or the next start) keeps using it."""

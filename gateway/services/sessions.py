@@ -195,7 +195,8 @@ class SessionService:
         )
         if created.replayed:
             return created
-        self._metrics.start_step("database", time.perf_counter() - begun)
+        if created.warm is None:  # the steps are a cold start's
+            self._metrics.start_step("database", time.perf_counter() - begun)
         return Created(await self._launch(created, prompt))
 
     async def spawn(
