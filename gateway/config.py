@@ -9,18 +9,28 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from wrapper.protocol import MODEL_PROXY_PREFIX, SESSION_HOST_ALIAS, PermissionMode
+from wrapper.protocol import MODEL_PROXY_PREFIX, SESSION_HOST_ALIAS, PermissionMode, SessionConfig
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _MODEL_ACCESS_VARIABLES = frozenset(
     {"ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_BASE_URL"}
 )
@@ -32,6 +42,26 @@ def parse_size(value: str) -> int:
     value = value.strip().lower()
     unit = value[-1] if value[-1:].isalpha() else ""
     return int(value[: len(value) - len(unit)]) * _UNITS[unit]
+
+
+class PoolTemplate(BaseModel):
+    """A further warm pool (``SESSION_POOL_TEMPLATES``): containers whose CLI runs with
+    ``config``'s options, for sessions created with the same."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(ge=0, le=1000)
+    config: SessionConfig
+
+    @field_validator("config")
+    @classmethod
+    def _cli_options_only(cls, config: SessionConfig) -> SessionConfig:
+        if config.budget is not None or config.timeout is not None:
+            raise ValueError(
+                "a template's config holds CLI options only (model, permission_mode, tools, "
+                "max_turns, prompts); budget and timeout belong to each session"
+            )
+        return config
 
 
 class Settings(BaseSettings):
@@ -289,6 +319,13 @@ class Settings(BaseSettings):
         "and is ready in tens of milliseconds. 0: every session starts cold. Each costs an "
         "idle container's memory (about 150 MiB).",
     )
+    session_pool_templates: Annotated[dict[str, PoolTemplate], NoDecode] = Field(
+        default_factory=dict,
+        description="Further warm pools, by name, for sessions created with other CLI options: "
+        'JSON such as {"opus": {"size": 2, "config": {"model": "claude-opus-4-5"}}}. A session '
+        "whose options give the same CLI command line as a template's takes one of its "
+        "containers.",
+    )
     session_pool_max_age: float = Field(
         default=3600.0,
         ge=10,
@@ -383,14 +420,25 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("model_prices", mode="before")
+    @field_validator("model_prices", "session_pool_templates", mode="before")
     @classmethod
-    def _parse_prices(cls, value: object) -> object:
+    def _parse_json(cls, value: object, info: ValidationInfo) -> object:
         if isinstance(value, str):
             try:
                 return json.loads(value) if value.strip() else {}
             except ValueError as exc:
-                raise ValueError(f"MODEL_PRICES is not JSON: {exc}") from None
+                name = str(info.field_name).upper()
+                raise ValueError(f"{name} is not JSON: {exc}") from None
+        return value
+
+    @field_validator("session_pool_templates")
+    @classmethod
+    def _template_names(cls, value: dict[str, PoolTemplate]) -> dict[str, PoolTemplate]:
+        for name in value:
+            if not TEMPLATE_NAME.fullmatch(name):
+                raise ValueError(
+                    f"pool template name {name!r}: 1 to 40 of a-z, 0-9 and '-' (it is a label)"
+                )
         return value
 
     @field_validator("session_extra_env", mode="before")

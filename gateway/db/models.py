@@ -223,6 +223,10 @@ class PoolContainerRow(Base):
         String(63), comment="The gateway instance whose engine runs it."
     )
     image: Mapped[str] = mapped_column(String(500), comment="Pooled for this image only.")
+    template: Mapped[str] = mapped_column(
+        String(40),
+        comment="Its pool: '' for SESSION_POOL_SIZE's, else a SESSION_POOL_TEMPLATES name.",
+    )
     spec_hash: Mapped[str] = mapped_column(
         String(64),
         comment="What its container was made with (image, limits, environment): claimed only "

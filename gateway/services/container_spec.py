@@ -63,10 +63,14 @@ def build_pool_spec(
     claude_session_id: uuid.UUID,
     pool_redis_url: str,
     model_key: str,
+    config: SessionConfig | None = None,
 ) -> ContainerSpec:
-    """A pooled container: a session's spec with the default CLI options, minus everything
-    that belongs to a session (its id, token, Redis user, owner); a claim supplies those."""
+    """A pooled container: a session's spec with ``config``'s CLI options (default: none),
+    minus everything that belongs to a session (its id, token, Redis user, owner); a claim
+    supplies those."""
     contract = _contract(settings, "", "", str(claude_session_id))
+    if config is not None:
+        contract = contract.model_copy(update={"config": config})
     return _spec(
         settings,
         name=pool_container_name(settings.instance_name, str(pool_id)),
@@ -81,33 +85,31 @@ def build_pool_spec(
     )
 
 
-def pool_spec_hash(settings: Settings) -> str:
-    """What a pooled container is made with under ``settings``, as a digest: a pooled
-    container made otherwise (another image, limits, environment) is never claimed."""
+def pool_spec_hash(settings: Settings, config: SessionConfig | None = None) -> str:
+    """What a pooled container (of a pool with ``config``'s CLI options) is made with under
+    ``settings``, as a digest: one made otherwise (another image, limits, environment, CLI
+    options) is never claimed."""
     zero = uuid.UUID(int=0)
-    spec = build_pool_spec(settings, zero, zero, "", "")
+    spec = build_pool_spec(settings, zero, zero, "", "", config)
     canonical = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def pool_compatible(config: dict[str, Any], permission_mode: str) -> bool:
-    """Whether a session with ``config`` may take a pooled container: its CLI's command line
-    would be the pooled CLI's (options that only the gateway reads, like a budget, may differ)."""
-    probe = "00000000-0000-0000-0000-000000000000"
-
-    def argv(chosen: SessionConfig) -> list[str]:
-        contract = ContainerEnv(
-            session_id="",
-            redis_url="",
-            gateway_url="",
-            claude_session_id=probe,
-            config=chosen,
-            permission_mode=permission_mode,
-            stream_maxlen=100,
-        )
-        return build_argv("claude", contract, resume=False)
-
-    return argv(SessionConfig.model_validate(config)) == argv(SessionConfig())
+def cli_options(config: dict[str, Any] | SessionConfig, permission_mode: str) -> tuple[str, ...]:
+    """The CLI command line a session with ``config`` gets, but for its session id: sessions
+    whose options give the same one may take each other's pooled containers (options only the
+    gateway reads, like a budget, do not count)."""
+    chosen = config if isinstance(config, SessionConfig) else SessionConfig.model_validate(config)
+    contract = ContainerEnv(
+        session_id="",
+        redis_url="",
+        gateway_url="",
+        claude_session_id="00000000-0000-0000-0000-000000000000",
+        config=chosen,
+        permission_mode=permission_mode,
+        stream_maxlen=100,
+    )
+    return tuple(build_argv("claude", contract, resume=False))
 
 
 def _contract(

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -51,14 +52,41 @@ from gateway.metrics import Metrics
 from gateway.runtime import RuntimeFailure, SessionRuntime
 from gateway.security import mint_pool_key
 from gateway.services.admission import StartAdmission
-from gateway.services.container_spec import build_pool_spec, pool_compatible, pool_spec_hash
+from gateway.services.container_spec import build_pool_spec, cli_options, pool_spec_hash
 from gateway.services.workspaces import own_workspace_name
+from wrapper.protocol import SessionConfig
 
 log = logging.getLogger(__name__)
 
 FILL_INTERVAL = 1.0  # seconds between passes of the filler (sooner when woken)
 RETIRE_INTERVAL = 5.0  # seconds between looks at every pooled container (an inspect each)
 FAILURE_BACKOFF = 10.0  # seconds the filler rests after the engine refused a pooled container
+
+
+DEFAULT_POOL = ""  # SESSION_POOL_SIZE's pool: the default CLI options
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One pool: ``size`` containers whose CLI runs with ``config``'s options."""
+
+    name: str
+    size: int
+    config: SessionConfig
+    spec_hash: str
+
+
+def pools_of(settings: Settings) -> dict[tuple[str, ...], Pool]:
+    """Every configured pool, by the CLI command line its containers run (two templates that
+    give the same one are one pool: the first named wins)."""
+    wanted = [(DEFAULT_POOL, settings.session_pool_size, SessionConfig())]
+    wanted += [(name, t.size, t.config) for name, t in settings.session_pool_templates.items()]
+    pools: dict[tuple[str, ...], Pool] = {}
+    for name, size, config in wanted:
+        key = cli_options(config, settings.session_permission_mode)
+        if size > 0 and key not in pools:
+            pools[key] = Pool(name, size, config, pool_spec_hash(settings, config))
+    return pools
 
 
 @dataclass(frozen=True)
@@ -87,28 +115,27 @@ class WarmPool:
         self._metrics = metrics or Metrics()
         self.wake = asyncio.Event()  # a claim took one: refill now
         self._next_retire = 0.0
-        self._spec_hash = pool_spec_hash(settings)
+        self._pools = pools_of(settings)
+        self._current = {pool.spec_hash for pool in self._pools.values()}
 
     # -- claiming ----------------------------------------------------------------------------
 
-    def eligible(self, row: SessionRow, resumed: bool) -> bool:
-        """A new session whose CLI would run exactly as the pooled ones do."""
-        return (
-            self._settings.session_pool_size > 0
-            and not resumed
-            and row.image == self._settings.session_image
-            and pool_compatible(row.config, self._settings.session_permission_mode)
-        )
+    def pool_for(self, row: SessionRow) -> Pool | None:
+        """The pool whose containers run the CLI exactly as new session ``row`` would."""
+        if not self._pools or row.image != self._settings.session_image:
+            return None
+        return self._pools.get(cli_options(row.config, self._settings.session_permission_mode))
 
-    async def take(self, db: AsyncSession, row: SessionRow) -> Claimed | None:
+    async def take(self, db: AsyncSession, row: SessionRow, pool: Pool) -> Claimed | None:
         """Give new session ``row`` (being inserted in ``db``'s transaction) the oldest ready
-        pooled container; ``None`` when there is none (it then starts cold). Its pool row is
-        deleted in the same transaction: the session's row maps the container from then on."""
+        container of ``pool``; ``None`` when there is none (it then starts cold). Its pool row
+        is deleted in the same transaction: the session's row maps the container from then
+        on."""
         pooled = await db.scalar(
             select(PoolContainerRow)
             .where(
                 PoolContainerRow.instance == self._settings.instance_name,
-                PoolContainerRow.spec_hash == self._spec_hash,
+                PoolContainerRow.spec_hash == pool.spec_hash,
                 PoolContainerRow.status == PoolStatus.READY,
             )
             .order_by(PoolContainerRow.created_at)
@@ -164,15 +191,18 @@ class WarmPool:
             self.wake.clear()
 
     async def fill_once(self) -> None:
-        """Retire what must go, then start one container if the pool is short."""
+        """Retire what must go, then start one container for the first pool that is short."""
         rows = await self._rows()
         loop = asyncio.get_running_loop()
         alive = list(rows)
         if loop.time() >= self._next_retire:
             alive = await self._retire(rows)
             self._next_retire = loop.time() + RETIRE_INTERVAL
-        if len(alive) >= self._settings.session_pool_size:
+        held = Counter(row.spec_hash for row in alive)
+        short = [pool for pool in self._pools.values() if held[pool.spec_hash] < pool.size]
+        if not short:
             return
+        pool = short[0]
         async with self._db() as db, db.begin():
             # Cold starts go first: a pooled container is started only while a start slot is
             # free, and never past the engine's capacity.
@@ -191,12 +221,13 @@ class WarmPool:
             pooled = PoolContainerRow(
                 instance=self._settings.instance_name,
                 image=self._settings.session_image,
-                spec_hash=self._spec_hash,
+                template=pool.name,
+                spec_hash=pool.spec_hash,
                 claude_session_id=uuid.uuid4(),
                 status=PoolStatus.STARTING,
             )
             db.add(pooled)
-        await self._start(pooled)
+        await self._start(pooled, pool)
         self.wake.set()  # short by more than one: go on at once
 
     async def _rows(self) -> Sequence[PoolContainerRow]:
@@ -219,8 +250,8 @@ class WarmPool:
             why = None
             if row.status == PoolStatus.STARTING:  # its filler may have died with its replica
                 why = "its start was lost" if now - row.created_at > start_timeout else None
-            elif row.spec_hash != self._spec_hash:
-                why = "the gateway's session settings (image, limits, environment) changed"
+            elif row.spec_hash not in self._current:
+                why = "no pool is made so now (the image, limits, environment or options changed)"
             elif now - row.created_at > max_age:
                 why = "it aged out (SESSION_POOL_MAX_AGE)"
             else:
@@ -254,7 +285,7 @@ class WarmPool:
         for pool_id in others - taking:
             await self._access.revoke_pool(pool_id)
 
-    async def _start(self, pooled: PoolContainerRow) -> None:
+    async def _start(self, pooled: PoolContainerRow, pool: Pool) -> None:
         container_id = None
         try:
             redis_url = await self._access.grant_pool(pooled.id)
@@ -264,6 +295,7 @@ class WarmPool:
                 pooled.claude_session_id,
                 redis_url,
                 mint_pool_key(self._settings, pooled.id),
+                pool.config,
             )
             state = await self._runtime.create(spec)
             container_id = state.id

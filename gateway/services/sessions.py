@@ -301,8 +301,8 @@ class SessionService:
             # A pooled container needs no start slot (it is started): taken in this same
             # transaction, so a warm create costs no more round trips than a cold one.
             warm = None
-            if self._pool is not None and self._pool.eligible(row, resumed=False):
-                warm = await self._pool.take(db, row)
+            if self._pool is not None and (pool := self._pool.pool_for(row)) is not None:
+                warm = await self._pool.take(db, row, pool)
             if parent is None:  # a new tree: its running totals and its budget
                 await db.flush()
                 budget = config.get("budget") or {}

@@ -261,3 +261,38 @@ async def test_pooled_containers_past_their_age_are_replaced(
                 docker_client.api.inspect_container(first[0])
         finally:
             await client.aclose()
+
+
+async def test_a_template_pool_serves_sessions_with_its_cli_options(
+    infra, fake_api, s3_endpoint, tmp_path, docker_client
+) -> None:
+    """A further pool (SESSION_POOL_TEMPLATES) whose CLI runs with a model of its own: a
+    session asking for that model takes one, and its CLI really uses it; a session with the
+    default options finds no pool of its own and starts cold."""
+    model = "claude-opus-4-5"
+    templates = json.dumps({"opus": {"size": 1, "config": {"model": model}}})
+    with run_gateway(
+        infra,
+        fake_api.base_url,
+        s3_endpoint,
+        tmp_path,
+        SESSION_POOL_SIZE="0",
+        SESSION_POOL_TEMPLATES=templates,
+    ) as gateway:
+        client = Api(gateway.url, mint_token(gateway.jwt_secret, "templated"))
+        try:
+            free = await wait_for_pool(docker_client, gateway, client, 1)
+            session = await client.create(config={"model": model, "timeout": 600})
+            ready = await client.wait_status(session["id"], "ready", timeout=30)
+            assert ready["container_id"] in free, "the session did not take the template's"
+            tag = marker()
+            fake_api.on(tag, text(f"opus says {tag}"))
+            reply = await client.chat(session["id"], f"which model {tag}", timeout=60)
+            assert reply["result"]["result"] == f"opus says {tag}"
+            assert fake_api.requests_for(tag)[-1]["model"] == model
+            plain = await client.create()
+            cold = await client.wait_status(plain["id"], "ready", timeout=60)
+            labels = docker_client.api.inspect_container(cold["container_id"])["Config"]["Labels"]
+            assert POOL_LABEL not in labels
+        finally:
+            await client.aclose()

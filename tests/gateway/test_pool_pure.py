@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+from pydantic import ValidationError
+
 from gateway.config import Settings
-from gateway.services.container_spec import (
-    build_pool_spec,
-    pool_compatible,
-    pool_spec_hash,
-)
+from gateway.services.container_spec import build_pool_spec, cli_options, pool_spec_hash
+from gateway.services.pool import DEFAULT_POOL, pools_of
 from wrapper.protocol import ENV_REDIS_URL, ENV_SESSION_ID, ENV_SESSION_TOKEN
 
 SECRET = "x" * 40
@@ -41,13 +41,22 @@ def test_changed_session_settings_make_the_pool_stale() -> None:
         assert pool_spec_hash(settings(**changed)) != base, changed
 
 
-def test_only_sessions_whose_cli_would_run_the_same_take_a_pooled_container() -> None:
-    mode = "bypassPermissions"
-    assert pool_compatible({}, mode)
-    assert pool_compatible({"budget": {"max_tokens": 10}, "timeout": 60}, mode)
-    assert pool_compatible({"permission_mode": mode}, mode)
+def test_a_session_takes_the_pool_whose_cli_runs_as_its_own_would() -> None:
+    opus = {"size": 1, "config": {"model": "claude-opus-4-5"}}
+    chosen = settings(session_pool_size=2, session_pool_templates={"opus": opus})
+    pools = pools_of(chosen)
+    mode = chosen.session_permission_mode
+
+    def pool_name(config: dict[str, object]) -> str | None:
+        pool = pools.get(cli_options(config, mode))
+        return None if pool is None else pool.name
+
+    assert pool_name({}) == DEFAULT_POOL
+    assert pool_name({"budget": {"max_tokens": 10}, "timeout": 60}) == DEFAULT_POOL
+    assert pool_name({"permission_mode": mode}) == DEFAULT_POOL
+    assert pool_name({"model": "claude-opus-4-5", "timeout": 60}) == "opus"
     for own in (
-        {"model": "claude-opus-4-5"},
+        {"model": "claude-sonnet-4-5"},
         {"permission_mode": "plan"},
         {"allowed_tools": ["Bash"]},
         {"disallowed_tools": ["Bash"]},
@@ -55,4 +64,26 @@ def test_only_sessions_whose_cli_would_run_the_same_take_a_pooled_container() ->
         {"system_prompt": "be terse"},
         {"append_system_prompt": "be terse"},
     ):
-        assert not pool_compatible(own, mode), own
+        assert pool_name(own) is None, own
+    # Each pool's containers are made differently, so a claim never takes another pool's.
+    assert len({pool.spec_hash for pool in pools.values()}) == 2
+    # An empty pool is no pool: its sessions start cold.
+    assert DEFAULT_POOL not in {p.name for p in pools_of(settings()).values()}
+
+
+def test_templates_are_checked_when_the_gateway_starts() -> None:
+    bad = (
+        {"Opus": {"size": 1, "config": {}}},  # a name is a label
+        {"opus": {"size": 1, "config": {"budget": {"max_tokens": 5}}}},  # per session
+        {"opus": {"size": 1, "config": {"modle": "x"}}},  # a typo is no option
+        {"opus": {"size": -1, "config": {}}},
+    )
+    for templates in bad:
+        with pytest.raises(ValidationError):
+            settings(session_pool_templates=templates)
+    parsed = Settings(  # as the environment gives it: JSON
+        _env_file=None,  # type: ignore[call-arg]
+        jwt_secret=SECRET,  # type: ignore[arg-type]
+        session_pool_templates='{"opus": {"size": 2, "config": {"model": "claude-opus-4-5"}}}',  # type: ignore[arg-type]
+    )
+    assert parsed.session_pool_templates["opus"].config.model == "claude-opus-4-5"

@@ -30,6 +30,12 @@ def upgrade() -> None:
             "image", sa.String(length=500), nullable=False, comment="Pooled for this image only."
         ),
         sa.Column(
+            "template",
+            sa.String(length=40),
+            nullable=False,
+            comment="Its pool: '' for SESSION_POOL_SIZE's, else a SESSION_POOL_TEMPLATES name.",
+        ),
+        sa.Column(
             "spec_hash",
             sa.String(length=64),
             nullable=False,
