@@ -102,15 +102,29 @@ def mint_pool_key(settings: Settings, pool_id: uuid.UUID) -> str:
     return jwt.encode(claims, settings.session_token_key, _SESSION_ALGORITHM)
 
 
-def pool_key_id(settings: Settings, token: str) -> uuid.UUID | None:
-    """The pooled container a model key names, verified; ``None`` when it is not a pool key
-    at all. Raises ``Unauthorized`` for a forged or expired one."""
-    try:
-        unverified = jwt.decode(token, options={"verify_signature": False})
-    except jwt.InvalidTokenError:
-        return None
-    if unverified.get("aud") != POOL_AUDIENCE:
-        return None
+def authenticate_token(settings: Settings, token: str) -> Principal:
+    """Verify a user or a session token; raise ``Unauthorized``. The kind is chosen by the
+    unverified audience, then the token is verified in full with that kind's key."""
+    return _verify(settings, token, _audience(token))
+
+
+def authenticate_model_key(settings: Settings, token: str) -> Principal | uuid.UUID:
+    """What the model proxy accepts: a session token (its principal), or a pooled container's
+    key (the pool id it names, which only a claim binds to a session); raise
+    ``Unauthorized``."""
+    audience = _audience(token)
+    if audience == POOL_AUDIENCE:
+        return _verify_pool_key(settings, token)
+    return _verify(settings, token, audience)
+
+
+def _verify(settings: Settings, token: str, audience: object) -> Principal:
+    if audience == SESSION_AUDIENCE:
+        return _verify_session_token(settings, token)
+    return _verify_user_token(settings, token)
+
+
+def _verify_pool_key(settings: Settings, token: str) -> uuid.UUID:
     claims = _decode(
         token, settings.session_token_key, _SESSION_ALGORITHM, POOL_AUDIENCE, ["pool", "exp"]
     )
@@ -120,16 +134,13 @@ def pool_key_id(settings: Settings, token: str) -> uuid.UUID | None:
         raise Unauthorized("invalid token: bad pool id", code=ErrorCode.INVALID_TOKEN) from None
 
 
-def authenticate_token(settings: Settings, token: str) -> Principal:
-    """Verify a user or a session token; raise ``Unauthorized``. The kind is chosen by the
-    unverified audience, then the token is verified in full with that kind's key."""
+def _audience(token: str) -> object:
+    """The token's audience, read without verification (to choose how to verify it)."""
     try:
         unverified = jwt.decode(token, options={"verify_signature": False})
     except jwt.InvalidTokenError as exc:
         raise Unauthorized(f"invalid token: {exc}", code=ErrorCode.INVALID_TOKEN) from None
-    if unverified.get("aud") == SESSION_AUDIENCE:
-        return _verify_session_token(settings, token)
-    return _verify_user_token(settings, token)
+    return unverified.get("aud")
 
 
 def _verify_user_token(settings: Settings, token: str) -> Principal:

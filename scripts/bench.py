@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,8 @@ async def ours_run(api: Api) -> tuple[float, float, str]:
     return ready, first, session["id"]
 
 
-async def warm_run(api: Api) -> tuple[float, str]:
-    """POST /sessions -> ready on the WebSocket, for a session that claims a pooled container."""
+async def create_ready(api: Api) -> tuple[float, str]:
+    """POST /sessions -> ready on the WebSocket (the session's id too)."""
     start = time.perf_counter()
     session = await api.create()
     async with api.stream(session["id"], after="0") as ws:
@@ -152,7 +153,7 @@ async def warm_starts(gateway: Any, runs: int, pool_size: int, boot_wait: float)
                     break
                 await asyncio.sleep(0.1)
         await asyncio.sleep(boot_wait)
-        took, session_id = await warm_run(api)
+        took, session_id = await create_ready(api)
         times.append(took)
         sessions.append(session_id)
         await api.stop(session_id)
@@ -335,25 +336,25 @@ def summary(name: str, values: list[float], floor: list[float] | None = None) ->
     return line
 
 
+@contextlib.contextmanager
+def bench_gateway(infra: Any, upstream_url: str, settings: dict[str, Any]) -> Iterator[Any]:
+    """A gateway of its own (and an S3 server) with ``settings``."""
+    with (
+        tempfile.TemporaryDirectory() as logs,
+        start_s3(Path(logs)) as s3,
+        run_gateway(infra, upstream_url, s3, Path(logs), LOG_LEVEL="WARNING", **settings) as gw,
+    ):
+        yield gw
+
+
 async def main(args: argparse.Namespace) -> None:
     client = docker.from_env()
+    settings = dict(item.split("=", 1) for item in args.gateway_env)
     with start_infra(client) as infra:
         upstream, upstream_url = bench_proxy.start_upstream(infra.gateway_ip)
-        with (
-            tempfile.TemporaryDirectory() as logs,
-            start_s3(Path(logs)) as s3,
-            run_gateway(
-                infra,
-                upstream_url,
-                s3,
-                Path(logs),
-                LOG_LEVEL="WARNING",
-                **dict(item.split("=", 1) for item in args.gateway_env),
-            ) as gateway,
-        ):
+        with bench_gateway(infra, upstream_url, settings) as gateway:
             # The fair floor runs the container as the gateway does: the same limits (a session
             # gets SESSION_CPUS, 1 by default; the CLI boots slower on one CPU than on two).
-            settings = dict(item.split("=", 1) for item in args.gateway_env)
             limits = [
                 f"--cpus={settings.get('SESSION_CPUS', '1.0')}",
                 f"--memory={settings.get('SESSION_MEMORY', '2g')}",
@@ -403,19 +404,8 @@ async def main(args: argparse.Namespace) -> None:
                 await bench_proxy.run(gateway, api, upstream_url, args.proxy_requests)
             await api.aclose()
         if args.warm_runs:
-            with (
-                tempfile.TemporaryDirectory() as logs,
-                start_s3(Path(logs)) as s3,
-                run_gateway(
-                    infra,
-                    upstream_url,
-                    s3,
-                    Path(logs),
-                    LOG_LEVEL="WARNING",
-                    SESSION_POOL_SIZE=str(args.pool_size),
-                    **dict(item.split("=", 1) for item in args.gateway_env),
-                ) as gateway,
-            ):
+            pooled = {"SESSION_POOL_SIZE": str(args.pool_size)}
+            with bench_gateway(infra, upstream_url, {**settings, **pooled}) as gateway:
                 await warm_starts(gateway, args.warm_runs, args.pool_size, args.boot_wait)
         upstream.kill()
 

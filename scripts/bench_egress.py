@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
+from bench import create_ready  # noqa: E402
 
 from gateway.runtime import EgressPolicy  # noqa: E402
 from gateway.runtime.docker_egress import apply_egress  # noqa: E402
@@ -59,16 +60,6 @@ for _ in range(int(sys.argv[2])):
     times.append((time.perf_counter_ns() - start) / 1000)
 print(json.dumps(sorted(times)))
 """
-
-
-async def create_ready(api: Api) -> tuple[float, str]:
-    start = time.perf_counter()
-    session = await api.create()
-    async with api.stream(session["id"], after="0") as ws:
-        while True:
-            event = json.loads(await ws.recv())["event"]
-            if event.get("type") == "status" and event.get("status") == "ready":
-                return time.perf_counter() - start, session["id"]
 
 
 def round_trips(

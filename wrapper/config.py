@@ -80,9 +80,12 @@ class WrapperSettings:
     brings them), only what the CLI's command line needs."""
     session_id_file: Path = Path("/nonexistent")
     """Where a claimed pooled container's session id is written for ``ccd-agent``."""
-    warm: bool = False
-    """A pooled container: its CLI boots (and answers its handshake) before its session
-    exists."""
+
+    @property
+    def warm(self) -> bool:
+        """A pooled container: its CLI boots (and answers its handshake) before its session
+        exists."""
+        return self.pool is not None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WrapperSettings:
@@ -98,7 +101,6 @@ class WrapperSettings:
         return cls(
             contract=contract,
             pool=pool,
-            warm=pool is not None,
             session_id_file=session_id_file(env),
             claude_bin=env.get("CCD_CLAUDE_BIN", "claude"),
             workdir=Path(env.get("CCD_WORKDIR") or os.getcwd()),

@@ -256,7 +256,7 @@ SESSION_TOKEN_FILE = ".ccd/session-token"  # relative to the container user's HO
 SESSION_ID_FILE = ".ccd/session-id"
 
 # A pooled container: started ahead of demand, with no session's identity or secret. Its
-# environment has the contract minus ``session_id`` and ``redis_url``, plus these two. Its Redis
+# environment has the contract minus ``session_id`` and ``redis_url``, plus these. Its Redis
 # user may only pop its own claim list; its model key means nothing until a claim binds it.
 ENV_POOL_ID = "CCD_POOL_ID"
 ENV_POOL_REDIS_URL = "CCD_POOL_REDIS_URL"

@@ -32,7 +32,7 @@ from gateway.model.ledger import BudgetSpent, Caller, Ledger, NotRunning, Ticket
 from gateway.model.meter import StreamMeter, Usage, usage_of_json
 from gateway.model.slots import CallSlots
 from gateway.model.upstream import NoCredential, Upstream, response_headers
-from gateway.security import authenticate_token, bearer_token, pool_key_id
+from gateway.security import authenticate_model_key, bearer_token
 from gateway.services.background import TaskSet
 from wrapper.protocol import MODEL_PROXY_PREFIX
 
@@ -123,10 +123,9 @@ class ModelProxy:
         )
         if not token:
             raise Unauthorized("no session token", code=ErrorCode.MISSING_TOKEN)
-        pool_id = pool_key_id(self._settings, token)
-        if pool_id is not None:  # a claimed pooled CLI's first key, until it reads its token
-            return await self._ledger.caller_of_pool(pool_id)
-        principal = authenticate_token(self._settings, token)
+        principal = authenticate_model_key(self._settings, token)
+        if isinstance(principal, uuid.UUID):  # a claimed pooled CLI's first key, for a while
+            return await self._ledger.caller_of_pool(principal)
         if principal.session_id is None:
             raise Unauthorized(
                 "only a session's own token may call the model through here",
