@@ -14,9 +14,11 @@ from fastapi import FastAPI
 from gateway import __version__
 from gateway.api import build_router
 from gateway.api.console import install_console
+from gateway.api.model import ModelRoutes
 from gateway.api.openapi import install_openapi
 from gateway.config import Settings
 from gateway.db.engine import create_engine, create_session_factory
+from gateway.db.statements import Statements
 from gateway.deps import Services
 from gateway.draining import Drain
 from gateway.errors import install_error_handlers
@@ -133,8 +135,15 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
             )
             upstream = Upstream(settings)
             stack.push_async_callback(upstream.close)
+            statements = Statements(settings.database_url, settings.database_pool_size)
+            stack.push_async_callback(statements.close)
             ledger = Ledger(
-                db, PriceTable(settings.model_prices), bus, settings.budget_wait, metrics
+                db,
+                statements,
+                PriceTable(settings.model_prices),
+                bus,
+                settings.budget_wait,
+                metrics,
             )
             model_proxy = ModelProxy(
                 settings,
@@ -238,8 +247,10 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
     app.include_router(build_router())
     install_console(app)
     install_openapi(app)
-    # Outermost: credentials, rate and body size are checked before routing reads anything.
+    # Credentials, rate and body size are checked before routing reads anything; the model
+    # proxy, outermost, checks its own callers and bodies (gateway/api/model.py says why).
     app.add_middleware(RequestGuard, settings=settings)
+    app.add_middleware(ModelRoutes)
     return app
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -116,6 +117,32 @@ def authenticate_model_key(settings: Settings, token: str) -> Principal | uuid.U
     if audience == POOL_AUDIENCE:
         return _verify_pool_key(settings, token)
     return _verify(settings, token, audience)
+
+
+class ModelKeys:
+    """``authenticate_model_key`` for the model proxy, remembering what it verified: a CLI
+    sends the same key with every model call, and verifying its signature again costs about
+    0.4 ms before the first byte. A verified key stays good until its expiry; whether its
+    session still runs is not remembered here (the proxy asks the database on every call)."""
+
+    def __init__(self, settings: Settings, size: int = 4096) -> None:
+        self._settings = settings
+        self._size = size
+        self._verified: OrderedDict[str, tuple[Principal | uuid.UUID, float]] = OrderedDict()
+
+    def authenticate(self, token: str) -> Principal | uuid.UUID:
+        """Raises ``Unauthorized``, as ``authenticate_model_key``."""
+        known = self._verified.get(token)
+        if known is not None and time.time() < known[1]:
+            self._verified.move_to_end(token)
+            return known[0]
+        verified = authenticate_model_key(self._settings, token)
+        expires = jwt.decode(token, options={"verify_signature": False}).get("exp")
+        if isinstance(expires, int | float):
+            self._verified[token] = (verified, float(expires))
+            if len(self._verified) > self._size:
+                self._verified.popitem(last=False)
+        return verified
 
 
 def _verify(settings: Settings, token: str, audience: object) -> Principal:

@@ -8,7 +8,6 @@ from gateway.api import (
     execute,
     health,
     metrics,
-    model,
     session_files,
     sessions,
     stream,
@@ -44,5 +43,4 @@ def build_router() -> APIRouter:
     for api in (sessions, tree, session_files, workspaces, usage, execute):
         router.include_router(api.router, prefix=API_PREFIX, responses=GUARD_RESPONSES)
     router.include_router(stream.router, prefix=API_PREFIX)
-    router.include_router(model.router)
     return router

@@ -15,10 +15,9 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, cast
 
-import httpx
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from redis.exceptions import RedisError
@@ -31,8 +30,8 @@ from gateway.logging_setup import bind_session
 from gateway.model.ledger import BudgetSpent, Caller, Ledger, NotRunning, Ticket
 from gateway.model.meter import StreamMeter, Usage, usage_of_json
 from gateway.model.slots import CallSlots
-from gateway.model.upstream import NoCredential, Upstream, response_headers
-from gateway.security import authenticate_model_key, bearer_token
+from gateway.model.upstream import Answer, NoCredential, Upstream, UpstreamUnreachable
+from gateway.security import ModelKeys, bearer_token
 from gateway.services.background import TaskSet
 from wrapper.protocol import MODEL_PROXY_PREFIX
 
@@ -58,14 +57,16 @@ class ModelProxy:
         self._upstream = upstream
         self._ledger = ledger
         self._slots = slots
+        self._keys = ModelKeys(settings)
         self._settling = TaskSet()  # settlements outlive the responses that start them
 
     async def close(self) -> None:
         await self._settling.close()
 
     async def forward(self, endpoint: str, request: Request) -> Response:
+        call_id = str(uuid.uuid4())
         try:
-            caller = await self._caller(request)
+            caller, slot_taken, body = await self._prepare(request, call_id)
         except (Unauthorized, NotRunning) as exc:
             return anthropic_error(401, "authentication_error", str(exc))
         except Exception as exc:
@@ -73,20 +74,15 @@ class ModelProxy:
                 raise
             return _database_down()
         bind_session(caller.session_id)  # this call's log lines (and its settlement's) name it
-        body = await _read_body(request, self._settings.model_max_request_bytes)
         if body is None:
+            await self._give_back(caller.owner, call_id)
             return anthropic_error(
                 413,
                 "request_too_large",
                 f"a model request may be at most {self._settings.model_max_request_bytes} bytes "
                 "(MODEL_MAX_REQUEST_BYTES)",
             )
-        try:
-            headers = self._upstream.request_headers(request.headers)
-        except NoCredential as exc:
-            return anthropic_error(500, "api_error", str(exc))
-        call_id = str(uuid.uuid4())
-        if not await self._take_slot(caller.owner, call_id):
+        if not slot_taken:
             return anthropic_error(
                 429,
                 "rate_limit_error",
@@ -94,6 +90,11 @@ class ModelProxy:
                 "calls in flight (MODEL_MAX_STREAMS_PER_OWNER)",
                 {"retry-after": _SLOT_RETRY_AFTER},
             )
+        try:
+            headers = self._upstream.request_headers(request.headers)
+        except NoCredential as exc:
+            await self._give_back(caller.owner, call_id)
+            return anthropic_error(500, "api_error", str(exc))
         try:
             ticket = await self._admit(caller, endpoint, body)
         except BudgetSpent as exc:
@@ -107,31 +108,48 @@ class ModelProxy:
         path = request.url.path.removeprefix(MODEL_PROXY_PREFIX)
         try:
             answer = await self._upstream.send(path, request.url.query, headers, body)
-        except httpx.HTTPError as exc:
+        except UpstreamUnreachable as exc:
             self._settle_later(ticket, ticket.model, Usage(), None, caller.owner, call_id)
             log.warning("model upstream unreachable for %s: %s", caller.session_id, exc)
             return anthropic_error(502, "api_error", f"the model API could not be reached: {exc}")
         return StreamingResponse(
-            self._relay(answer, ticket, call_id),
-            status_code=answer.status_code,
-            headers=response_headers(answer),
+            self._relay(answer, ticket, call_id), status_code=answer.status, headers=answer.headers
         )
 
-    async def _caller(self, request: Request) -> Caller:
+    async def _prepare(self, request: Request, call_id: str) -> tuple[Caller, bool, bytes | None]:
+        """The calling session (raises ``Unauthorized``, ``NotRunning``), whether it got a slot
+        of its owner's (``call_id``; given back here if the caller is refused) and the request
+        body (``None``: too large). Once the token's signature is checked, the three are looked
+        up at once: the database, Redis and the client each take one round trip."""
         token = bearer_token(request.headers.get("authorization")) or request.headers.get(
             "x-api-key"
         )
         if not token:
             raise Unauthorized("no session token", code=ErrorCode.MISSING_TOKEN)
-        principal = authenticate_model_key(self._settings, token)
+        principal = self._keys.authenticate(token)
+        finding: Awaitable[Caller]
         if isinstance(principal, uuid.UUID):  # a claimed pooled CLI's first key, for a while
-            return await self._ledger.caller_of_pool(principal)
-        if principal.session_id is None:
+            caller = await self._ledger.caller_of_pool(principal)  # its owner: from here
+            owner, finding = caller.owner, _ready(caller)
+        elif principal.session_id is None:
             raise Unauthorized(
                 "only a session's own token may call the model through here",
                 code=ErrorCode.INVALID_TOKEN,
             )
-        return await self._ledger.caller(principal)
+        else:
+            owner, finding = principal.owner, self._ledger.caller(principal)
+        looked_up = await asyncio.gather(
+            finding,
+            self._take_slot(owner, call_id),
+            _read_body(request, self._settings.model_max_request_bytes),
+            return_exceptions=True,
+        )
+        found, slot, body = looked_up
+        if isinstance(found, Caller) and isinstance(slot, bool) and not _failed(body):
+            return found, slot, cast(bytes | None, body)
+        if slot is True:
+            await self._give_back(owner, call_id)
+        raise next(r for r in looked_up if isinstance(r, BaseException))
 
     async def _admit(self, caller: Caller, endpoint: str, body: bytes) -> Ticket:
         model, max_tokens = "unknown", 0
@@ -139,14 +157,12 @@ class ModelProxy:
             model, max_tokens = _model_and_max_tokens(body)
         return await self._ledger.admit(caller, model, endpoint, len(body), max_tokens)
 
-    async def _relay(
-        self, answer: httpx.Response, ticket: Ticket, call_id: str
-    ) -> AsyncIterator[bytes]:
-        streamed = answer.headers.get("content-type", "").startswith("text/event-stream")
+    async def _relay(self, answer: Answer, ticket: Ticket, call_id: str) -> AsyncIterator[bytes]:
+        streamed = answer.content_type.startswith("text/event-stream")
         meter = StreamMeter(ticket.model)
         kept = bytearray()
         try:
-            async for chunk in answer.aiter_raw():
+            async for chunk in answer.chunks():
                 if streamed:
                     meter.feed(chunk)
                 elif len(kept) < _JSON_BODY_CAP:
@@ -157,10 +173,8 @@ class ModelProxy:
             model, usage = meter.model, meter.usage
             if not streamed:
                 model, usage = usage_of_json(bytes(kept), ticket.model)
-            self._settle_later(
-                ticket, model, usage, answer.status_code, ticket.caller.owner, call_id
-            )
-            await answer.aclose()
+            self._settle_later(ticket, model, usage, answer.status, ticket.caller.owner, call_id)
+            answer.close()
 
     def _settle_later(
         self,
@@ -233,6 +247,14 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
         if len(body) > limit:
             return None
     return bytes(body)
+
+
+async def _ready(caller: Caller) -> Caller:
+    return caller
+
+
+def _failed(outcome: object) -> bool:
+    return isinstance(outcome, BaseException)
 
 
 def _model_and_max_tokens(body: bytes) -> tuple[str, int]:

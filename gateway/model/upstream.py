@@ -1,15 +1,19 @@
 """The upstream Anthropic API, reached with the operator's credential.
 
-One pooled ``httpx.AsyncClient`` for the gateway's life. Headers the CLI sends that describe
-the request (version, betas, content type, client identity) pass through; its own credential
-(the session's token) never does. The operator's credential is added here and nowhere else.
+One pooled ``aiohttp`` client session for the gateway's life: every model call of every
+session passes through it, and aiohttp costs about a millisecond less CPU and time to first
+byte per call than httpx did (measured here, sequential streamed requests). Headers the CLI
+sends that describe the request (version, betas, content type, client identity) pass through;
+its own credential (the session's token) never does. The operator's credential is added here
+and nowhere else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from gateway.config import Settings
 
@@ -48,19 +52,49 @@ class NoCredential(Exception):
     """The operator gave the gateway no model credential."""
 
 
+class UpstreamUnreachable(Exception):
+    """The upstream could not be reached, or gave no answer in time."""
+
+
+class Answer:
+    """The upstream's answer: status and headers now, the body as it arrives."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.content_type = response.headers.get("content-type", "")
+        # What the client gets: what describes one hop, or is re-computed, is left out.
+        self.headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name.lower() not in _HOP_BY_HOP
+        }
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive, unchanged (nothing is decompressed)."""
+        async for chunk in self._response.content.iter_any():
+            yield chunk
+
+    def close(self) -> None:
+        """Give the connection back (or drop it, when the body was not read to its end)."""
+        if self._response.content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
+
+
 class Upstream:
     def __init__(self, settings: Settings) -> None:
         self._credential = _credential_headers(settings)
-        self._client = httpx.AsyncClient(
-            base_url=settings.anthropic_base_url.rstrip("/"),
-            timeout=httpx.Timeout(settings.model_upstream_timeout, connect=10.0),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
-            # Bytes pass through as they are: no decompression here, none at the client.
-            headers={"accept-encoding": "identity"},
+        self._base_url = settings.anthropic_base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=10.0, sock_read=settings.model_upstream_timeout
         )
+        self._session: aiohttp.ClientSession | None = None  # made in the event loop
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     def request_headers(self, incoming: Mapping[str, str]) -> dict[str, str]:
         """What the upstream gets: the CLI's descriptive headers and the operator's
@@ -81,21 +115,27 @@ class Upstream:
         headers.update(credential)
         return headers
 
-    async def send(
-        self, path: str, query: str, headers: Mapping[str, str], body: bytes
-    ) -> httpx.Response:
-        """POST to the upstream; the response's body is not read yet (stream it, then close
-        the response). Raises ``httpx.HTTPError`` when it cannot be reached."""
-        request = self._client.build_request(
-            "POST", path, params=httpx.QueryParams(query), headers=dict(headers), content=body
-        )
-        return await self._client.send(request, stream=True)
+    async def send(self, path: str, query: str, headers: Mapping[str, str], body: bytes) -> Answer:
+        """POST to the upstream; the answer's body is not read yet (read its ``chunks``, then
+        ``close`` it). Raises ``UpstreamUnreachable``."""
+        url = URL(f"{self._base_url}{path}" + (f"?{query}" if query else ""), encoded=True)
+        try:
+            response = await self._client().post(url, data=body, headers=headers)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise UpstreamUnreachable(f"{type(exc).__name__}: {exc}") from exc
+        return Answer(response)
 
-
-def response_headers(upstream: httpx.Response) -> dict[str, str]:
-    return {
-        name: value for name, value in upstream.headers.items() if name.lower() not in _HOP_BY_HOP
-    }
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=512, limit_per_host=0),
+                timeout=self._timeout,
+                # Bytes pass through as they are: no compression asked for, none undone here.
+                headers={"accept-encoding": "identity"},
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),  # the CLI's own passes through
+            )
+        return self._session
 
 
 def _credential_headers(settings: Settings) -> dict[str, str]:

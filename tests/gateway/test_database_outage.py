@@ -122,3 +122,24 @@ async def test_the_recorder_waits_out_an_outage_in_order_and_skips_a_bug(
     assert any("recorded event 1-0" in m and "after 5 attempts" in m for m in messages)
     (bug,) = [r for r in caplog.records if r.exc_info]
     assert "could not record event 2-0" in bug.getMessage()
+
+
+async def test_the_proxy_statements_outlive_dropped_connections(infra: Any) -> None:
+    """The model proxy's statement pool does not ping its connections (a round trip on every
+    call): when the server dropped them all (a restart), the next statement is still answered,
+    on a fresh connection, instead of failing the model call."""
+    from gateway.db.statements import Statements
+
+    statements = Statements(infra.database_url, 2)
+    backend = statements.prepare(text("select pg_backend_pid() as pid"))
+    try:
+        pids = {(await statements.one_or_none(backend, {}))["pid"]}
+        admin = create_async_engine(infra.database_url)
+        async with admin.connect() as conn:
+            for pid in pids:
+                await conn.execute(text(f"select pg_terminate_backend({pid})"))
+        await admin.dispose()
+        row = await statements.one_or_none(backend, {})
+        assert row is not None and row["pid"] not in pids
+    finally:
+        await statements.close()

@@ -115,3 +115,30 @@ def test_prices_come_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MODEL_PRICES", '{"new-model": {"input": 9, "output": 99}}')
     settings = Settings(_env_file=None, jwt_secret=SECRET)  # type: ignore[call-arg]
     assert PriceTable(settings.model_prices).price("new-model-1").output == Decimal(99)
+
+
+def test_a_remembered_model_key_still_expires_and_a_forged_one_is_never_remembered() -> None:
+    import time
+    import uuid
+
+    import jwt
+
+    from gateway.errors import Unauthorized
+    from gateway.security import ModelKeys, mint_session_token
+
+    settings = Settings(_env_file=None, jwt_secret=SECRET)  # type: ignore[arg-type]
+    keys = ModelKeys(settings)
+    session = uuid.uuid4()
+    token = mint_session_token(settings, session, session, "alice").token
+    first = keys.authenticate(token)
+    assert keys.authenticate(token) is first  # remembered, not verified again
+    claims = jwt.decode(token, options={"verify_signature": False})
+    brief = jwt.encode({**claims, "exp": int(time.time()) + 1}, settings.session_token_key, "HS256")
+    assert keys.authenticate(brief).session_id == session  # type: ignore[union-attr]
+    time.sleep(2.1)
+    with pytest.raises(Unauthorized, match="expired"):
+        keys.authenticate(brief)
+    forged = jwt.encode({**claims, "sub": "mallory"}, "not-the-key-" * 4, "HS256")
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            keys.authenticate(forged)

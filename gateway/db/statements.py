@@ -1,0 +1,81 @@
+"""Single statements for the hot path (the model proxy): one round trip each, little CPU.
+
+The main pool pings every connection it hands out and wraps each use in a transaction: four
+round trips (ping, BEGIN, the statement, COMMIT or ROLLBACK) for one SELECT, and SQLAlchemy's
+execution machinery costs more CPU than the round trip itself takes. A statement that is atomic
+on its own needs none of that. Here a statement is built with SQLAlchemy (so it is written
+against the models), compiled once, and sent straight to asyncpg (which prepares it once per
+connection) on a pool of its own: no transaction around it, no ping before it. A statement
+whose connection the server dropped (PostgreSQL restarted) is sent once more on a fresh one, so
+every statement given here must be safe to send twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from sqlalchemy import Executable, make_url
+from sqlalchemy.dialects import postgresql
+
+from gateway.db.outage import database_unavailable
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A statement compiled for asyncpg: its SQL and the order of its named parameters."""
+
+    sql: str
+    parameters: tuple[str, ...]
+
+
+class Statements:
+    """A small asyncpg pool of its own, made on first use (so the gateway starts while
+    PostgreSQL is down)."""
+
+    def __init__(self, database_url: str, size: int) -> None:
+        self._dsn = (
+            make_url(database_url)
+            .set(drivername="postgresql")
+            .render_as_string(hide_password=False)
+        )
+        self._size = size
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+        self._dialect = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    def prepare(self, statement: Executable) -> Prepared:
+        """Compile ``statement`` (its parameters bound by name, its constants written into
+        it) once, at start-up."""
+        compiled = statement.compile(dialect=self._dialect)  # type: ignore[attr-defined]
+        return Prepared(str(compiled), tuple(compiled.positiontup or ()))
+
+    async def one_or_none(self, prepared: Prepared, parameters: Mapping[str, Any]) -> Any:
+        """Its first row (an ``asyncpg.Record``: read it by column name), or ``None``."""
+        arguments = [parameters[name] for name in prepared.parameters]
+        pool = await self._opened()
+        for attempt in (1, 2):
+            async with pool.acquire() as conn:
+                try:
+                    return await conn.fetchrow(prepared.sql, *arguments)
+                except Exception as exc:
+                    if attempt == 2 or not (conn.is_closed() or database_unavailable(exc)):
+                        raise
+                    # a dropped connection: the pool replaces it; send it once more
+        raise AssertionError("unreachable")
+
+    async def _opened(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn, min_size=0, max_size=self._size
+                    )
+        return self._pool
