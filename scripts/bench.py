@@ -366,7 +366,11 @@ async def main(args: argparse.Namespace) -> None:
             bare = [bare_run(infra.network_name, upstream_url, limits) for _ in range(args.runs)]
             api = Api(gateway.url, mint_token(gateway.jwt_secret, "bench"))
             steps_before = scrape(gateway.url, token=None)
-            ours = [await ours_run(api) for _ in range(args.runs)]
+            ours = []
+            for run in range(args.runs):
+                ours.append(await ours_run(api))
+                if run < args.runs - 1:  # as the bare runs' containers end: none left idling
+                    await api.stop(ours[-1][2])
             steps_after = scrape(gateway.url, token=None)
             print(f"session image {SESSION_IMAGE}, {args.runs} runs each (first run included)")
             bare_ready = [r for r, _ in bare]
@@ -397,9 +401,8 @@ async def main(args: argparse.Namespace) -> None:
             )
             await relay(api, infra.redis_url, ours[-1][2], args)
             await stops(api, infra.network_name, args.runs)
-            for _, _, session_id in ours:
-                with contextlib.suppress(Exception):
-                    await api.stop(session_id)
+            with contextlib.suppress(Exception):
+                await api.stop(ours[-1][2])
             if not args.skip_proxy:
                 await bench_proxy.run(gateway, api, upstream_url, args.proxy_requests)
             await api.aclose()

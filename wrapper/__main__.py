@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from wrapper.aio import cancel_and_wait
 from wrapper.config import WrapperSettings
@@ -104,5 +105,16 @@ def main() -> int:
     return asyncio.run(run(settings))
 
 
+def exit_now(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown: once the CLI has exited and the
+    last events are in Redis nothing is left to do, and unloading every module would keep a
+    stopping container alive about 150 ms longer (measured: the wrapper's run returned 55 ms
+    after SIGTERM, the container died 210 ms after it)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -231,10 +231,16 @@ class DockerRuntime(SessionRuntime):
 
     async def list_managed(self) -> list[ContainerState]:
         def listing() -> list[dict[str, Any]]:
-            containers = self._client.containers.list(
+            listed = self._client.api.containers(
                 all=True, filters={"label": instance_filter(self._instance)}
             )
-            return [c.attrs for c in containers]
+            found = []
+            for summary in listed:  # each inspected: one removed meanwhile is simply gone
+                try:
+                    found.append(self._client.api.inspect_container(summary["Id"]))
+                except docker.errors.NotFound:
+                    continue
+            return found
 
         return [_state(attrs) for attrs in await self._call(listing)]
 

@@ -74,7 +74,15 @@ class Terminator:
         await self._stop_subtree(session_id, reason, include_root=True)
         return await self._await_final(session_id)
 
-    async def _stop_subtree(self, session_id: uuid.UUID, reason: str, include_root: bool) -> None:
+    async def _stop_subtree(
+        self,
+        session_id: uuid.UUID,
+        reason: str,
+        include_root: bool,
+        deleting: bool = False,
+    ) -> None:
+        """``deleting``: the subtree is stopped to be deleted, so workspaces that go with it
+        are not saved first (a save whose result is deleted a moment later)."""
         # One update marks the whole subtree stopping first, so nothing in it can spawn while
         # the containers are stopped level by level.
         async with self._db() as db, db.begin():
@@ -89,6 +97,7 @@ class Terminator:
                         reason
                         if row.id == session_id
                         else f"ancestor {session_id} stopped: {reason}",
+                        deleted_with=session_id if deleting else None,
                     )
                     for row in level
                 ),
@@ -103,8 +112,11 @@ class Terminator:
         if failures:
             raise failures[0]
 
-    async def _stop_row(self, row: SessionRow, reason: str) -> None:
-        """Stop one session already marked ``stopping``."""
+    async def _stop_row(
+        self, row: SessionRow, reason: str, deleted_with: uuid.UUID | None = None
+    ) -> None:
+        """Stop one session already marked ``stopping`` (as part of deleting the subtree of
+        ``deleted_with``, if given)."""
         session_id = row.id
         await self._bus.publish(
             str(session_id), GatewayEvent.STATUS, status=SessionStatus.STOPPING, reason=reason
@@ -117,7 +129,7 @@ class Terminator:
             await self._runtime.stop(row.container_id, self._settings.session_stop_grace)
             state = await self._runtime.inspect(row.container_id)
             exit_code = state.exit_code if state else None
-            kept = not await self._save_then_remove(row, "stop")
+            kept = not await self._save_then_remove(row, "stop", deleted_with)
         stopped = await self._finish_stop(session_id, reason, exit_code, unsaved=kept)
         if stopped.parent_id is not None and stopped.status == SessionStatus.STOPPED:
             await self._bus.publish(
@@ -249,13 +261,22 @@ class Terminator:
             )
         return row
 
-    async def _save_then_remove(self, row: SessionRow, reason: str) -> bool:
+    async def _save_then_remove(
+        self, row: SessionRow, reason: str, deleted_with: uuid.UUID | None = None
+    ) -> bool:
         """Save what the (stopped or dead) container holds, then remove it. ``False`` when a
         save that may succeed later failed: the container is then kept for a retry, so no
         work is lost to a storage outage. A container whose restore never finished is not
-        saved: its files are not the session's, and the stored workspace stays as it was."""
+        saved: its files are not the session's, and the stored workspace stays as it was.
+        Neither is one whose workspace is deleted with the subtree of ``deleted_with``."""
         assert row.container_id is not None
-        if self._workspaces is not None and row.workspace_restored:
+        if (
+            self._workspaces is not None
+            and row.workspace_restored
+            and not (
+                deleted_with is not None and await self._workspaces.deleted_with(row, deleted_with)
+            )
+        ):
             try:
                 await self._workspaces.save(row, reason)
             except WorkspaceTooLarge as exc:  # retrying cannot help; the last save stays
@@ -338,7 +359,7 @@ class Terminator:
 
     async def delete(self, session_id: uuid.UUID) -> None:
         """Stop the session and its subtree if needed, then remove their rows and streams."""
-        await self._stop_subtree(session_id, "deleted", include_root=True)
+        await self._stop_subtree(session_id, "deleted", include_root=True, deleting=True)
         await self._await_final(session_id)
         async with self._db() as db, db.begin():
             deleted = await queries.delete_subtree(db, session_id)

@@ -378,6 +378,22 @@ class WorkspaceService:
 
     # -- ending ----------------------------------------------------------------------------------
 
+    async def deleted_with(self, session: SessionRow, deleted_root: uuid.UUID) -> bool:
+        """Whether deleting the subtree of ``deleted_root`` deletes ``session``'s workspace
+        too: it is the ephemeral workspace of a session in that subtree."""
+        if session.workspace_id is None:
+            return False
+        statement = (
+            select(WorkspaceRow.kind, SessionRow.id, SessionRow.path)
+            .join(SessionRow, SessionRow.id == WorkspaceRow.session_id)
+            .where(WorkspaceRow.id == session.workspace_id)
+        )
+        async with self._db() as db:
+            found = (await db.execute(statement)).one_or_none()
+        if found is None or found.kind != WorkspaceKind.EPHEMERAL:
+            return False
+        return found.id == deleted_root or deleted_root in (found.path or ())
+
     async def forget_session(self, session_id: uuid.UUID, owner: str) -> None:
         """A deleted session: its own workspace and its transcripts go too."""
         async with self._db() as db, db.begin():

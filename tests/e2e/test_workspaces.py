@@ -455,6 +455,31 @@ async def test_a_storage_outage_at_stop_keeps_the_container_until_saved(
             await alice.aclose()
 
 
+async def test_a_delete_saves_only_the_workspaces_that_outlive_it(
+    api_for, gateway, docker_client
+) -> None:
+    """Deleting a session deletes its own workspace: saving that first would only be undone
+    (and would make the delete wait on the upload). A persistent workspace outlives the
+    session, so a delete still saves it."""
+    alice = api_for(f"ws-{marker('w')}")
+    project = f"proj-{uuid.uuid4().hex[:8]}"
+    own = await alice.create()
+    shared = await alice.create(workspace={"type": "persistent", "id": project})
+    for session in (own, shared):
+        await alice.wait_status(session["id"], "ready")
+        exec_in(docker_client, session["container_id"], "echo kept > /workspace/work.txt")
+        assert (await alice.http.delete(f"/api/v1/sessions/{session['id']}")).status_code == 204
+    got = await alice.http.get(f"/api/v1/workspaces/{project}/files/work.txt")
+    assert got.content == b"kept\n"
+    saves = [
+        line for line in gateway.log_path.read_text().splitlines() if "saved workspace" in line
+    ]
+    assert any(f"of session {shared['id']} (stop)" in line for line in saves), saves
+    assert not any(own["id"] in line for line in saves), saves
+    missing = await alice.http.get(f"/api/v1/workspaces/session-{own['id']}")
+    assert missing.status_code == 404
+
+
 @pytest.mark.parametrize("body", [b"", b"not a tarball at all", b"\x1f\x8b\x08\x00garbage"])
 async def test_a_corrupt_archive_is_refused_and_changes_nothing(api_for, body) -> None:
     alice = api_for(f"ws-{marker('w')}")
