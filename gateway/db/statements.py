@@ -76,6 +76,12 @@ class Statements:
             async with self._opening:
                 if self._pool is None:
                     self._pool = await asyncpg.create_pool(
-                        self._dsn, min_size=0, max_size=self._size
+                        self._dsn, min_size=0, max_size=self._size, reset=_nothing_to_reset
                     )
         return self._pool
+
+
+async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
+    """asyncpg resets a connection given back to its pool with one more round trip (RESET ALL,
+    UNLISTEN *, advisory locks): these statements change no session state, so there is
+    nothing to reset and that round trip is saved."""

@@ -230,19 +230,26 @@ class DockerRuntime(SessionRuntime):
         return None if attrs is None else _state(attrs)
 
     async def list_managed(self) -> list[ContainerState]:
-        def listing() -> list[dict[str, Any]]:
+        def listing() -> list[ContainerState]:
             listed = self._client.api.containers(
                 all=True, filters={"label": instance_filter(self._instance)}
             )
             found = []
-            for summary in listed:  # each inspected: one removed meanwhile is simply gone
+            for summary in listed:
+                # The listing says all there is to know of a running container; only an ended
+                # one is inspected (its exit code, OOM kill, error). Inspecting every one made
+                # each reconciler pass cost a request per session (43% of an idle gateway's
+                # CPU with 30 sessions). One removed meanwhile is simply gone.
+                if summary.get("State") == "running":
+                    found.append(_running_state(summary))
+                    continue
                 try:
-                    found.append(self._client.api.inspect_container(summary["Id"]))
+                    found.append(_state(self._client.api.inspect_container(summary["Id"])))
                 except docker.errors.NotFound:
                     continue
             return found
 
-        return [_state(attrs) for attrs in await self._call(listing)]
+        return await self._call(listing)
 
     async def logs_tail(self, container_id: str, lines: int) -> str:
         def logs() -> str:
@@ -334,6 +341,18 @@ def _state(attrs: dict[str, Any]) -> ContainerState:
         oom_killed=bool(state.get("OOMKilled")),
         error=str(state.get("Error") or ""),
         image_id=str(attrs.get("Image") or ""),  # inspected: the image's id, not its tag
+    )
+
+
+def _running_state(summary: dict[str, Any]) -> ContainerState:
+    """A running container's state from the engine's container listing."""
+    names = summary.get("Names") or [""]
+    return ContainerState(
+        id=summary.get("Id", ""),
+        name=str(names[0]).lstrip("/"),
+        labels=dict(summary.get("Labels") or {}),
+        phase=ContainerPhase.RUNNING,
+        image_id=str(summary.get("ImageID") or ""),
     )
 
 

@@ -39,3 +39,23 @@ async def test_a_container_removed_while_listed_is_left_out(docker_client: Any) 
         kept.remove(force=True)
         with pytest.raises(docker.errors.NotFound):
             doomed.reload()
+
+
+async def test_a_listed_running_container_is_described_as_its_inspection_says(
+    docker_client: Any,
+) -> None:
+    """Running containers are described from the listing alone (not inspected one by one):
+    what the reconciler and the warm pool read of them is what an inspection says."""
+    instance = f"list-{uuid.uuid4().hex[:8]}"
+    labels = {LABEL_MANAGED: "true", LABEL_INSTANCE: instance, "cc-docker.session-id": "s1"}
+    running = docker_client.containers.run(
+        SESSION_IMAGE, ["sleep", "60"], entrypoint=[], labels=labels, detach=True
+    )
+    runtime = DockerRuntime(instance, helper_image=SESSION_IMAGE)
+    try:
+        (listed,) = await runtime.list_managed()
+        assert listed == await runtime.inspect(running.id)
+        assert listed.image_id.startswith("sha256:") and labels.items() <= listed.labels.items()
+    finally:
+        await runtime.close()
+        running.remove(force=True)
