@@ -363,11 +363,11 @@ class Ledger:
         last of the budget."""
         cost = self._prices.cost(model, usage)
         counted = {name: getattr(usage, name) for name in USAGE_FIELDS}
-        settled = _settled_values(model, http_status, cost, counted)
         if not ticket.caller.has_budget and ticket.reserved_tokens == 0:
             await self._settle_unbudgeted(ticket, model, http_status, cost, counted)
             self._metrics.model_call(self._prices.family(model), usage, cost, http_status)
             return
+        settled = _settled_values(model, http_status, cost, counted)
         async with self._db() as db, db.begin():
             prior = await db.scalar(
                 select(ModelCallRow.state)

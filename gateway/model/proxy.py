@@ -16,7 +16,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, cast
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -145,8 +145,12 @@ class ModelProxy:
             return_exceptions=True,
         )
         found, slot, body = looked_up
-        if isinstance(found, Caller) and isinstance(slot, bool) and not _failed(body):
-            return found, slot, cast(bytes | None, body)
+        if (
+            isinstance(found, Caller)
+            and isinstance(slot, bool)
+            and not isinstance(body, BaseException)
+        ):
+            return found, slot, body
         if slot is True:
             await self._give_back(owner, call_id)
         raise next(r for r in looked_up if isinstance(r, BaseException))
@@ -251,10 +255,6 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 
 async def _ready(caller: Caller) -> Caller:
     return caller
-
-
-def _failed(outcome: object) -> bool:
-    return isinstance(outcome, BaseException)
 
 
 def _model_and_max_tokens(body: bytes) -> tuple[str, int]:

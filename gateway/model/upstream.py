@@ -70,10 +70,9 @@ class Answer:
             if name.lower() not in _HOP_BY_HOP
         }
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive, unchanged (nothing is decompressed)."""
-        async for chunk in self._response.content.iter_any():
-            yield chunk
+        return self._response.content.iter_any()
 
     def close(self) -> None:
         """Give the connection back (or drop it, when the body was not read to its end)."""

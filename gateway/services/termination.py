@@ -270,15 +270,10 @@ class Terminator:
         saved: its files are not the session's, and the stored workspace stays as it was.
         Neither is one whose workspace is deleted with the subtree of ``deleted_with``."""
         assert row.container_id is not None
-        if (
-            self._workspaces is not None
-            and row.workspace_restored
-            and not (
-                deleted_with is not None and await self._workspaces.deleted_with(row, deleted_with)
-            )
-        ):
+        workspaces = self._workspaces
+        if workspaces is not None and await self._worth_saving(workspaces, row, deleted_with):
             try:
-                await self._workspaces.save(row, reason)
+                await workspaces.save(row, reason)
             except WorkspaceTooLarge as exc:  # retrying cannot help; the last save stays
                 await self._report_unsaved(row, reason, exc, kept=False)
             except ContainerMissing as exc:  # its files are gone: say so, nothing to retry
@@ -288,12 +283,20 @@ class Terminator:
                 await self._report_unsaved(row, reason, exc, kept=True)
                 return False
             try:
-                await self._workspaces.transcripts.save(row)
+                await workspaces.transcripts.save(row)
             except Exception as exc:  # costs only the ability to resume
                 log.warning("could not save the transcript of %s: %s", row.id, exc)
         with contextlib.suppress(RuntimeFailure):
             await self._runtime.remove(row.container_id)
         return True
+
+    @staticmethod
+    async def _worth_saving(
+        workspaces: WorkspaceService, row: SessionRow, deleted_with: uuid.UUID | None
+    ) -> bool:
+        if not row.workspace_restored:
+            return False
+        return deleted_with is None or not await workspaces.deleted_with(row, deleted_with)
 
     async def _report_unsaved(
         self, row: SessionRow, reason: str, exc: Exception, kept: bool
