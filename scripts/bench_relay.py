@@ -41,7 +41,7 @@ from bench_proxy import cpu_seconds  # noqa: E402
 
 from tests.client import Api, mint_token  # noqa: E402
 from tests.stack import run_gateway, start_infra, start_s3  # noqa: E402
-from wrapper.channel import Channel  # noqa: E402
+from wrapper.protocol import output_stream_key  # noqa: E402
 
 SATURATED_MS = 50.0
 
@@ -83,20 +83,24 @@ def client_worker(
 
 
 def publisher(redis_url: str, session_ids: list[str], rate: int, seconds: float) -> None:
-    """The wrapper's publisher, ``rate`` events/s into each session's stream, in a process."""
+    """``rate`` events/s into each session's stream, in a process: the same entries as the
+    wrapper's ``Channel.publish``, each tick's in one pipelined round trip. Awaiting them one
+    after the other, the publisher and not the relay set the pace; many concurrent clients
+    cost the benchmark more CPU than the relay it measures (a 2-core machine holds both)."""
 
     async def run() -> None:
         client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-        channels = [Channel(client, sid, maxlen=100_000) for sid in session_ids]
+        keys = [output_stream_key(sid) for sid in session_ids]
         count = int(rate * seconds)
         interval = 1.0 / rate
         next_at = time.perf_counter()
         for seq in range(count):
-            for channel in channels:
-                body = json.dumps({"type": "bench", "seq": seq, "t": time.time_ns()})
-                await channel.publish(
-                    {"source": "claude", "type": "bench", "turn": "", "data": body}
-                )
+            async with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    body = json.dumps({"type": "bench", "seq": seq, "t": time.time_ns()})
+                    fields = {"source": "claude", "type": "bench", "turn": "", "data": body}
+                    pipe.xadd(key, fields, maxlen=100_000, approximate=True)
+                await pipe.execute()
             next_at += interval
             delay = next_at - time.perf_counter()
             if delay > 0:

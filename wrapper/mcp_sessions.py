@@ -5,13 +5,14 @@ it sends every MCP message for that server as a ``control_request`` of subtype `
 on stdout; ``SessionsServer.handle_control`` answers it (``{"mcp_response": <JSON-RPC>}``, or
 ``{}`` for a notification). The model sees the tools as ``mcp__sessions__<tool>``.
 
-Wire messages are built and checked with ``mcp_types``, except ``initialize``. Importing
-mcp_types costs about 0.3 s of CPU, and the CLI waits for this server's ``initialize`` answer
-before it answers its own handshake: in a one-CPU session container that import, run while
-the CLI boots, delayed readiness by about 170 ms. So ``initialize`` is answered by hand (the
-same checks, a test keeps its versions equal to mcp_types'), the import starts in a background
-thread at that moment, and every later message awaits it (the first ``tools/list`` comes after
-the handshake).
+Wire messages are built and checked with ``mcp_types``, except the three every CLI sends at
+start-up: ``initialize``, ``tools/list`` and ``ping``. Importing mcp_types costs 0.2-0.3 s of
+CPU, and the CLI sends ``initialize`` about 90 ms before it answers its own handshake and
+``tools/list`` before its first turn: in a one-CPU session container, importing it then slowed
+both (measured: the handshake's tail took twice as long). So those three are answered by hand
+(tests keep them equal to mcp_types' answers in every protocol version), and mcp_types is
+imported, in a background thread, by the first message that needs it: in practice the model's
+first call of a ``sessions`` tool.
 """
 
 from __future__ import annotations
@@ -97,10 +98,6 @@ class SessionsServer:
         # only requests worth cancelling, did not collide in practice (one connection runs them).
         self._inflight: dict[str | int, asyncio.Task[Any]] = {}
 
-    def preload(self) -> None:
-        """Start importing ``mcp_types`` in the background (idempotent, returns at once)."""
-        self._wire.start()
-
     async def handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
         """The supervisor's handler for ``mcp_message`` control requests."""
         server = request.get("server_name")
@@ -123,12 +120,9 @@ class SessionsServer:
             if message["method"] == "notifications/cancelled":
                 await self._cancel(message.get("params"))
             return None  # no answer to any notification, known or not
-        if isinstance(message, dict) and message.get("method") == "initialize":
-            # Answered without mcp_types: this answer gates the CLI's readiness, and importing
-            # mcp_types (0.3 s of CPU) would compete with the CLI's own start in a one-CPU
-            # container. The import starts now, to be done before the first tool is listed.
-            self._wire.start()
-            return self._quick_initialize(message)
+        quick = self._quick_answer(message)
+        if quick is not None:
+            return quick
         await self._wire.ready()
         import mcp_types as mt
 
@@ -138,12 +132,7 @@ class SessionsServer:
             if isinstance(message, dict) and "method" not in message and "id" in message:
                 return None  # a response to a request we never send: nothing to answer
             return _error(_request_id(message), mt.INVALID_REQUEST, f"invalid: {_brief(exc)}")
-        handlers = {
-            "initialize": self._initialize,
-            "ping": self._ping,
-            "tools/list": self._list_tools,
-            "tools/call": self._call_tool,
-        }
+        handlers = {"tools/call": self._call_tool}
         handler = handlers.get(request.method)
         if handler is None:
             return _error(request.id, mt.METHOD_NOT_FOUND, f"method not found: {request.method}")
@@ -175,12 +164,29 @@ class SessionsServer:
             log.info("MCP request %s cancelled by the CLI", request_id)
             task.cancel()
 
-    # -- methods (called after ``ready``) ----------------------------------------------------
+    # -- answered by hand: the start-up messages ------------------------------------------
 
-    def _quick_initialize(self, message: dict[str, Any]) -> dict[str, Any]:
-        """``initialize`` by hand: the same checks and answer as through mcp_types."""
-        ident = _request_id(message)
-        params = message.get("params")
+    def _quick_answer(self, message: Any) -> dict[str, Any] | None:
+        """The answer to a well-formed ``initialize``, ``tools/list`` or ``ping``; ``None``
+        for anything else, which goes through mcp_types."""
+        if not (isinstance(message, dict) and message.get("jsonrpc") == "2.0"):
+            return None
+        ident = message.get("id")
+        if not isinstance(ident, str | int) or isinstance(ident, bool):
+            return None
+        method = message.get("method")
+        if method == "initialize":
+            return self._quick_initialize(ident, message.get("params"))
+        if method == "tools/list":
+            return {"jsonrpc": "2.0", "id": ident, "result": {"tools": self._listing()}}
+        if method == "ping":
+            return {"jsonrpc": "2.0", "id": ident, "result": {}}
+        return None
+
+    def _quick_initialize(self, ident: str | int, params: Any) -> dict[str, Any]:
+        """``initialize``: the same checks and answer as mcp_types'. Echo the version the
+        client asked for if we know it, else our newest (only versions with an ``initialize``
+        handshake qualify: the newer stateless ones have none)."""
         client = params.get("clientInfo") if isinstance(params, dict) else None
         if not (
             isinstance(params, dict)
@@ -212,6 +218,20 @@ class SessionsServer:
             },
         }
 
+    def _listing(self) -> list[dict[str, Any]]:
+        """``tools/list``'s tools (one page: there are six), the same in every version."""
+        return [
+            {
+                "name": tool.name,
+                "description": tool.description,
+                "inputSchema": tool.schema,
+                "annotations": {"readOnlyHint": tool.read_only, "openWorldHint": False},
+            }
+            for tool in self._tools.values()
+        ]
+
+    # -- through mcp_types (called after ``ready``) ------------------------------------------
+
     def _serialize(self, method: str, result: BaseModel) -> dict[str, Any]:
         """``result`` in the exact wire shape of the negotiated version (fields that version
         does not know are dropped)."""
@@ -220,46 +240,6 @@ class SessionsServer:
 
         data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         return serialize_server_result(method, self._version or DEFAULT_NEGOTIATED_VERSION, data)
-
-    async def _initialize(self, params: dict[str, Any]) -> dict[str, Any]:
-        import mcp_types as mt
-        from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
-
-        try:
-            asked = mt.InitializeRequestParams.model_validate(params).protocol_version
-        except ValidationError as exc:
-            raise _InvalidParams(f"invalid initialize params: {_brief(exc)}") from exc
-        # Echo what the client asked for if we know it; else our newest. Only versions with an
-        # ``initialize`` handshake qualify: the newer stateless ones have none.
-        self._version = asked if asked in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
-        result = mt.InitializeResult(
-            protocol_version=self._version,
-            capabilities=mt.ServerCapabilities(tools=mt.ToolsCapability(list_changed=False)),
-            server_info=mt.Implementation(name=SERVER_NAME, version=SERVER_VERSION),
-            instructions=INSTRUCTIONS,
-        )
-        return self._serialize("initialize", result)
-
-    async def _ping(self, params: dict[str, Any]) -> dict[str, Any]:
-        import mcp_types as mt
-
-        return self._serialize("ping", mt.EmptyResult())
-
-    async def _list_tools(self, params: dict[str, Any]) -> dict[str, Any]:
-        import mcp_types as mt
-
-        tools = [
-            mt.Tool(
-                name=tool.name,
-                description=tool.description,
-                input_schema=tool.schema,
-                annotations=mt.ToolAnnotations(
-                    read_only_hint=tool.read_only, open_world_hint=False
-                ),
-            )
-            for tool in self._tools.values()
-        ]
-        return self._serialize("tools/list", mt.ListToolsResult(tools=tools))
 
     async def _call_tool(self, params: dict[str, Any]) -> dict[str, Any]:
         import mcp_types as mt

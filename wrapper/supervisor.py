@@ -156,6 +156,8 @@ class Supervisor:
                 # Where a start's time went inside the container (the benchmark reads these).
                 wrapper_boot_seconds=_rounded(proc.wrapper_age_at_spawn),
                 cli_handshake_seconds=_rounded(time.monotonic() - proc.spawned_at),
+                # The wrapper's CPU so far: in a one-CPU container, the CLI's boot waits for it.
+                wrapper_cpu_seconds=_rounded(time.process_time()),
             )
             self._ready.set()
         exit_code = await proc.wait()

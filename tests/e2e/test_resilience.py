@@ -59,7 +59,10 @@ async def test_cli_crash_restarts_with_history(api_for, fake_api, docker_client)
         events = await read_until(ws, lambda e: e["event"].get("type") == "cli_ready")
     exited = next(e["event"] for e in events if e["event"].get("type") == "cli_exited")
     assert exited == {"type": "cli_exited", "exit_code": -9, "expected": False}
-    assert events[-1]["event"]["resumed"] is True
+    ready = events[-1]["event"]
+    assert ready["resumed"] is True
+    # Where the restart's time went: the wrapper has run all along, so its CPU only grew.
+    assert ready["cli_handshake_seconds"] > 0 and ready["wrapper_cpu_seconds"] > 0
     reply = await alice.chat(sid, f"what did I note? {after}")
     assert reply["result"]["result"] == "recalled"
     history = all_text(fake_api.requests_for(after)[-1])

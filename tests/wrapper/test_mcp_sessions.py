@@ -10,7 +10,13 @@ import pytest
 
 from wrapper.claude_process import RefuseControl
 from wrapper.gateway_client import GatewayError, SessionInfo, TurnInfo, WaitOutcome
-from wrapper.mcp_sessions import SessionsServer
+from wrapper.mcp_sessions import (
+    HANDSHAKE_VERSIONS,
+    INSTRUCTIONS,
+    SERVER_VERSION,
+    SessionsServer,
+)
+from wrapper.session_tools import TOOLS
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -290,17 +296,49 @@ async def test_cancelled_notification_stops_the_tool_call(
     assert await server.handle_message(cancel) is None
 
 
-async def test_first_request_waits_for_the_background_import(server: SessionsServer) -> None:
-    server.preload()
-    server.preload()  # idempotent
-    result = (await asyncio.wait_for(rpc(server, "initialize", INIT), 5))["result"]
-    assert result["serverInfo"]["name"] == "sessions"
+async def test_the_start_up_messages_do_not_import_mcp_types(server: SessionsServer) -> None:
+    """The CLI's start-up messages are answered by hand: importing mcp_types (0.2-0.3 s of
+    CPU) then would slow the CLI's own start in a one-CPU container. The first tool call
+    imports it (in a thread) and waits for it."""
+    for method, params in [("initialize", INIT), ("tools/list", None), ("ping", None)]:
+        assert "result" in await rpc(server, method, params)
+    assert server._wire._future is None
+    result = await asyncio.wait_for(call(server, "list_children"), 5)
+    assert result["isError"] is False and server._wire._future is not None
+
+
+@pytest.mark.parametrize("version", HANDSHAKE_VERSIONS)
+async def test_the_start_up_answers_equal_those_of_mcp_types(
+    server: SessionsServer, version: str
+) -> None:
+    import mcp_types as mt
+
+    initialized = await rpc(server, "initialize", {**INIT, "protocolVersion": version})
+    result = mt.InitializeResult(
+        protocol_version=version,
+        capabilities=mt.ServerCapabilities(tools=mt.ToolsCapability(list_changed=False)),
+        server_info=mt.Implementation(name="sessions", version=SERVER_VERSION),
+        instructions=INSTRUCTIONS,
+    )
+    assert initialized["result"] == server._serialize("initialize", result)
+
+    tools = [
+        mt.Tool(
+            name=tool.name,
+            description=tool.description,
+            input_schema=tool.schema,
+            annotations=mt.ToolAnnotations(read_only_hint=tool.read_only, open_world_hint=False),
+        )
+        for tool in TOOLS
+    ]
+    listed = await rpc(server, "tools/list")
+    assert listed["result"] == server._serialize("tools/list", mt.ListToolsResult(tools=tools))
+    pinged = await rpc(server, "ping")
+    assert pinged["result"] == server._serialize("ping", mt.EmptyResult())
 
 
 def test_quick_initialize_knows_the_handshake_versions_of_mcp_types() -> None:
     from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
-
-    from wrapper.mcp_sessions import HANDSHAKE_VERSIONS
 
     assert set(HANDSHAKE_VERSIONS) == set(HANDSHAKE_PROTOCOL_VERSIONS)
     assert HANDSHAKE_VERSIONS[0] == LATEST_HANDSHAKE_VERSION
