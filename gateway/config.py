@@ -301,7 +301,7 @@ class Settings(BaseSettings):
         "that dies loses its leases within this, and another takes over.",
     )
     session_start_concurrency: int = Field(
-        default=4,
+        default=16,
         ge=1,
         description="Session starts in flight per engine (INSTANCE_NAME), all replicas "
         "together; further sessions wait in starting and the start timeout counts from "

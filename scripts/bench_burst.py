@@ -167,6 +167,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--replicas", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--pool-size", type=int, default=0, help="SESSION_POOL_SIZE")
     asyncio.run(main(parser.parse_args()))
