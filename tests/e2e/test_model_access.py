@@ -300,3 +300,48 @@ async def test_an_owner_has_a_bounded_number_of_calls_in_flight(
             await alice.stop(session["id"])
         finally:
             await alice.aclose()
+
+
+async def test_a_caller_that_hangs_up_mid_answer_ends_the_upstream_call(
+    infra, fake_api, s3_endpoint, tmp_path
+) -> None:
+    """An interrupted CLI closes its connection mid-stream: the proxy must stop relaying at
+    once, not read the upstream's answer to its end (the model would go on generating, and
+    billing, for nobody) while the owner's only call slot stays taken."""
+    with run_gateway(
+        infra, fake_api.base_url, s3_endpoint, tmp_path, MODEL_MAX_STREAMS_PER_OWNER="1"
+    ) as gw:
+        alice = Api(gw.url, mint_token(gw.jwt_secret, "alice"))
+        try:
+            session = await alice.create()
+            await alice.wait_status(session["id"], "ready")
+            token = await session_token(alice, session["id"])
+            endless = marker()
+            fake_api.on(endless, slow_text([f"part {i} " for i in range(30)], delay=2.0))
+            headers = {"x-api-key": token}
+            async with (
+                httpx.AsyncClient(base_url=gw.url, timeout=30) as http,
+                http.stream(
+                    "POST", "/model/v1/messages", json=messages_body(endless), headers=headers
+                ) as answer,
+            ):
+                assert answer.status_code == 200
+                async for chunk in answer.aiter_raw():
+                    if b"part 0" in chunk:
+                        break  # hang up after the first words
+            hung_up = time.monotonic()
+            async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
+                while True:  # the slot comes back once the proxy has let go of the call
+                    again = await http.post(
+                        "/model/v1/messages",
+                        json=messages_body(str(uuid.uuid4())),
+                        headers=headers,
+                    )
+                    if again.status_code != 429 or time.monotonic() - hung_up > 10:
+                        break
+                    await asyncio.sleep(0.1)
+            assert again.status_code == 200, again.text
+            assert time.monotonic() - hung_up < 5  # the answer had 58 s left to stream
+            await alice.stop(session["id"])
+        finally:
+            await alice.aclose()
