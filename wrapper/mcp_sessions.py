@@ -132,15 +132,13 @@ class SessionsServer:
             if isinstance(message, dict) and "method" not in message and "id" in message:
                 return None  # a response to a request we never send: nothing to answer
             return _error(_request_id(message), mt.INVALID_REQUEST, f"invalid: {_brief(exc)}")
-        handlers = {"tools/call": self._call_tool}
-        handler = handlers.get(request.method)
-        if handler is None:
+        if request.method != "tools/call":  # the only method not answered by hand
             return _error(request.id, mt.METHOD_NOT_FOUND, f"method not found: {request.method}")
         task = asyncio.current_task()
         if task is not None:
             self._inflight[request.id] = task
         try:
-            result = await handler(request.params or {})
+            result = await self._call_tool(request.params or {})
         except _InvalidParams as exc:
             return _error(request.id, mt.INVALID_PARAMS, str(exc))
         finally:
