@@ -169,8 +169,8 @@ class SessionsServer:
         for anything else, which goes through mcp_types."""
         if not (isinstance(message, dict) and message.get("jsonrpc") == "2.0"):
             return None
-        ident = message.get("id")
-        if not isinstance(ident, str | int) or isinstance(ident, bool):
+        ident = _request_id(message)
+        if ident is None:
             return None
         method = message.get("method")
         if method == "initialize":
@@ -283,7 +283,7 @@ def _error(ident: str | int | None, code: int, message: str) -> dict[str, Any]:
 
 
 def _request_id(message: Any) -> str | int | None:
-    """The id of a malformed request if it has a usable one (JSON-RPC answers ``null`` else)."""
+    """A request's id if it has a usable one (a malformed request's answer has ``null`` else)."""
     ident = message.get("id") if isinstance(message, dict) else None
     return ident if isinstance(ident, str | int) and not isinstance(ident, bool) else None
 

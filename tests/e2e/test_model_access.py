@@ -5,9 +5,11 @@ reports is counted exactly, and a tree's budget stops it mid-turn."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -264,9 +266,12 @@ async def test_a_budget_stops_the_whole_tree_mid_turn(api_for, fake_api) -> None
     assert stopped["status"] == "stopped"
 
 
-async def test_an_owner_has_a_bounded_number_of_calls_in_flight(
-    infra, fake_api, s3_endpoint, tmp_path
-) -> None:
+@contextlib.asynccontextmanager
+async def one_call_slot(
+    infra: Any, fake_api: Any, s3_endpoint: Any, tmp_path: Any
+) -> AsyncIterator[tuple[str, str]]:
+    """A gateway that lets an owner have one model call in flight, and a ready session of
+    alice's on it: (the gateway's URL, the session's token). The session is stopped after."""
     with run_gateway(
         infra, fake_api.base_url, s3_endpoint, tmp_path, MODEL_MAX_STREAMS_PER_OWNER="1"
     ) as gw:
@@ -274,32 +279,38 @@ async def test_an_owner_has_a_bounded_number_of_calls_in_flight(
         try:
             session = await alice.create()
             await alice.wait_status(session["id"], "ready")
-            token = await session_token(alice, session["id"])
-            slow = marker()
-            fake_api.on(slow, slow_text(["a", "b", "c"], delay=1.0))
-            async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
-                first = asyncio.create_task(
-                    http.post(
-                        "/model/v1/messages", json=messages_body(slow), headers={"x-api-key": token}
-                    )
-                )
-                await asyncio.sleep(0.5)
-                second = await http.post(
-                    "/model/v1/messages",
-                    json=messages_body(str(uuid.uuid4())),
-                    headers={"x-api-key": token},
-                )
-                assert second.status_code == 429
-                assert second.json()["error"]["type"] == "rate_limit_error"
-                assert int(second.headers["retry-after"]) >= 1
-                assert (await first).status_code == 200
-                third = await http.post(
-                    "/model/v1/messages", json=messages_body(slow), headers={"x-api-key": token}
-                )
-                assert third.status_code == 200  # the slot came back
+            yield gw.url, await session_token(alice, session["id"])
             await alice.stop(session["id"])
         finally:
             await alice.aclose()
+
+
+async def test_an_owner_has_a_bounded_number_of_calls_in_flight(
+    infra, fake_api, s3_endpoint, tmp_path
+) -> None:
+    async with one_call_slot(infra, fake_api, s3_endpoint, tmp_path) as (url, token):
+        slow = marker()
+        fake_api.on(slow, slow_text(["a", "b", "c"], delay=1.0))
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            first = asyncio.create_task(
+                http.post(
+                    "/model/v1/messages", json=messages_body(slow), headers={"x-api-key": token}
+                )
+            )
+            await asyncio.sleep(0.5)
+            second = await http.post(
+                "/model/v1/messages",
+                json=messages_body(str(uuid.uuid4())),
+                headers={"x-api-key": token},
+            )
+            assert second.status_code == 429
+            assert second.json()["error"]["type"] == "rate_limit_error"
+            assert int(second.headers["retry-after"]) >= 1
+            assert (await first).status_code == 200
+            third = await http.post(
+                "/model/v1/messages", json=messages_body(slow), headers={"x-api-key": token}
+            )
+            assert third.status_code == 200  # the slot came back
 
 
 async def test_a_caller_that_hangs_up_mid_answer_ends_the_upstream_call(
@@ -308,40 +319,30 @@ async def test_a_caller_that_hangs_up_mid_answer_ends_the_upstream_call(
     """An interrupted CLI closes its connection mid-stream: the proxy must stop relaying at
     once, not read the upstream's answer to its end (the model would go on generating, and
     billing, for nobody) while the owner's only call slot stays taken."""
-    with run_gateway(
-        infra, fake_api.base_url, s3_endpoint, tmp_path, MODEL_MAX_STREAMS_PER_OWNER="1"
-    ) as gw:
-        alice = Api(gw.url, mint_token(gw.jwt_secret, "alice"))
-        try:
-            session = await alice.create()
-            await alice.wait_status(session["id"], "ready")
-            token = await session_token(alice, session["id"])
-            endless = marker()
-            fake_api.on(endless, slow_text([f"part {i} " for i in range(30)], delay=2.0))
-            headers = {"x-api-key": token}
-            async with (
-                httpx.AsyncClient(base_url=gw.url, timeout=30) as http,
-                http.stream(
-                    "POST", "/model/v1/messages", json=messages_body(endless), headers=headers
-                ) as answer,
-            ):
-                assert answer.status_code == 200
-                async for chunk in answer.aiter_raw():
-                    if b"part 0" in chunk:
-                        break  # hang up after the first words
-            hung_up = time.monotonic()
-            async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
-                while True:  # the slot comes back once the proxy has let go of the call
-                    again = await http.post(
-                        "/model/v1/messages",
-                        json=messages_body(str(uuid.uuid4())),
-                        headers=headers,
-                    )
-                    if again.status_code != 429 or time.monotonic() - hung_up > 10:
-                        break
-                    await asyncio.sleep(0.1)
-            assert again.status_code == 200, again.text
-            assert time.monotonic() - hung_up < 5  # the answer had 58 s left to stream
-            await alice.stop(session["id"])
-        finally:
-            await alice.aclose()
+    async with one_call_slot(infra, fake_api, s3_endpoint, tmp_path) as (url, token):
+        endless = marker()
+        fake_api.on(endless, slow_text([f"part {i} " for i in range(30)], delay=2.0))
+        headers = {"x-api-key": token}
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=30) as http,
+            http.stream(
+                "POST", "/model/v1/messages", json=messages_body(endless), headers=headers
+            ) as answer,
+        ):
+            assert answer.status_code == 200
+            async for chunk in answer.aiter_raw():
+                if b"part 0" in chunk:
+                    break  # hang up after the first words
+        hung_up = time.monotonic()
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            while True:  # the slot comes back once the proxy has let go of the call
+                again = await http.post(
+                    "/model/v1/messages",
+                    json=messages_body(str(uuid.uuid4())),
+                    headers=headers,
+                )
+                if again.status_code != 429 or time.monotonic() - hung_up > 10:
+                    break
+                await asyncio.sleep(0.1)
+        assert again.status_code == 200, again.text
+        assert time.monotonic() - hung_up < 5  # the answer had 58 s left to stream
