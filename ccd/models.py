@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from wrapper.protocol import NO_NUL, Budget, PermissionMode, SessionConfig
+from wrapper.protocol import NO_NUL, PermissionMode
+from wrapper.session_config import Budget, SessionConfig
 
 __all__ = [
     "MAX_PROMPT_CHARS",

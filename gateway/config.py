@@ -25,7 +25,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from wrapper.protocol import MODEL_PROXY_PREFIX, SESSION_HOST_ALIAS, PermissionMode, SessionConfig
+from wrapper.protocol import MODEL_PROXY_PREFIX, SESSION_HOST_ALIAS, PermissionMode
+from wrapper.session_config import SessionConfig
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 

@@ -1,8 +1,9 @@
 """``python -m wrapper``: the session container's main process (PID 1's only child, under tini).
 
-Start-up order matters for how fast a session is ready: the CLI takes about half a second to
-boot, so it is started first, and the rest of the wrapper (Redis, HTTP, MCP) is imported and
-wired while it boots.
+Start-up order and weight matter for how fast a session is ready: the CLI takes about half a
+second of CPU to boot, and in a one-CPU container it shares that CPU with the wrapper. So the CLI
+is started first, and until it is ready the wrapper loads only the standard library and
+redis-py; pydantic, httpx and mcp_types wait for the first tool call or token refresh.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ log = logging.getLogger("wrapper")
 async def assemble(settings: WrapperSettings) -> AsyncIterator[Supervisor]:
     """Everything around the supervisor: Redis, the gateway client with the session token and
     its refresher, the ``sessions`` MCP server. Run the supervisor inside; all is closed after."""
-    # Imported here, not at the top: these take a fifth of a second the CLI's boot can hide.
+    # Imported here, not at the top: after the CLI has started. Nothing imported on the way to
+    # a ready CLI loads pydantic, httpx or mcp_types (a test checks).
     from wrapper.channel import Channel, connect
     from wrapper.gateway_client import GatewayClient
     from wrapper.mcp_sessions import SessionsServer

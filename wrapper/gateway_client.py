@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
-if TYPE_CHECKING:  # imported on first use: httpx costs a session's start about 40 ms of CPU
+if TYPE_CHECKING:
+    # Imported on first use: httpx costs a session's start about 40 ms of CPU, and the reply
+    # models bring pydantic (about 0.1 s).
     import httpx
+    from pydantic import BaseModel
+
+    from wrapper.gateway_replies import SessionInfo, TokenGrant, TurnInfo, WaitOutcome
 
 API_PREFIX = "/api/v1"
 # Seconds for every call but wait; wait gets its own timeout plus this margin, so the gateway's
@@ -21,7 +24,7 @@ API_PREFIX = "/api/v1"
 DEFAULT_TIMEOUT = 30.0
 WAIT_MARGIN = 30.0
 
-_M = TypeVar("_M", bound=BaseModel)
+_M = TypeVar("_M", bound="BaseModel")
 
 
 class GatewayError(Exception):
@@ -46,38 +49,6 @@ class GatewayError(Exception):
             code = error["code"]
             message = str(error.get("message") or message)
         return cls(response.status_code, code, message)
-
-
-class _Reply(BaseModel):
-    """Lenient: the fields we read are checked, everything else the gateway sends is kept."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-class SessionInfo(_Reply):
-    id: str
-    status: str
-    parent_id: str | None = None
-    root_id: str | None = None
-    depth: int | None = None
-
-
-class TurnInfo(_Reply):
-    id: str
-    seq: int | None = None
-    status: str | None = None
-
-
-class WaitOutcome(_Reply):
-    session: SessionInfo
-    turn: TurnInfo | None = None
-    result: str | None = None
-
-
-class TokenGrant(_Reply):
-    token: str
-    expires_at: str | None = None
-    expires_in: int | None = None
 
 
 class GatewayClient:
@@ -135,6 +106,8 @@ class GatewayClient:
         }
         body = {"prompt": prompt, "config": config}
         data = await self._call("POST", f"/sessions/{self.session_id}/spawn", body)
+        from wrapper.gateway_replies import SessionInfo
+
         return _parse(SessionInfo, data)
 
     async def send(self, session_id: str, prompt: str) -> TurnInfo:
@@ -142,6 +115,8 @@ class GatewayClient:
         data = await self._call(
             "POST", f"/sessions/{session_id}/chat", {"prompt": prompt, "wait": False}
         )
+        from wrapper.gateway_replies import TurnInfo
+
         return _parse(TurnInfo, _field(data, "turn"))
 
     async def wait(self, session_id: str, timeout: float) -> WaitOutcome:
@@ -153,9 +128,13 @@ class GatewayClient:
             {"timeout": timeout},
             timeout=timeout + WAIT_MARGIN,
         )
+        from wrapper.gateway_replies import WaitOutcome
+
         return _parse(WaitOutcome, data)
 
     async def get(self, session_id: str) -> SessionInfo:
+        from wrapper.gateway_replies import SessionInfo
+
         return _parse(SessionInfo, await self._call("GET", f"/sessions/{session_id}"))
 
     async def children(self, session_id: str | None = None) -> list[SessionInfo]:
@@ -164,14 +143,20 @@ class GatewayClient:
         sessions = _field(data, "sessions")
         if not isinstance(sessions, list):
             raise GatewayError(None, "invalid_response", "children: 'sessions' is not a list")
+        from wrapper.gateway_replies import SessionInfo
+
         return [_parse(SessionInfo, item) for item in sessions]
 
     async def stop(self, session_id: str) -> SessionInfo:
+        from wrapper.gateway_replies import SessionInfo
+
         return _parse(SessionInfo, await self._call("POST", f"/sessions/{session_id}/stop"))
 
     async def refresh_token(self) -> TokenGrant:
         """A fresh token for this session, minted with the current one."""
         data = await self._call("POST", f"/sessions/{self.session_id}/token")
+        from wrapper.gateway_replies import TokenGrant
+
         return _parse(TokenGrant, data)
 
     # -- transport -------------------------------------------------------------------------
@@ -226,6 +211,8 @@ def _field(data: Any, name: str) -> Any:
 
 
 def _parse(model: type[_M], data: Any) -> _M:
+    from pydantic import ValidationError
+
     try:
         return model.model_validate(data)
     except ValidationError as exc:

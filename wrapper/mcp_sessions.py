@@ -10,9 +10,11 @@ start-up: ``initialize``, ``tools/list`` and ``ping``. Importing mcp_types costs
 CPU, and the CLI sends ``initialize`` about 90 ms before it answers its own handshake and
 ``tools/list`` before its first turn: in a one-CPU session container, importing it then slowed
 both (measured: the handshake's tail took twice as long). So those three are answered by hand
-(tests keep them equal to mcp_types' answers in every protocol version), and mcp_types is
-imported, in a background thread, by the first message that needs it: in practice the model's
-first call of a ``sessions`` tool.
+(tests keep them equal to mcp_types' answers in every protocol version), the tool listing from
+``session_tools.json`` (generated from the tools' argument models; a test keeps it equal), and
+mcp_types and the tools themselves (pydantic models, about 0.1 s more) are imported, in a
+background thread, by the first message that needs them: in practice the model's first call of
+a ``sessions`` tool.
 """
 
 from __future__ import annotations
@@ -20,16 +22,20 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import importlib
+import json
 import logging
 import threading
-from typing import Any
-
-from pydantic import BaseModel, ValidationError
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from wrapper.claude_process import RefuseControl
 from wrapper.cli import MCP_SERVER_NAME
 from wrapper.gateway_client import GatewayError
-from wrapper.session_tools import TOOLS, SessionsApi, SessionTool, ToolOutput, error_output
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
+
+    from wrapper.session_tools import SessionsApi, SessionTool, ToolOutput
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,9 @@ INSTRUCTIONS = (
 )
 
 
+# What tools/list answers for the default tools: ``python -m wrapper.session_tools`` writes it.
+TOOL_LISTING_FILE = Path(__file__).with_name("session_tools.json")
+
 # MCP versions with an ``initialize`` handshake, newest first (a test checks this against
 # mcp_types.version.HANDSHAKE_PROTOCOL_VERSIONS).
 HANDSHAKE_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
@@ -51,10 +60,11 @@ class _InvalidParams(Exception):
 
 
 class _WireTypes:
-    """``mcp_types`` imported once in a daemon thread. Handlers ``await ready()`` and then
-    import it locally, which is only a ``sys.modules`` lookup by then."""
+    """``mcp_types`` and the tools imported once in a daemon thread. Handlers ``await
+    ready()`` and then import them locally, which is only a ``sys.modules`` lookup by then."""
 
-    _MODULE = "mcp_types.methods"  # pulls in mcp_types itself and the per-version shapes
+    # mcp_types.methods pulls in mcp_types itself and the per-version shapes.
+    _MODULES = ("mcp_types.methods", "wrapper.session_tools")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -72,7 +82,8 @@ class _WireTypes:
     @classmethod
     def _load(cls, future: concurrent.futures.Future[None]) -> None:
         try:
-            importlib.import_module(cls._MODULE)
+            for module in cls._MODULES:
+                importlib.import_module(module)
         except BaseException as exc:  # re-raised to whoever awaits ``ready``
             future.set_exception(exc)
         else:
@@ -88,9 +99,11 @@ class SessionsServer:
     """One MCP server for the wrapper's lifetime; it outlives CLI restarts (a new CLI simply
     initializes again). Stateless but for the negotiated protocol version."""
 
-    def __init__(self, api: SessionsApi, tools: tuple[SessionTool, ...] = TOOLS) -> None:
+    def __init__(self, api: SessionsApi, tools: tuple[SessionTool, ...] | None = None) -> None:
+        """``tools``: ``session_tools.TOOLS`` unless given, loaded with mcp_types."""
         self._api = api
-        self._tools = {tool.name: tool for tool in tools}
+        self._given_tools = tools
+        self._tool_listing: list[dict[str, Any]] | None = None
         self._wire = _WireTypes()
         self._version: str | None = None
         # Requests being answered, by JSON-RPC id, for ``notifications/cancelled``. The CLI
@@ -125,6 +138,7 @@ class SessionsServer:
             return quick
         await self._wire.ready()
         import mcp_types as mt
+        from pydantic import ValidationError
 
         try:
             request = mt.JSONRPCRequest.model_validate(message)
@@ -152,6 +166,7 @@ class SessionsServer:
         tool call): cancel that request's task, so it stops and sends nothing, as MCP asks."""
         await self._wire.ready()
         import mcp_types as mt
+        from pydantic import ValidationError
 
         try:
             request_id = mt.CancelledNotificationParams.model_validate(params or {}).request_id
@@ -218,15 +233,20 @@ class SessionsServer:
 
     def _listing(self) -> list[dict[str, Any]]:
         """``tools/list``'s tools (one page: there are six), the same in every version."""
-        return [
-            {
-                "name": tool.name,
-                "description": tool.description,
-                "inputSchema": tool.schema,
-                "annotations": {"readOnlyHint": tool.read_only, "openWorldHint": False},
-            }
-            for tool in self._tools.values()
-        ]
+        if self._tool_listing is None:
+            if self._given_tools is not None:
+                from wrapper.session_tools import tool_listing
+
+                self._tool_listing = tool_listing(self._given_tools)
+            else:
+                self._tool_listing = json.loads(TOOL_LISTING_FILE.read_text(encoding="utf-8"))
+        return self._tool_listing
+
+    def _tools(self) -> dict[str, SessionTool]:
+        """By name; once ``ready``."""
+        from wrapper.session_tools import TOOLS
+
+        return {tool.name: tool for tool in self._given_tools or TOOLS}
 
     # -- through mcp_types (called after ``ready``) ------------------------------------------
 
@@ -241,12 +261,13 @@ class SessionsServer:
 
     async def _call_tool(self, params: dict[str, Any]) -> dict[str, Any]:
         import mcp_types as mt
+        from pydantic import ValidationError
 
         try:
             call = mt.CallToolRequestParams.model_validate(params)
         except ValidationError as exc:
             raise _InvalidParams(f"invalid tools/call params: {_brief(exc)}") from exc
-        tool = self._tools.get(call.name)
+        tool = self._tools().get(call.name)
         if tool is None:
             raise _InvalidParams(f"unknown tool: {call.name}")
         output = await self._run_tool(tool, call.arguments or {})
@@ -259,6 +280,10 @@ class SessionsServer:
 
     async def _run_tool(self, tool: SessionTool, arguments: dict[str, Any]) -> ToolOutput:
         """Run a tool; every failure becomes an error result the model can read."""
+        from pydantic import ValidationError
+
+        from wrapper.session_tools import ToolOutput, error_output
+
         try:
             args = tool.args.model_validate(arguments)
         except ValidationError as exc:

@@ -91,7 +91,7 @@ async def wait_for_claim(pool: PoolSettings) -> PoolClaim:
         try:
             reply = await client.blpop([key], timeout=0)
             if reply is not None:
-                return PoolClaim.model_validate_json(reply[1])
+                return PoolClaim.from_json(reply[1])
         except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
             log.warning("pool %s: Redis unreachable (%s); retrying", pool.pool_id, exc)
             await asyncio.sleep(backoff)

@@ -14,14 +14,13 @@ limited to ``ccd:session:<id>:*``:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.json_schema import SkipJsonSchema
+from typing import Any, ClassVar, Literal, TypeVar
 
 KEY_PREFIX = "ccd"
 
@@ -92,23 +91,37 @@ class InputType(StrEnum):
     INTERRUPT = "interrupt"
 
 
-class PromptInput(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class PromptInput:
     """A user turn for the CLI. ``turn_id`` tags every output line until the turn's result."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal[InputType.PROMPT] = InputType.PROMPT
+    type: ClassVar[InputType] = InputType.PROMPT
     turn_id: str
     prompt: str
 
+    def to_json(self) -> str:
+        return _dumps({"type": self.type.value, "turn_id": self.turn_id, "prompt": self.prompt})
 
-class InterruptInput(BaseModel):
+    @classmethod
+    def from_json(cls, data: str | bytes) -> PromptInput:
+        fields = _input_fields(data, cls.type, {"turn_id", "prompt"})
+        return cls(turn_id=_text(fields, "turn_id"), prompt=_text(fields, "prompt"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class InterruptInput:
     """Ask the CLI to abort the running turn (its ``interrupt`` control request)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal[InputType.INTERRUPT] = InputType.INTERRUPT
+    type: ClassVar[InputType] = InputType.INTERRUPT
     turn_id: str | None = None
+
+    def to_json(self) -> str:
+        return _dumps({"type": self.type.value, "turn_id": self.turn_id})
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> InterruptInput:
+        fields = _input_fields(data, cls.type, {"turn_id"})
+        return cls(turn_id=_optional(fields, "turn_id", str))
 
 
 InputMessage = PromptInput | InterruptInput
@@ -116,7 +129,7 @@ InputMessage = PromptInput | InterruptInput
 
 def encode_input(message: InputMessage) -> dict[str, str]:
     """Fields of an input stream entry."""
-    return {FIELD_TYPE: str(message.type), FIELD_DATA: message.model_dump_json()}
+    return {FIELD_TYPE: str(message.type), FIELD_DATA: message.to_json()}
 
 
 def decode_input(fields: Mapping[str, str]) -> InputMessage:
@@ -124,9 +137,9 @@ def decode_input(fields: Mapping[str, str]) -> InputMessage:
     kind = fields.get(FIELD_TYPE)
     data = fields.get(FIELD_DATA, "")
     if kind == InputType.PROMPT:
-        return PromptInput.model_validate_json(data)
+        return PromptInput.from_json(data)
     if kind == InputType.INTERRUPT:
-        return InterruptInput.model_validate_json(data)
+        return InterruptInput.from_json(data)
     raise ValueError(f"unknown input type {kind!r}")
 
 
@@ -163,80 +176,48 @@ PermissionMode = Literal["default", "acceptEdits", "bypassPermissions", "plan", 
 # Text a session is given never holds NUL: PostgreSQL's text and jsonb cannot store it, and a
 # process's arguments and environment cannot carry it.
 NO_NUL = r"^[^\x00]*$"
-ToolName = Annotated[str, Field(pattern=NO_NUL)]
 
 
-class Budget(BaseModel):
-    """What a whole spawn tree may spend on the model (set on its root; either or both)."""
+@dataclass(frozen=True, kw_only=True)
+class CliConfig:
+    """The part of a session's config its CLI is started with (``CCD_SESSION_CONFIG``): the
+    CLI fields of ``session_config.SessionConfig``, as the gateway validated them. Unset fields
+    use the gateway's defaults (``ContainerEnv.permission_mode``) or the CLI's own."""
 
-    # The schema says what the validator enforces: at least one of the two, neither null.
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+    model: str | None = None
+    permission_mode: str | None = None
+    allowed_tools: tuple[str, ...] | None = None
+    disallowed_tools: tuple[str, ...] | None = None
+    max_turns: int | None = None
+    system_prompt: str | None = None
+    append_system_prompt: str | None = None
 
-    # Constraints on the number itself: on the union they would be applied to a null too.
-    max_tokens: Annotated[int, Field(ge=1, le=10**12)] | SkipJsonSchema[None] = Field(
-        default=None,
-        description="Tokens of every kind (input, output, cache writes and reads) the tree may "
-        "use.",
-    )
-    max_cost_usd: Annotated[float, Field(gt=0, le=10**6)] | SkipJsonSchema[None] = Field(
-        default=None, description="USD the tree may spend (MODEL_PRICES)."
-    )
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {field.name for field in dataclasses.fields(cls)}
 
-    @model_validator(mode="after")
-    def _something(self) -> Budget:
-        if self.max_tokens is None and self.max_cost_usd is None:
-            raise ValueError("a budget needs max_tokens, max_cost_usd or both")
-        return self
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> CliConfig:
+        """Raises ``ValueError`` for an unknown field or a value of the wrong type."""
+        _no_unknown(values, cls.field_names(), "session config")
+        return cls(
+            model=_optional(values, "model", str),
+            permission_mode=_optional(values, "permission_mode", str),
+            allowed_tools=_optional_texts(values, "allowed_tools"),
+            disallowed_tools=_optional_texts(values, "disallowed_tools"),
+            max_turns=_optional(values, "max_turns", int),
+            system_prompt=_optional(values, "system_prompt", str),
+            append_system_prompt=_optional(values, "append_system_prompt", str),
+        )
 
-
-class SessionConfig(BaseModel):
-    """What a caller may choose about the CLI in a session. Unset fields use gateway defaults."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=200,
-        pattern=NO_NUL,
-        description="Model name passed to --model.",
-    )
-    permission_mode: PermissionMode | None = Field(
-        default=None, description="--permission-mode; default SESSION_PERMISSION_MODE."
-    )
-    allowed_tools: list[ToolName] | None = Field(
-        default=None, max_length=200, description="--allowedTools, e.g. ['Bash', 'Read']."
-    )
-    disallowed_tools: list[ToolName] | None = Field(
-        default=None, max_length=200, description="--disallowedTools."
-    )
-    max_turns: int | None = Field(
-        default=None, ge=1, le=1000, description="--max-turns: model round trips per chat turn."
-    )
-    system_prompt: str | None = Field(
-        default=None,
-        max_length=100_000,
-        pattern=NO_NUL,
-        description="Replaces the CLI's system prompt.",
-    )
-    append_system_prompt: str | None = Field(
-        default=None,
-        max_length=100_000,
-        pattern=NO_NUL,
-        description="Appended to the CLI's system prompt.",
-    )
-    timeout: int | None = Field(
-        default=None,
-        ge=10,
-        le=7 * 24 * 3600,
-        description="Idle seconds before the session is stopped "
-        "(default CONTAINER_TIMEOUT_DEFAULT).",
-    )
-    budget: Budget | None = Field(
-        default=None,
-        description="Model budget of the whole spawn tree rooted at this session (roots only: "
-        "children count toward their root's and cannot change it).",
-    )
+    def to_json(self) -> str:
+        """The set fields only."""
+        values = {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in dataclasses.asdict(self).items()
+            if value is not None
+        }
+        return _dumps(values)
 
 
 ENV_SESSION_ID = "CCD_SESSION_ID"
@@ -268,28 +249,52 @@ def pool_claim_key(pool_id: str) -> str:
     return f"ccd:pool:{pool_id}:claim"
 
 
-class PoolClaim(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class PoolClaim:
     """What a claim hands a pooled container: the session it now is, and its credentials."""
 
-    model_config = ConfigDict(extra="forbid")
+    session_id: str
+    redis_url: str = dataclasses.field(repr=False)
+    session_token: str = dataclasses.field(repr=False)
+
+    def to_json(self) -> str:
+        return _dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> PoolClaim:
+        fields = _json_object(data, "pool claim")
+        _no_unknown(fields, {"session_id", "redis_url", "session_token"}, "pool claim")
+        return cls(
+            session_id=_text(fields, "session_id"),
+            redis_url=_text(fields, "redis_url"),
+            session_token=_text(fields, "session_token"),
+        )
+
+
+MIN_STREAM_MAXLEN = 100
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerEnv:
+    """The environment the gateway gives a session container (beside the CLI's own variables).
+
+    Plain data, read with the standard library: the wrapper reads it before it starts the CLI,
+    and in a one-CPU container every millisecond spent before that delays the session."""
 
     session_id: str
-    redis_url: str
-    session_token: str
-
-
-class ContainerEnv(BaseModel):
-    """The environment the gateway gives a session container (beside the CLI's own variables)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    session_id: str
-    redis_url: str
+    redis_url: str = dataclasses.field(repr=False)
     gateway_url: str
-    claude_session_id: str = Field(description="UUID passed to --session-id / --resume.")
-    config: SessionConfig
-    permission_mode: str = Field(description="Permission mode when the config sets none.")
-    stream_maxlen: int = Field(ge=100, description="Approximate MAXLEN of the output stream.")
+    claude_session_id: str
+    """UUID passed to --session-id / --resume."""
+    config: CliConfig = CliConfig()
+    permission_mode: str
+    """Permission mode when the config sets none."""
+    stream_maxlen: int
+    """Approximate MAXLEN of the output stream (at least ``MIN_STREAM_MAXLEN``)."""
+
+    def __post_init__(self) -> None:
+        if self.stream_maxlen < MIN_STREAM_MAXLEN:
+            raise ValueError(f"{ENV_STREAM_MAXLEN} must be at least {MIN_STREAM_MAXLEN}")
 
     def to_env(self) -> dict[str, str]:
         return {
@@ -297,7 +302,7 @@ class ContainerEnv(BaseModel):
             ENV_REDIS_URL: self.redis_url,
             ENV_GATEWAY_URL: self.gateway_url,
             ENV_CLAUDE_SESSION_ID: self.claude_session_id,
-            ENV_SESSION_CONFIG: self.config.model_dump_json(exclude_none=True),
+            ENV_SESSION_CONFIG: self.config.to_json(),
             ENV_PERMISSION_MODE: self.permission_mode,
             ENV_STREAM_MAXLEN: str(self.stream_maxlen),
         }
@@ -312,12 +317,13 @@ class ContainerEnv(BaseModel):
     def from_env(cls, env: Mapping[str, str] | None = None) -> ContainerEnv:
         """Read the contract back; raises ``KeyError`` or ``ValueError`` when it is broken."""
         env = os.environ if env is None else env
+        config = _json_object(env.get(ENV_SESSION_CONFIG) or "{}", ENV_SESSION_CONFIG)
         return cls(
             session_id=env[ENV_SESSION_ID],
             redis_url=env[ENV_REDIS_URL],
             gateway_url=env[ENV_GATEWAY_URL],
             claude_session_id=env[ENV_CLAUDE_SESSION_ID],
-            config=SessionConfig.model_validate_json(env.get(ENV_SESSION_CONFIG) or "{}"),
+            config=CliConfig.from_mapping(config),
             permission_mode=env.get(ENV_PERMISSION_MODE, "bypassPermissions"),
             stream_maxlen=int(env.get(ENV_STREAM_MAXLEN, "10000")),
         )
@@ -348,3 +354,60 @@ HEADLESS_CLI_VARIABLES = {
     "DISABLE_TELEMETRY": "1",
     "DISABLE_ERROR_REPORTING": "1",
 }
+
+
+# -- reading JSON by hand (see ContainerEnv for why not pydantic) --------------------------
+
+_T = TypeVar("_T")
+
+
+def _dumps(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _json_object(data: str | bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"{what}: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}: not a JSON object")
+    return value
+
+
+def _no_unknown(values: Mapping[str, Any], known: set[str], what: str) -> None:
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {', '.join(unknown)}")
+
+
+def _input_fields(data: str | bytes, kind: InputType, names: set[str]) -> dict[str, Any]:
+    fields = _json_object(data, f"{kind} input")
+    _no_unknown(fields, {"type", *names}, f"{kind} input")
+    if fields.get("type", kind.value) != kind.value:
+        raise ValueError(f"{kind} input: type is {fields['type']!r}")
+    return fields
+
+
+def _optional(values: Mapping[str, Any], name: str, kind: type[_T]) -> _T | None:
+    value = values.get(name)
+    # bool is an int to Python, not to JSON: True is no number of turns.
+    if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"{name}: expected {kind.__name__} or null, got {type(value).__name__}")
+
+
+def _text(values: Mapping[str, Any], name: str) -> str:
+    value = _optional(values, name, str)
+    if value is None:
+        raise ValueError(f"{name}: a string is required")
+    return value
+
+
+def _optional_texts(values: Mapping[str, Any], name: str) -> tuple[str, ...] | None:
+    value = _optional(values, name, list)
+    if value is None:
+        return None
+    if not all(isinstance(item, str) for item in value):
+        raise ValueError(f"{name}: expected a list of strings")
+    return tuple(value)

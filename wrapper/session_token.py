@@ -15,10 +15,13 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from wrapper.gateway_client import GatewayError, TokenGrant
+from wrapper.gateway_client import GatewayError
 from wrapper.token_file import write_token_file
+
+if TYPE_CHECKING:
+    from wrapper.gateway_replies import TokenGrant
 
 log = logging.getLogger(__name__)
 

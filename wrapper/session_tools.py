@@ -12,6 +12,7 @@ be self-explanatory, and errors carry text only (the code, the message and a hin
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -19,7 +20,8 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from wrapper.gateway_client import GatewayError, SessionInfo, TurnInfo, WaitOutcome
+from wrapper.gateway_client import GatewayError
+from wrapper.gateway_replies import SessionInfo, TurnInfo, WaitOutcome
 
 MAX_WAIT_SECONDS = 3600.0
 
@@ -256,3 +258,20 @@ TOOLS: tuple[SessionTool, ...] = (
         _stop,
     ),
 )
+
+
+def tool_listing(tools: tuple[SessionTool, ...]) -> list[dict[str, Any]]:
+    """The tools as MCP's tools/list shows them (the same in every protocol version)."""
+    return [
+        {
+            "name": tool.name,
+            "description": tool.description,
+            "inputSchema": tool.schema,
+            "annotations": {"readOnlyHint": tool.read_only, "openWorldHint": False},
+        }
+        for tool in tools
+    ]
+
+
+if __name__ == "__main__":  # writes what mcp_sessions.TOOL_LISTING_FILE holds
+    print(json.dumps(tool_listing(TOOLS), indent=2, ensure_ascii=False))

@@ -118,7 +118,7 @@ class SessionAccess:
         wrapper took (its container died) does not leave a session's secrets lying around."""
         key = protocol.pool_claim_key(str(pool_id))
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, claim.model_dump_json())
+            pipe.rpush(key, claim.to_json())
             pipe.expire(key, max(1, int(ttl)))
             await pipe.execute()
 

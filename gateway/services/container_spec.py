@@ -30,9 +30,10 @@ from wrapper.protocol import (
     ENV_SESSION_TOKEN,
     HEADLESS_CLI_VARIABLES,
     WORKSPACE_DIR,
+    CliConfig,
     ContainerEnv,
-    SessionConfig,
 )
+from wrapper.session_config import SessionConfig
 
 _RUN_SIZE = 16 * 1024 * 1024
 # How often the CLI reads its model key again: well within the token's half life, after which
@@ -46,8 +47,8 @@ def build_container_spec(
     """Pure: the same settings, row, token and Redis URL always give the same spec.
     ``redis_url`` carries the session's own Redis user, never the gateway's."""
     session_id = str(session.id)
-    contract = _contract(settings, session_id, redis_url, str(session.claude_session_id))
-    contract = contract.model_copy(update={"config": SessionConfig.model_validate(session.config)})
+    config = SessionConfig.model_validate(session.config).cli()
+    contract = _contract(settings, session_id, redis_url, str(session.claude_session_id), config)
     return _spec(
         settings,
         name=container_name(settings.instance_name, session_id),
@@ -68,9 +69,8 @@ def build_pool_spec(
     """A pooled container: a session's spec with ``config``'s CLI options (default: none),
     minus everything that belongs to a session (its id, token, Redis user, owner); a claim
     supplies those."""
-    contract = _contract(settings, "", "", str(claude_session_id))
-    if config is not None:
-        contract = contract.model_copy(update={"config": config})
+    cli = config.cli() if config is not None else CliConfig()
+    contract = _contract(settings, "", "", str(claude_session_id), cli)
     return _spec(
         settings,
         name=pool_container_name(settings.instance_name, str(pool_id)),
@@ -105,7 +105,7 @@ def cli_options(config: dict[str, Any] | SessionConfig, permission_mode: str) ->
         redis_url="",
         gateway_url="",
         claude_session_id="00000000-0000-0000-0000-000000000000",
-        config=chosen,
+        config=chosen.cli(),
         permission_mode=permission_mode,
         stream_maxlen=100,
     )
@@ -113,14 +113,18 @@ def cli_options(config: dict[str, Any] | SessionConfig, permission_mode: str) ->
 
 
 def _contract(
-    settings: Settings, session_id: str, redis_url: str, claude_session_id: str
+    settings: Settings,
+    session_id: str,
+    redis_url: str,
+    claude_session_id: str,
+    config: CliConfig,
 ) -> ContainerEnv:
     return ContainerEnv(
         session_id=session_id,
         redis_url=redis_url,
         gateway_url=settings.effective_session_gateway_url,
         claude_session_id=claude_session_id,
-        config=SessionConfig(),
+        config=config,
         permission_mode=settings.session_permission_mode,
         stream_maxlen=settings.event_stream_maxlen,
     )

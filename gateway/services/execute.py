@@ -33,7 +33,8 @@ from gateway.services.sessions import SessionService
 from gateway.services.termination import Terminator
 from gateway.services.turns import TurnService, ends_turn
 from gateway.services.workspaces import WorkspaceChoice
-from wrapper.protocol import GatewayEvent, SessionConfig, Source
+from wrapper.protocol import GatewayEvent, Source
+from wrapper.session_config import SessionConfig
 
 log = logging.getLogger(__name__)
 

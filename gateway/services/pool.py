@@ -54,7 +54,7 @@ from gateway.security import mint_pool_key
 from gateway.services.admission import StartAdmission
 from gateway.services.container_spec import build_pool_spec, cli_options, pool_spec_hash
 from gateway.services.workspaces import own_workspace_name
-from wrapper.protocol import SessionConfig
+from wrapper.session_config import SessionConfig
 
 log = logging.getLogger(__name__)
 

@@ -66,7 +66,8 @@ from gateway.services.termination import Terminator
 from gateway.services.turns import TurnService
 from gateway.services.workspaces import MODE_RW, WorkspaceChoice, WorkspaceInUse, WorkspaceService
 from gateway.store.objects import StoreError
-from wrapper.protocol import GatewayEvent, PoolClaim, SessionConfig
+from wrapper.protocol import GatewayEvent, PoolClaim
+from wrapper.session_config import SessionConfig
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ import pytest
 from wrapper import protocol
 from wrapper.claude_process import ClaudeProcess, ControlError
 from wrapper.cli import build_argv, claude_config_dir, cli_environment, transcript_path
-from wrapper.protocol import ContainerEnv, PromptInput, SessionConfig
+from wrapper.protocol import CliConfig, ContainerEnv, InterruptInput, PoolClaim, PromptInput
+from wrapper.session_config import SessionConfig
 
 
 def contract(**config: object) -> ContainerEnv:
@@ -20,7 +23,7 @@ def contract(**config: object) -> ContainerEnv:
         redis_url="redis://redis:6379/0",
         gateway_url="http://gateway:8000",
         claude_session_id="0b968909-2749-41a2-9879-dd3609639a40",
-        config=SessionConfig.model_validate(config),
+        config=SessionConfig.model_validate(config).cli(),
         permission_mode="bypassPermissions",
         stream_maxlen=1000,
     )
@@ -109,13 +112,72 @@ def test_container_env_round_trips_through_the_environment() -> None:
     assert "None" not in original.to_env()[protocol.ENV_SESSION_CONFIG]
 
 
+def test_every_cli_option_of_a_session_config_reaches_the_container() -> None:
+    """The container is given the CLI's part of the config: every field of ``CliConfig`` is
+    one of ``SessionConfig``'s, and a config that sets them all arrives whole."""
+    assert CliConfig.field_names() <= set(SessionConfig.model_fields)
+    full = SessionConfig(
+        model="claude-x",
+        permission_mode="plan",
+        allowed_tools=["Bash", "Read"],
+        disallowed_tools=["Write"],
+        max_turns=3,
+        system_prompt="be brief ✓",
+        append_system_prompt="and kind",
+        timeout=60,
+        budget={"max_tokens": 10},
+    )
+    sent = contract(**full.model_dump(exclude_none=True))
+    received = ContainerEnv.from_env(sent.to_env())
+    assert received.config == full.cli()
+    assert received.config.allowed_tools == ("Bash", "Read")
+    # Options only the gateway reads stay out of the container.
+    assert json.loads(sent.to_env()[protocol.ENV_SESSION_CONFIG]).keys() == CliConfig.field_names()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "[]",
+        "{not json",
+        '{"budget": {"max_tokens": 1}}',
+        '{"max_turns": "3"}',
+        '{"max_turns": true}',
+        '{"allowed_tools": ["Bash", 3]}',
+        '{"model": 7}',
+    ],
+)
+def test_a_broken_container_environment_is_refused(config: str) -> None:
+    env = {**contract().to_env(), protocol.ENV_SESSION_CONFIG: config}
+    with pytest.raises(ValueError):
+        ContainerEnv.from_env(env)
+
+
 def test_inputs_round_trip_and_garbage_is_refused() -> None:
-    prompt = PromptInput(turn_id="t1", prompt="hi\n{not json}")
+    prompt = PromptInput(turn_id="t1", prompt="hi\n{not json} ✓")
     assert protocol.decode_input(protocol.encode_input(prompt)) == prompt
+    for interrupt in (InterruptInput(), InterruptInput(turn_id="t1")):
+        assert protocol.decode_input(protocol.encode_input(interrupt)) == interrupt
+    for broken in [
+        {"type": "shutdown", "data": "{}"},
+        {"type": "prompt", "data": '{"turn_id": "t"}'},
+        {"type": "prompt", "data": '{"turn_id": "t", "prompt": 3}'},
+        {"type": "prompt", "data": '{"turn_id": "t", "prompt": "p", "sudo": true}'},
+        {"type": "prompt", "data": '{"type": "interrupt", "turn_id": "t", "prompt": "p"}'},
+        {"type": "interrupt", "data": '{"turn_id": 5}'},
+        {"type": "interrupt", "data": "[]"},
+        {"type": "prompt"},
+    ]:
+        with pytest.raises(ValueError):
+            protocol.decode_input(broken)
+
+
+def test_a_pool_claim_round_trips_and_keeps_its_secrets_out_of_logs() -> None:
+    claim = PoolClaim(session_id="s", redis_url="redis://u:secret@r", session_token="tok")
+    assert PoolClaim.from_json(claim.to_json()) == claim
+    assert "secret" not in repr(claim) and "tok" not in repr(claim)
     with pytest.raises(ValueError):
-        protocol.decode_input({"type": "shutdown", "data": "{}"})
-    with pytest.raises(ValueError):
-        protocol.decode_input({"type": "prompt", "data": '{"turn_id": "t"}'})
+        PoolClaim.from_json('{"session_id": "s", "redis_url": "r"}')
 
 
 def test_every_key_of_a_session_shares_its_prefix() -> None:
@@ -143,3 +205,45 @@ async def test_a_control_request_fails_at_once_when_the_cli_goes_away(tmp_path: 
     with pytest.raises(ControlError):  # and so does any later request
         await proc.control("interrupt", timeout=60)
     assert await proc.wait() == 0
+
+
+START_PATH = """
+import asyncio, json, sys
+import wrapper.__main__
+from wrapper import protocol, pool, session_token, supervisor
+from wrapper.cli import build_argv
+from wrapper.config import WrapperSettings
+from wrapper.mcp_sessions import SessionsServer
+
+settings = WrapperSettings.from_env(json.loads(sys.argv[1]))
+build_argv("claude", settings.contract, resume=False)
+server = SessionsServer(api=None)
+init = {"protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "claude-code", "version": "2"}}
+for ident, (method, params) in enumerate(
+    [("initialize", init), ("tools/list", None), ("ping", None)]
+):
+    message = {"jsonrpc": "2.0", "id": ident, "method": method, "params": params}
+    answer = asyncio.run(server.handle_message(message))
+    assert "result" in answer, answer
+prompt = protocol.PromptInput(turn_id="t", prompt="hi")
+assert protocol.decode_input(protocol.encode_input(prompt)) == prompt
+print(json.dumps(sorted(m for m in ("pydantic", "httpx", "mcp_types") if m in sys.modules)))
+"""
+
+
+def test_the_wrapper_reaches_a_ready_cli_without_pydantic(tmp_path: Path) -> None:
+    """In a one-CPU container the CLI's boot waits for whatever the wrapper does meanwhile:
+    pydantic (about 0.1 s), httpx and mcp_types are not loaded until a tool call or a token
+    refresh needs them. Reading the contract, building the command line, the MCP start-up
+    answers and a first prompt all work without them."""
+    env = {**contract(model="m", allowed_tools=["Bash"]).to_env(), "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", START_PATH, json.dumps(env)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []

@@ -28,7 +28,7 @@ from wrapper import protocol
 from wrapper.channel import Channel
 from wrapper.config import WrapperSettings
 from wrapper.mcp_sessions import SessionsServer
-from wrapper.protocol import ContainerEnv, InterruptInput, PromptInput, SessionConfig
+from wrapper.protocol import ContainerEnv, InterruptInput, PromptInput
 from wrapper.session_tools import SessionsApi
 from wrapper.supervisor import Supervisor
 
@@ -115,7 +115,6 @@ def settings(
             redis_url="redis://unused",
             gateway_url="http://unused",
             claude_session_id=str(uuid.uuid4()),
-            config=SessionConfig(),
             permission_mode="bypassPermissions",
             stream_maxlen=1000,
         ),

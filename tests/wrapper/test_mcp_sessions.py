@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from typing import Any
 
 import pytest
 
 from wrapper.claude_process import RefuseControl
-from wrapper.gateway_client import GatewayError, SessionInfo, TurnInfo, WaitOutcome
+from wrapper.gateway_client import GatewayError
+from wrapper.gateway_replies import SessionInfo, TurnInfo, WaitOutcome
 from wrapper.mcp_sessions import (
     HANDSHAKE_VERSIONS,
     INSTRUCTIONS,
     SERVER_VERSION,
+    TOOL_LISTING_FILE,
     SessionsServer,
 )
-from wrapper.session_tools import TOOLS
+from wrapper.session_tools import TOOLS, tool_listing
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -342,3 +345,9 @@ def test_quick_initialize_knows_the_handshake_versions_of_mcp_types() -> None:
 
     assert set(HANDSHAKE_VERSIONS) == set(HANDSHAKE_PROTOCOL_VERSIONS)
     assert HANDSHAKE_VERSIONS[0] == LATEST_HANDSHAKE_VERSION
+
+
+def test_the_tool_listing_file_is_what_the_tool_models_generate() -> None:
+    assert json.loads(TOOL_LISTING_FILE.read_text(encoding="utf-8")) == tool_listing(TOOLS), (
+        "regenerate it: python -m wrapper.session_tools > wrapper/session_tools.json"
+    )

@@ -26,7 +26,7 @@ from tests.wrapper.stub_gateway import Reply, StubGateway, error, make_jwt
 from wrapper import protocol
 from wrapper.__main__ import assemble
 from wrapper.config import WrapperSettings
-from wrapper.protocol import ContainerEnv, InterruptInput, PromptInput, SessionConfig
+from wrapper.protocol import ContainerEnv, InterruptInput, PromptInput
 from wrapper.supervisor import Supervisor
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.docker]  # Redis runs in a container
@@ -93,7 +93,6 @@ def settings(
             redis_url=redis_url,
             gateway_url=stub.base_url,
             claude_session_id=str(uuid.uuid4()),
-            config=SessionConfig(),
             permission_mode="bypassPermissions",
             stream_maxlen=1000,
         ),

@@ -16,7 +16,7 @@ import pytest
 from wrapper.channel import Channel
 from wrapper.claude_process import ClaudeProcess, RefuseControl
 from wrapper.config import WrapperSettings
-from wrapper.protocol import ContainerEnv, SessionConfig
+from wrapper.protocol import ContainerEnv
 from wrapper.supervisor import ControlHandler, Supervisor
 
 pytestmark = pytest.mark.timeout(10)
@@ -48,7 +48,6 @@ def supervisor(handlers: dict[str, ControlHandler], **overrides: Any) -> Supervi
             redis_url="redis://unused",
             gateway_url="http://unused",
             claude_session_id="c",
-            config=SessionConfig(),
             permission_mode="default",
             stream_maxlen=100,
         ),
