@@ -122,6 +122,8 @@ async def test_another_users_session_is_404_everywhere(api_for) -> None:
         "not json",
         b"\xff\xfe not UTF-8",  # FastAPI's own answer would be an undeclared 400
         {"prompt": "a\x00b"},  # PostgreSQL cannot store NUL: this was a 500
+        b'{"prompt": "a\\ud800b"}',  # a lone surrogate: valid JSON, not encodable text
+        b'{"config": {"system_prompt": "\\udfff"}}',
         {"config": {"model": "m\x00"}},
         {"config": {"allowed_tools": ["Bash\x00"]}},
         {"workspace": {"type": "ephemeral", "id": "mine"}},
@@ -151,6 +153,12 @@ async def test_malformed_chat_and_ids(api_for) -> None:
     for body in ({}, {"prompt": ""}, {"prompt": "x", "timeout": 0}, {"prompt": "x", "extra": 1}):
         response = await alice.http.post(f"/api/v1/sessions/{sid}/chat", json=body)
         assert response.status_code == 422, (body, response.text)
+    response = await alice.http.post(
+        f"/api/v1/sessions/{sid}/chat",
+        content=b'{"prompt": "a\\ud800b"}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
     response = await alice.http.get("/api/v1/sessions/not-a-uuid")
     assert response.status_code == 422
     for query in ("limit=0", "limit=1000", "status=sleeping", "cursor=%%%"):
