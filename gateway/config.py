@@ -545,7 +545,7 @@ class Settings(BaseSettings):
 
     def session_cli_env(self) -> dict[str, str]:
         """CLI variables the gateway gives every session container. Never a credential: the
-        CLI reaches the model through the gateway's proxy with its session's own token."""
+        CLI reaches the model through the gateway's proxy with its session's own key."""
         env: dict[str, str] = {}
         if self.claude_code_max_retries is not None:
             env["CLAUDE_CODE_MAX_RETRIES"] = str(self.claude_code_max_retries)

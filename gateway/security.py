@@ -4,15 +4,21 @@ A capability token is what a session's container uses to call the gateway. It is
 its own key (``Settings.session_token_key``) and audience, names the session (``sid``), its tree
 (``root``) and its owner (``sub``), and lives ``SESSION_TOKEN_TTL`` seconds. Whether its session
 is still running is checked on every use, so it dies with the session.
+
+The model proxy also takes model keys, which are refused everywhere else: a cold-started
+session's (audience ``cc-docker:model``, naming the session's run) and a pooled container's
+(audience ``cc-docker:pool``, naming the pooled container).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import jwt
 
@@ -24,7 +30,12 @@ SESSION_AUDIENCE = "cc-docker:session"
 # A pooled container's model key: good for nothing but the model proxy, and there only once a
 # claim bound its pooled container to a running session.
 POOL_AUDIENCE = "cc-docker:pool"
+# A cold-started session's model key, which its CLI holds in its environment from its start:
+# good for nothing but the model proxy, and there only while the run it was minted for (the
+# session's ``started_at``) is the session's current one and the session is active.
+MODEL_AUDIENCE = "cc-docker:model"
 _SESSION_ALGORITHM = "HS256"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_SUBJECT_LENGTH = 200
 
 
@@ -37,6 +48,7 @@ class Principal:
     session_id: uuid.UUID | None = None
     root_id: uuid.UUID | None = None
     budgeted: bool = False  # a session token of a tree with a model budget
+    run: int | None = None  # a model key's: the run (``run_stamp``) it is good for
 
     @property
     def is_session(self) -> bool:
@@ -103,6 +115,38 @@ def mint_pool_key(settings: Settings, pool_id: uuid.UUID) -> str:
     return jwt.encode(claims, settings.session_token_key, _SESSION_ALGORITHM)
 
 
+def run_stamp(started_at: datetime) -> int:
+    """A session run's stamp: its ``started_at`` in whole microseconds since the epoch (exact,
+    as PostgreSQL keeps it), which a model key names and the proxy compares."""
+    return (started_at - _EPOCH) // timedelta(microseconds=1)
+
+
+def mint_model_key(
+    settings: Settings,
+    session_id: uuid.UUID,
+    root_id: uuid.UUID,
+    owner: str,
+    started_at: datetime,
+    *,
+    budgeted: bool = False,
+) -> str:
+    """The model key a cold-started session's CLI gets in its environment (which cannot be
+    refreshed while the CLI runs, so it has no expiry): it names its session's run, and the
+    proxy accepts it only while that run is current and active. Its other claims are a
+    session token's, so that an unbudgeted tree's calls go on through a database outage."""
+    claims: dict[str, object] = {
+        "sub": owner,
+        "sid": str(session_id),
+        "root": str(root_id),
+        "run": run_stamp(started_at),
+        "aud": MODEL_AUDIENCE,
+        "iat": int(time.time()),
+    }
+    if budgeted:
+        claims["bgt"] = True
+    return jwt.encode(claims, settings.session_token_key, _SESSION_ALGORITHM)
+
+
 def authenticate_token(settings: Settings, token: str) -> Principal:
     """Verify a user or a session token; raise ``Unauthorized``. The kind is chosen by the
     unverified audience, then the token is verified in full with that kind's key."""
@@ -110,12 +154,14 @@ def authenticate_token(settings: Settings, token: str) -> Principal:
 
 
 def authenticate_model_key(settings: Settings, token: str) -> Principal | uuid.UUID:
-    """What the model proxy accepts: a session token (its principal), or a pooled container's
-    key (the pool id it names, which only a claim binds to a session); raise
-    ``Unauthorized``."""
+    """What the model proxy accepts: a session token or a session's model key (its principal;
+    a model key's names its run), or a pooled container's key (the pool id it names, which only
+    a claim binds to a session); raise ``Unauthorized``."""
     audience = _audience(token)
     if audience == POOL_AUDIENCE:
         return _verify_pool_key(settings, token)
+    if audience == MODEL_AUDIENCE:
+        return _verify_model_key(settings, token)
     return _verify(settings, token, audience)
 
 
@@ -137,8 +183,8 @@ class ModelKeys:
             self._verified.move_to_end(token)
             return known[0]
         verified = authenticate_model_key(self._settings, token)
-        expires = jwt.decode(token, options={"verify_signature": False}).get("exp")
-        if isinstance(expires, int | float):
+        expires = jwt.decode(token, options={"verify_signature": False}).get("exp", math.inf)
+        if isinstance(expires, int | float):  # a session's model key has none: it names a run
             self._verified[token] = (verified, float(expires))
             if len(self._verified) > self._size:
                 self._verified.popitem(last=False)
@@ -148,6 +194,12 @@ class ModelKeys:
 def _verify(settings: Settings, token: str, audience: object) -> Principal:
     if audience == SESSION_AUDIENCE:
         return _verify_session_token(settings, token)
+    if audience in (MODEL_AUDIENCE, POOL_AUDIENCE):
+        # Never tried as a user token, whatever secrets the operator chose.
+        raise Unauthorized(
+            "invalid token: a model key is good for the model proxy only",
+            code=ErrorCode.INVALID_TOKEN,
+        )
     return _verify_user_token(settings, token)
 
 
@@ -189,6 +241,20 @@ def _verify_session_token(settings: Settings, token: str) -> Principal:
         SESSION_AUDIENCE,
         ["sub", "exp", "sid", "aud"],
     )
+    return _session_principal(claims)
+
+
+def _verify_model_key(settings: Settings, token: str) -> Principal:
+    claims = _decode(
+        token, settings.session_token_key, _SESSION_ALGORITHM, MODEL_AUDIENCE, ["sub", "sid", "run"]
+    )
+    run = claims["run"]
+    if not isinstance(run, int) or isinstance(run, bool):
+        raise Unauthorized("invalid token: bad run", code=ErrorCode.INVALID_TOKEN)
+    return dataclasses.replace(_session_principal(claims), run=run)
+
+
+def _session_principal(claims: dict[str, object]) -> Principal:
     try:
         session_id = uuid.UUID(str(claims["sid"]))
         root_id = uuid.UUID(str(claims.get("root") or session_id))

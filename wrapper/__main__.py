@@ -64,10 +64,11 @@ async def run(settings: WrapperSettings) -> int:
     from wrapper.claude_process import has_transcript, spawn_cli
     from wrapper.token_file import write_token_file
 
-    # Before the CLI starts: its apiKeyHelper reads the model credential from this file (and
-    # caches it). A pooled container's key means nothing until a claim binds it to a session.
+    # Before the CLI starts, when its apiKeyHelper reads the model credential from this file
+    # (and caches it); not when its environment has it. A pooled container's key means
+    # nothing until a claim binds it to a session.
     model_key = settings.pool.model_key if settings.pool else settings.session_token
-    if model_key is not None:
+    if model_key is not None and settings.model_key is None:
         try:
             write_token_file(settings.token_file, model_key)
         except OSError as exc:

@@ -199,7 +199,8 @@ def has_transcript(settings: WrapperSettings) -> bool:
 
 
 async def spawn_cli(settings: WrapperSettings, resume: bool) -> ClaudeProcess:
-    argv = build_argv(settings.claude_bin, settings.contract, resume=resume)
-    return await ClaudeProcess.spawn(
-        argv, cli_environment(os.environ), settings.workdir, settings.max_line_bytes
+    argv = build_argv(
+        settings.claude_bin, settings.contract, resume=resume, key_helper=not settings.model_key
     )
+    environment = cli_environment(os.environ, settings.model_key)
+    return await ClaudeProcess.spawn(argv, environment, settings.workdir, settings.max_line_bytes)

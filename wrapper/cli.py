@@ -29,16 +29,21 @@ MCP_CONFIG = json.dumps(
 )
 MCP_TOOLS = f"mcp__{MCP_SERVER_NAME}"  # as an --allowedTools entry: every tool of the server
 
-# The CLI's model credential: the session's capability token, read from the file the wrapper
-# keeps fresh (the CLI runs the helper again every CLAUDE_CODE_API_KEY_HELPER_TTL_MS). The CLI
-# sends it as both x-api-key and a bearer token to ANTHROPIC_BASE_URL, the gateway's proxy.
+# A pooled CLI's model credential: the key in the file the wrapper writes (the pool's key,
+# then the session's token after the claim; the CLI runs the helper again every
+# CLAUDE_CODE_API_KEY_HELPER_TTL_MS). The CLI sends it as both x-api-key and a bearer token to
+# ANTHROPIC_BASE_URL, the gateway's proxy. A cold-started CLI has its key in its environment.
 MODEL_KEY_SETTINGS = json.dumps(
     {"apiKeyHelper": f'cat "$HOME/{SESSION_TOKEN_FILE}"'}, separators=(",", ":")
 )
 
 
-def build_argv(binary: str, env: ContainerEnv, *, resume: bool) -> list[str]:
-    """The CLI command line for a session. ``resume`` continues the saved conversation."""
+def build_argv(
+    binary: str, env: ContainerEnv, *, resume: bool, key_helper: bool = True
+) -> list[str]:
+    """The CLI command line for a session. ``resume`` continues the saved conversation;
+    ``key_helper``: the CLI reads its model key from the token file (else its environment
+    has one: see ``cli_environment``)."""
     config = env.config
     argv = [
         binary,
@@ -57,7 +62,8 @@ def build_argv(binary: str, env: ContainerEnv, *, resume: bool) -> list[str]:
         argv += ["--session-id", env.claude_session_id]
     if config.model:
         argv += ["--model", config.model]
-    argv += ["--settings", MODEL_KEY_SETTINGS]
+    if key_helper:
+        argv += ["--settings", MODEL_KEY_SETTINGS]
     argv += ["--mcp-config", MCP_CONFIG]
     argv += ["--allowedTools", ",".join([*(config.allowed_tools or []), MCP_TOOLS])]
     if config.disallowed_tools:
@@ -71,14 +77,18 @@ def build_argv(binary: str, env: ContainerEnv, *, resume: bool) -> list[str]:
     return argv
 
 
-def cli_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The CLI's environment: the container's, minus what belongs to the wrapper."""
-    return {
+def cli_environment(environ: Mapping[str, str], model_key: str | None = None) -> dict[str, str]:
+    """The CLI's environment: the container's, minus what belongs to the wrapper, plus its
+    ``model_key`` (if given) as its API key."""
+    kept = {
         name: value
         for name, value in environ.items()
         if name in _KEPT_NAMES
         or (name not in _DROPPED_NAMES and not name.startswith(_DROPPED_PREFIXES))
     }
+    if model_key is not None:
+        kept["ANTHROPIC_API_KEY"] = model_key
+    return kept
 
 
 def claude_config_dir(environ: Mapping[str, str]) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 from wrapper.cli import claude_config_dir
 from wrapper.protocol import (
     ENV_GATEWAY_URL,
+    ENV_MODEL_KEY,
     ENV_POOL_ID,
     ENV_POOL_MODEL_KEY,
     ENV_POOL_REDIS_URL,
@@ -69,6 +70,10 @@ class WrapperSettings:
     session_token: str | None = field(default=None, repr=False)
     """The session's capability token at start (``CCD_SESSION_TOKEN``); ``None`` without one,
     and then the ``sessions`` tools answer with an error."""
+    model_key: str | None = field(default=None, repr=False)
+    """The CLI's model key for its whole life (``CCD_MODEL_KEY``, given to the CLI as
+    ``ANTHROPIC_API_KEY``); without one the CLI reads the token file through an
+    apiKeyHelper (a pooled container, whose key changes at the claim)."""
     interrupt_retry: float = 2.0
     """Seconds a turn has to end after the CLI acknowledged an interrupt before it is sent
     again (``CCD_INTERRUPT_RETRY``); also how long an interrupt waits for its turn to show
@@ -112,6 +117,7 @@ class WrapperSettings:
             max_line_bytes=int(env.get("CCD_MAX_LINE_BYTES", str(64 * 1024 * 1024))),
             token_file=token_file(env),
             session_token=env.get(ENV_SESSION_TOKEN) or None,
+            model_key=None if pool else env.get(ENV_MODEL_KEY) or None,
             interrupt_retry=float(env.get("CCD_INTERRUPT_RETRY", "2")),
             interrupt_attempts=int(env.get("CCD_INTERRUPT_ATTEMPTS", "5")),
         )

@@ -232,6 +232,10 @@ ENV_STREAM_MAXLEN = "CCD_STREAM_MAXLEN"
 # ``session_token_file``. Not part of ``ContainerEnv``: it is minted when the container starts.
 ENV_SESSION_TOKEN = "CCD_SESSION_TOKEN"
 SESSION_TOKEN_FILE = ".ccd/session-token"  # relative to the container user's HOME
+# A cold-started session's model key (a JWT good for the model proxy only, while this run of
+# the session lasts): the CLI gets it as ANTHROPIC_API_KEY, so it boots without running an
+# apiKeyHelper. Minted with the container, like the token.
+ENV_MODEL_KEY = "CCD_MODEL_KEY"
 # Where ``ccd-agent`` finds its session's id when the CLI was started before the container
 # had one (a pooled container: see ``PoolClaim``); relative to HOME like the token file.
 SESSION_ID_FILE = ".ccd/session-id"

@@ -59,7 +59,7 @@ from gateway.events.bus import EventBus
 from gateway.metrics import Metrics
 from gateway.model.meter import USAGE_FIELDS, Usage
 from gateway.model.prices import PriceTable
-from gateway.security import Principal
+from gateway.security import Principal, run_stamp
 from wrapper.protocol import GatewayEvent
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ def _caller_statement(key: InstrumentedAttribute[Any]) -> Executable:
             TreeUsageRow.max_tokens,
             TreeUsageRow.max_cost_usd,
             SessionRow.path,
+            SessionRow.started_at,
         )
         .outerjoin(TreeUsageRow, TreeUsageRow.root_id == SessionRow.root_id)
         .where(key == bindparam("key"))
@@ -231,15 +232,19 @@ class Ledger:
     # -- admission ---------------------------------------------------------------------------
 
     async def caller(self, principal: Principal) -> Caller:
-        """The running session a session token names, with its tree's budget; raises
-        ``NotRunning``. While PostgreSQL cannot be reached, a session whose tree has no budget
-        (the token says so) goes on with what its token says, unchecked for revocation, so
-        running sessions keep working through an outage; a budgeted one cannot be admitted
-        (the database error propagates)."""
+        """The running session a session token (or model key) names, with its tree's budget;
+        raises ``NotRunning``, also for a model key of one of the session's earlier runs.
+        While PostgreSQL cannot be reached, a session whose tree has no budget (the token says
+        so) goes on with what its token says, unchecked for revocation (or run), so running
+        sessions keep working through an outage; a budgeted one cannot be admitted (the
+        database error propagates)."""
         assert principal.session_id is not None and principal.root_id is not None
         try:
             return await self._running_caller(
-                self._caller_by_session, principal.session_id, f"session {principal.session_id}"
+                self._caller_by_session,
+                principal.session_id,
+                f"session {principal.session_id}",
+                principal.run,
             )
         except NotRunning:
             raise
@@ -257,11 +262,15 @@ class Ledger:
         uses the key it booted with); raises ``NotRunning`` before a claim or after its end."""
         return await self._running_caller(self._caller_by_pool, pool_id, f"pool key {pool_id}")
 
-    async def _running_caller(self, statement: Prepared, key: uuid.UUID, name: str) -> Caller:
+    async def _running_caller(
+        self, statement: Prepared, key: uuid.UUID, name: str, run: int | None = None
+    ) -> Caller:
         row = await self._statements.one_or_none(statement, {"key": key})
         if row is None or row["status"] not in ACTIVE_STATUSES:
             who = f"session {row['id']}" if row is not None else name
             raise NotRunning(f"{who} is {row['status'] if row else 'gone'}")
+        if run is not None and run != run_stamp(row["started_at"]):
+            raise NotRunning(f"session {row['id']} was started again since this key was made")
         return Caller(
             row["id"],
             row["root_id"],

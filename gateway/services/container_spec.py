@@ -24,6 +24,7 @@ from wrapper.protocol import (
     CONTAINER_GID,
     CONTAINER_HOME,
     CONTAINER_UID,
+    ENV_MODEL_KEY,
     ENV_POOL_ID,
     ENV_POOL_MODEL_KEY,
     ENV_POOL_REDIS_URL,
@@ -42,10 +43,11 @@ MODEL_KEY_REFRESH_MS = 60_000
 
 
 def build_container_spec(
-    settings: Settings, session: SessionRow, session_token: str, redis_url: str
+    settings: Settings, session: SessionRow, session_token: str, redis_url: str, model_key: str
 ) -> ContainerSpec:
-    """Pure: the same settings, row, token and Redis URL always give the same spec.
-    ``redis_url`` carries the session's own Redis user, never the gateway's."""
+    """Pure: the same settings, row, token, Redis URL and model key always give the same spec.
+    ``redis_url`` carries the session's own Redis user, never the gateway's; ``model_key`` is
+    what its CLI calls the model proxy with (``mint_model_key``)."""
     session_id = str(session.id)
     config = SessionConfig.model_validate(session.config).cli()
     contract = _contract(settings, session_id, redis_url, str(session.claude_session_id), config)
@@ -54,7 +56,11 @@ def build_container_spec(
         name=container_name(settings.instance_name, session_id),
         image=session.image,
         labels=session_labels(settings.instance_name, session_id, session.owner),
-        contract_env={**contract.to_env(), ENV_SESSION_TOKEN: session_token},
+        contract_env={
+            **contract.to_env(),
+            ENV_SESSION_TOKEN: session_token,
+            ENV_MODEL_KEY: model_key,
+        },
     )
 
 
@@ -146,7 +152,8 @@ def _spec(
         **settings.session_cli_env(),
         **contract_env,
         # The model is reached through the gateway's proxy, never directly, and with no
-        # credential of the operator's: the CLI's key is its session's token (apiKeyHelper).
+        # credential of the operator's: the CLI's key is its session's model key (cold), or
+        # what a pooled container's apiKeyHelper reads (its pool key, then its session token).
         "ANTHROPIC_BASE_URL": settings.model_proxy_url,
         "CLAUDE_CODE_API_KEY_HELPER_TTL_MS": str(MODEL_KEY_REFRESH_MS),
     }

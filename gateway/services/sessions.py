@@ -54,7 +54,7 @@ from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
 from gateway.metrics import Metrics
 from gateway.runtime import ImageMissing, RuntimeFailure, SessionRuntime
-from gateway.security import mint_session_token
+from gateway.security import mint_model_key, mint_session_token
 from gateway.services import capabilities, limits
 from gateway.services import idempotency as idempotency_keys
 from gateway.services.admission import StartAdmission
@@ -436,9 +436,13 @@ class SessionService:
             self._metrics.start_step(step, now - step_began)
             step_began = now
 
-        token, redis_url = await self._credentials(row)
+        token, redis_url, budgeted = await self._credentials(row)
+        # The CLI's model key, in its environment: an apiKeyHelper would cost its boot 0.1 s.
+        model_key = mint_model_key(
+            self._settings, row.id, row.root_id, row.owner, row.started_at, budgeted=budgeted
+        )
         step_done("credentials")
-        spec = build_container_spec(self._settings, row, token, redis_url)
+        spec = build_container_spec(self._settings, row, token, redis_url, model_key)
         try:
             state = await self._runtime.create(spec)
         except ImageMissing as exc:
@@ -479,7 +483,7 @@ class SessionService:
         goes in (unless it is the session's own, new and empty), then the claim hands the
         wrapper the session's identity and credentials. Failures as for
         ``_start_container``."""
-        token, redis_url = await self._credentials(row)
+        token, redis_url, _ = await self._credentials(row)
         step = "restore its workspace"
         try:
             if not row.workspace_restored:
@@ -496,9 +500,10 @@ class SessionService:
         self._background.spawn(self._watch_start(row.id), name=f"start-watch-{row.id}")
         return row
 
-    async def _credentials(self, row: SessionRow) -> tuple[str, str]:
-        """The session's capability token, and the URL of its own Redis user (created now:
-        it exists before its container runs as the session)."""
+    async def _credentials(self, row: SessionRow) -> tuple[str, str, bool]:
+        """The session's capability token, the URL of its own Redis user (created now: it
+        exists before its container runs as the session), and whether its tree has a model
+        budget."""
         if row.id == row.root_id:  # a root's budget is in its own config
             budgeted = bool(row.config.get("budget"))
         else:
@@ -514,7 +519,7 @@ class SessionService:
             raise Unavailable(
                 reason, code=ErrorCode.EVENTS_UNAVAILABLE, session_id=str(row.id)
             ) from exc
-        return token.token, redis_url
+        return token.token, redis_url, budgeted
 
     async def _start_failed(self, row: SessionRow, step: str, exc: Exception) -> NoReturn:
         """Fail the session with what went wrong, and raise the error its caller answers."""

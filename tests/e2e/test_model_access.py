@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from gateway.model.meter import Usage
@@ -160,6 +161,73 @@ async def test_only_a_running_sessions_own_token_reaches_the_model(api_for, gate
             "/model/v1/messages", json=messages_body("x"), headers={"x-api-key": token}
         )
     assert revoked.status_code == 401 and "stopped" in revoked.json()["error"]["message"]
+
+
+# The environment and command line of the session's CLI, as a process in the session reads them.
+CLI_KEY = r"""
+import json, os
+for pid in os.listdir("/proc"):
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+        continue
+    if b"stream-json" in argv and not argv[0].endswith(b"python3"):
+        env = dict(v.decode().split("=", 1) for v in environ if b"=" in v)
+        print(json.dumps({"key": env.get("ANTHROPIC_API_KEY"), "argv": [a.decode() for a in argv]}))
+        break
+"""
+
+
+def cli_model_key(docker_client: Any, container_id: str) -> str:
+    """The model key the session's CLI holds, read from inside its container; the CLI was
+    started without an apiKeyHelper (its key is in its environment)."""
+    code, output = docker_client.containers.get(container_id).exec_run(["python3", "-c", CLI_KEY])
+    assert code == 0 and output.strip(), output
+    found = json.loads(output)
+    assert "--settings" not in found["argv"] and found["key"], found
+    return str(found["key"])
+
+
+async def test_a_model_key_is_good_for_its_own_run_of_its_session_only(
+    api_for, gateway, docker_client
+) -> None:
+    """The CLI's key is in its environment for its whole life: what an agent that reads it
+    can do with it is call the model for this session while this run lasts. Not the API, not
+    after the session stops, not after it was started again (its new CLI has a new key)."""
+    alice = api_for(f"alice-{marker()}")
+    session = await alice.create()
+    sid = session["id"]
+    ready = await alice.wait_status(sid, "ready")
+    key = cli_model_key(docker_client, ready["container_id"])
+    claims = jwt.decode(key, options={"verify_signature": False})
+    assert claims["aud"] == "cc-docker:model" and claims["sid"] == sid
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+
+        async def count(with_key: str) -> httpx.Response:
+            return await http.post(
+                "/model/v1/messages/count_tokens",
+                json=messages_body("x"),
+                headers={"x-api-key": with_key},
+            )
+
+        assert (await count(key)).status_code == 200
+        for path in (f"/api/v1/sessions/{sid}", "/api/v1/sessions"):
+            refused = await http.get(path, headers={"authorization": f"Bearer {key}"})
+            assert refused.status_code == 401, refused.text
+            assert "model proxy only" in refused.json()["error"]["message"]
+        await alice.stop(sid)
+        stopped = await count(key)
+        assert stopped.status_code == 401 and "stopped" in stopped.json()["error"]["message"]
+        resumed = await alice.http.post(f"/api/v1/sessions/{sid}/resume")
+        assert resumed.status_code in (200, 202), resumed.text
+        again = await alice.wait_status(sid, "ready")
+        replaced = await count(key)
+        assert replaced.status_code == 401, replaced.text
+        assert "started again" in replaced.json()["error"]["message"]
+        new_key = cli_model_key(docker_client, again["container_id"])
+        assert new_key != key and (await count(new_key)).status_code == 200
+    await alice.stop(sid)
 
 
 async def test_usage_is_exactly_what_the_upstream_reported(api_for, fake_api) -> None:

@@ -33,7 +33,7 @@ def _spec(**values: object):  # type: ignore[no-untyped-def]
         depth=0,
         path=[],
     )
-    return build_container_spec(settings, row, "token", "redis://u:p@ccd-host:6379/0")
+    return build_container_spec(settings, row, "token", "redis://u:p@ccd-host:6379/0", "key")
 
 
 def test_docker_gets_every_hardening_option() -> None:

@@ -142,3 +142,46 @@ def test_a_remembered_model_key_still_expires_and_a_forged_one_is_never_remember
     for _ in range(2):
         with pytest.raises(Unauthorized):
             keys.authenticate(forged)
+
+
+def test_a_model_key_names_its_run_and_opens_nothing_but_the_model_proxy() -> None:
+    import uuid
+    from datetime import UTC, datetime
+
+    import jwt
+
+    from gateway.errors import Unauthorized
+    from gateway.security import (
+        ModelKeys,
+        authenticate_token,
+        mint_model_key,
+        run_stamp,
+    )
+
+    started = datetime(2026, 12, 3, 4, 5, 6, 789012, tzinfo=UTC)
+    assert run_stamp(started) == 1_796_270_706_789_012  # exact to the microsecond
+    session, root = uuid.uuid4(), uuid.uuid4()
+    # Even an operator who signs both kinds with one secret gets no user token out of a key.
+    for settings in (
+        Settings(_env_file=None, jwt_secret=SECRET),  # type: ignore[arg-type]
+        Settings(_env_file=None, jwt_secret=SECRET, session_token_secret=SECRET),  # type: ignore[arg-type]
+    ):
+        key = mint_model_key(settings, session, root, "alice", started, budgeted=True)
+        principal = ModelKeys(settings).authenticate(key)
+        assert not isinstance(principal, uuid.UUID)
+        assert (principal.session_id, principal.root_id, principal.owner) == (
+            session,
+            root,
+            "alice",
+        )
+        assert principal.run == run_stamp(started) and principal.budgeted
+        with pytest.raises(Unauthorized, match="model proxy only"):
+            authenticate_token(settings, key)
+        claims = jwt.decode(key, options={"verify_signature": False})
+        assert "exp" not in claims  # the CLI cannot be given another; its run bounds it
+        for forged in (
+            jwt.encode({**claims, "run": claims["run"] + 1}, "not-the-key-" * 4, "HS256"),
+            jwt.encode({**claims, "run": "1"}, settings.session_token_key, "HS256"),
+        ):
+            with pytest.raises(Unauthorized):
+                ModelKeys(settings).authenticate(forged)

@@ -77,6 +77,7 @@ def test_container_spec_carries_labels_limits_and_the_contract() -> None:
         _row(),
         "cap-token",
         "redis://ccd-session-x:pw@ccd-host:6379/0",
+        "model-key",
     )
     sid = "11111111-2222-3333-4444-555555555555"
     assert spec.name == f"ccd-prod-{sid}"
@@ -93,6 +94,7 @@ def test_container_spec_carries_labels_limits_and_the_contract() -> None:
     assert spec.env[ENV_SESSION_ID] == sid  # operators' extras cannot spoof the identity
     assert spec.env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
     assert spec.env["CCD_SESSION_TOKEN"] == "cap-token"
+    assert spec.env["CCD_MODEL_KEY"] == "model-key"
     contract = ContainerEnv.from_env(spec.env)
     assert contract.config.model == "m"
     assert contract.claude_session_id == "66666666-2222-3333-4444-555555555555"
@@ -104,7 +106,7 @@ def test_no_model_credential_ever_reaches_a_container() -> None:
         anthropic_auth_token="tok-op-2",
         claude_code_oauth_token="oauth-op-3",
     )
-    spec = build_container_spec(operator, _row(), "token", "redis://u:p@h:1/0")
+    spec = build_container_spec(operator, _row(), "token", "redis://u:p@h:1/0", "key")
     assert not {"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN"} & set(
         spec.env
     )

@@ -13,6 +13,7 @@ import pytest
 from wrapper import protocol
 from wrapper.claude_process import ClaudeProcess, ControlError
 from wrapper.cli import build_argv, claude_config_dir, cli_environment, transcript_path
+from wrapper.config import WrapperSettings
 from wrapper.protocol import CliConfig, ContainerEnv, InterruptInput, PoolClaim, PromptInput
 from wrapper.session_config import SessionConfig
 
@@ -97,6 +98,24 @@ def test_cli_environment_drops_the_wrappers_variables() -> None:
         "CCD_SESSION_ID": "x",
         "CCD_GATEWAY_URL": "http://gateway:8000",
     }
+
+
+def test_a_cold_cli_has_its_model_key_in_its_environment_a_pooled_one_reads_a_file() -> None:
+    """An apiKeyHelper costs the CLI's boot about 0.1 s; only a pooled CLI, whose key changes
+    at its claim, needs one."""
+    helper = build_argv("claude", contract(), resume=False)
+    assert "apiKeyHelper" in helper[helper.index("--settings") + 1]
+    assert "--settings" not in build_argv("claude", contract(), resume=False, key_helper=False)
+    env = cli_environment({"HOME": "/h", "ANTHROPIC_API_KEY": "stale"}, "model-key")
+    assert env == {"HOME": "/h", "ANTHROPIC_API_KEY": "model-key"}
+    container = {
+        **contract().to_env(),
+        "CCD_SESSION_TOKEN": "token",
+        "CCD_MODEL_KEY": "model-key",
+    }
+    assert WrapperSettings.from_env(container).model_key == "model-key"
+    pooled = {**container, "CCD_POOL_ID": "p", "CCD_POOL_REDIS_URL": "r", "CCD_POOL_MODEL_KEY": "k"}
+    assert WrapperSettings.from_env(pooled).model_key is None
 
 
 def test_transcript_path_follows_the_clis_layout() -> None:
