@@ -71,9 +71,12 @@ def user_turn(prompt: str) -> dict[str, Any]:
     }
 
 
-def bare_run(network: str, api_url: str, limits: list[str]) -> tuple[float, float]:
+def bare_run(
+    network: str, api_url: str, limits: list[str], hold: threading.Barrier | None = None
+) -> tuple[float, float]:
     """(docker run -> initialize answered, prompt -> first stdout line), in seconds. ``limits``
-    are extra ``docker run`` options (the sessions' CPU, memory and process limits)."""
+    are extra ``docker run`` options (the sessions' CPU, memory and process limits); ``hold``:
+    the CLI stays up, once it answered, until every party of the barrier has too."""
     argv = [
         "docker", "run", "--rm", "-i", "--network", network, *limits,
         "-e", f"ANTHROPIC_BASE_URL={api_url}", "-e", "ANTHROPIC_API_KEY=bench",
@@ -91,6 +94,8 @@ def bare_run(network: str, api_url: str, limits: list[str]) -> tuple[float, floa
         if json.loads(line).get("type") == "control_response":
             break
     ready = time.perf_counter() - start
+    if hold is not None:
+        hold.wait()
     sent = time.perf_counter()
     proc.stdin.write(json.dumps(user_turn("bench: say hi")) + "\n")
     proc.stdin.flush()

@@ -1,0 +1,104 @@
+"""Where a benchmark phase's CPU went: this machine's processes and containers, in CPU seconds.
+
+Best effort, for the benchmarks only: it reads cgroup v1 ``cpuacct`` (the Docker engine's
+``cgroupfs`` driver keeps every container under ``/sys/fs/cgroup/cpuacct/docker``, whose total
+still counts containers that have exited) and ``/proc/<pid>/stat``. Where those are not there,
+``CpuMeter.available`` is false and the benchmark prints no breakdown.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+_CPUACCT = Path("/sys/fs/cgroup/cpuacct")
+_TICKS = os.sysconf("SC_CLK_TCK")
+_ENGINE = ("dockerd", "containerd")
+
+
+def _cgroup_seconds(path: Path) -> float:
+    try:
+        return int((path / "cpuacct.usage").read_text()) / 1e9
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _process_seconds(pid: int) -> float:
+    """User + system CPU of a process and of its children it waited for."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return sum(int(value) for value in fields[11:15]) / _TICKS
+
+
+def _engine_seconds() -> float:
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                name = (entry / "comm").read_text().strip()
+            except OSError:
+                continue
+            if name in _ENGINE:
+                total += _process_seconds(int(entry.name))
+    return total
+
+
+def _own_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuMeter:
+    """CPU seconds between ``start`` and ``stop``: the whole machine, all containers, some
+    named containers, some named processes, the engine's daemons, and this process."""
+
+    def __init__(
+        self,
+        containers: Mapping[str, str] | None = None,
+        processes: Mapping[str, int] | None = None,
+    ) -> None:
+        self.available = (_CPUACCT / "docker" / "cpuacct.usage").exists()
+        self._containers = dict(containers or {})
+        self._processes = dict(processes or {})
+        self._began: dict[str, float] = {}
+        self.spent: dict[str, float] = {}
+
+    def _read(self) -> dict[str, float]:
+        now = {
+            "machine": _cgroup_seconds(_CPUACCT),
+            "containers": _cgroup_seconds(_CPUACCT / "docker"),
+            "engine": _engine_seconds(),
+            "benchmark": _own_seconds(),
+        }
+        for name, container_id in self._containers.items():
+            now[name] = _cgroup_seconds(_CPUACCT / "docker" / container_id)
+        for name, pid in self._processes.items():
+            now[name] = _process_seconds(pid)
+        return now
+
+    def start(self) -> None:
+        self._began = self._read()
+
+    def stop(self) -> None:
+        now = self._read()
+        self.spent = {name: now[name] - self._began.get(name, 0.0) for name in now}
+
+    def summary(self, sessions: int, groups: Iterable[str] = ()) -> str:
+        """One line: CPU seconds per session, by part. Session containers are all containers
+        but the named ones; ``other`` is the machine minus every part."""
+        spent = dict(self.spent)
+        named = sum(spent.get(name, 0.0) for name in self._containers)
+        parts = {"session containers": spent["containers"] - named}
+        for name in [*self._containers, *groups, "engine", "benchmark"]:
+            parts[name] = sum(v for k, v in spent.items() if k == name or k.startswith(f"{name}:"))
+        parts["other"] = (
+            spent["machine"]
+            - spent["containers"]
+            - sum(v for k, v in parts.items() if k not in ("session containers", *self._containers))
+        )
+        shown = ", ".join(f"{name} {value / sessions:.2f}" for name, value in parts.items())
+        return f"CPU s per session: {shown} (machine {spent['machine'] / sessions:.2f})"
