@@ -12,7 +12,6 @@ session's (audience ``cc-docker:model``, naming the session's run) and a pooled 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import uuid
@@ -251,10 +250,10 @@ def _verify_model_key(settings: Settings, token: str) -> Principal:
     run = claims["run"]
     if not isinstance(run, int) or isinstance(run, bool):
         raise Unauthorized("invalid token: bad run", code=ErrorCode.INVALID_TOKEN)
-    return dataclasses.replace(_session_principal(claims), run=run)
+    return _session_principal(claims, run)
 
 
-def _session_principal(claims: dict[str, object]) -> Principal:
+def _session_principal(claims: dict[str, object], run: int | None = None) -> Principal:
     try:
         session_id = uuid.UUID(str(claims["sid"]))
         root_id = uuid.UUID(str(claims.get("root") or session_id))
@@ -265,6 +264,7 @@ def _session_principal(claims: dict[str, object]) -> Principal:
         session_id=session_id,
         root_id=root_id,
         budgeted=claims.get("bgt") is True,
+        run=run,
     )
 
 

@@ -187,7 +187,7 @@ async def main(args: argparse.Namespace) -> None:
         print(line("ours, warm (a pooled container): created -> ready", warm))
     if meters[0].available:
         for name, meter in zip(("bare", "bare, kept up", "ours"), meters, strict=True):
-            print(f"{name}: {meter.summary(args.sessions, groups=('gateway',))}")
+            print(f"{name}: {meter.summary(args.sessions)}")
 
 
 def meter_for(infra: Any, fleet: Fleet) -> CpuMeter:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 _CPUACCT = Path("/sys/fs/cgroup/cpuacct")
@@ -87,18 +87,21 @@ class CpuMeter:
         now = self._read()
         self.spent = {name: now[name] - self._began.get(name, 0.0) for name in now}
 
-    def summary(self, sessions: int, groups: Iterable[str] = ()) -> str:
+    def summary(self, sessions: int) -> str:
         """One line: CPU seconds per session, by part. Session containers are all containers
-        but the named ones; ``other`` is the machine minus every part."""
-        spent = dict(self.spent)
-        named = sum(spent.get(name, 0.0) for name in self._containers)
-        parts = {"session containers": spent["containers"] - named}
-        for name in [*self._containers, *groups, "engine", "benchmark"]:
-            parts[name] = sum(v for k, v in spent.items() if k == name or k.startswith(f"{name}:"))
-        parts["other"] = (
-            spent["machine"]
-            - spent["containers"]
-            - sum(v for k, v in parts.items() if k not in ("session containers", *self._containers))
-        )
+        but the named ones; named processes count by the name before their ``:`` (``gateway:0``
+        and ``gateway:1`` as ``gateway``); ``other`` is the rest of the machine."""
+        spent = self.spent
+        named = {name: spent[name] for name in self._containers}
+        outside: dict[str, float] = {}
+        for name in [*self._processes, "engine", "benchmark"]:
+            group = name.split(":", 1)[0]
+            outside[group] = outside.get(group, 0.0) + spent[name]
+        parts = {
+            "session containers": spent["containers"] - sum(named.values()),
+            **named,
+            **outside,
+            "other": spent["machine"] - spent["containers"] - sum(outside.values()),
+        }
         shown = ", ".join(f"{name} {value / sessions:.2f}" for name, value in parts.items())
         return f"CPU s per session: {shown} (machine {spent['machine'] / sessions:.2f})"

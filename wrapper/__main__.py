@@ -67,10 +67,10 @@ async def run(settings: WrapperSettings) -> int:
     # Before the CLI starts, when its apiKeyHelper reads the model credential from this file
     # (and caches it); not when its environment has it. A pooled container's key means
     # nothing until a claim binds it to a session.
-    model_key = settings.pool.model_key if settings.pool else settings.session_token
-    if model_key is not None and settings.model_key is None:
+    helper_key = settings.pool.model_key if settings.pool else settings.session_token
+    if helper_key is not None and settings.model_key is None:
         try:
-            write_token_file(settings.token_file, model_key)
+            write_token_file(settings.token_file, helper_key)
         except OSError as exc:
             log.warning("cannot write the token file %s: %s", settings.token_file, exc)
     # A stop may come at any moment, the CLI's boot included: note it from the start, so the
