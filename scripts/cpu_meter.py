@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,7 +27,8 @@ def _cgroup_seconds(path: Path) -> float:
 
 
 def _process_seconds(pid: int) -> float:
-    """User + system CPU of a process and of its children it waited for."""
+    """User + system CPU of a process (also one that exited, until it is reaped) and of its
+    children it waited for."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
@@ -65,7 +67,9 @@ class CpuMeter:
         self._containers = dict(containers or {})
         self._processes = dict(processes or {})
         self._began: dict[str, float] = {}
+        self._began_at = 0.0
         self.spent: dict[str, float] = {}
+        self.wall = 0.0  # seconds between start and stop
 
     def _read(self) -> dict[str, float]:
         now = {
@@ -82,26 +86,37 @@ class CpuMeter:
 
     def start(self) -> None:
         self._began = self._read()
+        self._began_at = time.monotonic()
 
     def stop(self) -> None:
         now = self._read()
         self.spent = {name: now[name] - self._began.get(name, 0.0) for name in now}
+        self.wall = time.monotonic() - self._began_at
 
-    def summary(self, sessions: int) -> str:
-        """One line: CPU seconds per session, by part. Session containers are all containers
-        but the named ones; named processes count by the name before their ``:`` (``gateway:0``
-        and ``gateway:1`` as ``gateway``); ``other`` is the rest of the machine."""
+    def parts(self) -> dict[str, float]:
+        """CPU seconds by part. Session containers are all containers but the named ones;
+        named processes count by the name before their ``:`` (``gateway:0`` and ``gateway:1``
+        as ``gateway``); ``other`` is the rest of the machine."""
         spent = self.spent
         named = {name: spent[name] for name in self._containers}
         outside: dict[str, float] = {}
         for name in [*self._processes, "engine", "benchmark"]:
             group = name.split(":", 1)[0]
             outside[group] = outside.get(group, 0.0) + spent[name]
-        parts = {
+        return {
             "session containers": spent["containers"] - sum(named.values()),
             **named,
             **outside,
             "other": spent["machine"] - spent["containers"] - sum(outside.values()),
         }
-        shown = ", ".join(f"{name} {value / sessions:.2f}" for name, value in parts.items())
-        return f"CPU s per session: {shown} (machine {spent['machine'] / sessions:.2f})"
+
+    def summary(self, sessions: int) -> str:
+        """One line: CPU seconds per session, by part."""
+        shown = ", ".join(f"{name} {value / sessions:.2f}" for name, value in self.parts().items())
+        return f"CPU s per session: {shown} (machine {self.spent['machine'] / sessions:.2f})"
+
+    def cores(self) -> str:
+        """One line: the CPU cores each part kept busy between ``start`` and ``stop``."""
+        wall = self.wall
+        shown = ", ".join(f"{name} {value / wall:.2f}" for name, value in self.parts().items())
+        return f"cores busy: {shown} (machine {self.spent['machine'] / wall:.2f})"

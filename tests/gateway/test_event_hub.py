@@ -157,6 +157,52 @@ async def test_listeners_see_every_tracked_session_in_order(hub_and_bus) -> None
     assert seen[a] == published[a]  # nothing after untrack
 
 
+async def test_streams_going_quiet_and_busy_again_lose_and_repeat_nothing(infra) -> None:
+    """The hub reads busy and quiet streams with two XREADs and hands streams between them:
+    every event is seen once, in order, whichever read holds its stream when it comes."""
+    client = aioredis.Redis.from_url(infra.redis_url, decode_responses=True)
+    reader = aioredis.Redis.from_url(infra.redis_url, decode_responses=True, socket_timeout=10)
+    bus = EventBus(client, maxlen=100_000)
+    hub = EventHub(reader, bus, block_ms=300, batch=50, quiet_after=0.2)
+    task = asyncio.create_task(hub.run())
+    talker, sleeper = str(uuid.uuid4()), str(uuid.uuid4())
+    seen: dict[str, list[str]] = {talker: [], sleeper: []}
+    hub.add_listener(lambda event: seen[event.session_id].append(event.id))
+    # Streams that exist before they are tracked (a missing one gets a gap event).
+    published = {sid: await publish(bus, sid, 1) for sid in (talker, sleeper)}
+    try:
+        await hub.track(talker, after="0-0")
+        await hub.track(sleeper, after="0-0")
+        for round_ in range(4):
+            # The sleeper goes quiet while the talker streams; then it speaks up again.
+            async with asyncio.timeout(10):
+                while sleeper not in hub._quiet.sessions:
+                    published[talker] += await publish(bus, talker, 1)
+                    await asyncio.sleep(0.02)
+            assert talker not in hub._quiet.sessions
+            published[sleeper] += await publish(bus, sleeper, 2 + round_)
+            async with asyncio.timeout(5):
+                while seen != published:
+                    await asyncio.sleep(0.01)
+            assert sleeper in hub._busy.sessions  # its event brought it back to the busy read
+        # Both quiet now: the next events still come, once each.
+        async with asyncio.timeout(10):
+            while hub._busy.sessions:
+                await asyncio.sleep(0.05)
+        for sid in (talker, sleeper):
+            published[sid] += await publish(bus, sid, 3)
+        async with asyncio.timeout(5):
+            while seen != published:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)  # and nothing comes twice afterwards
+        assert seen == published
+    finally:
+        async with asyncio.timeout(15):
+            await cancel_and_wait([task])
+            await client.aclose()
+            await reader.aclose()
+
+
 async def test_a_reader_resynchronised_past_trimmed_events_gets_a_gap_first(infra) -> None:
     """A reader that lags while its events are trimmed is told so (the mechanism the WebSocket
     and the chat SSE stream share), then gets what is left, in order, once each."""
