@@ -54,6 +54,33 @@ INSPECT_INTERVAL = 5.0  # seconds between checks of every tracked stream
 QUIET_SECONDS = 5.0  # a stream without events this long moves to the quiet read
 FLOOD_FACTOR = 2  # a stream this many times over its bound ignores the contract
 BROKEN_KEY_RETRY = 0.5  # seconds a follower waits for a broken key to be reset, then rereads
+# Streams looked at in one script call, which Redis runs alone: about 3 ms for 100 here.
+INSPECT_CHUNK = 100
+
+# KEYS: output streams. Returns, per key, {type, entries ever added, length} (0s for a key
+# that is not a stream): small replies in one round trip. Pipelined TYPE and XINFO STREAM
+# (whose replies redis-py parses into dictionaries) cost the gateway's event loop 8 ms of CPU
+# per 100 streams, 100 ms per 1,000, every INSPECT_INTERVAL, and every event waited it out;
+# this costs it 1 ms and 8 ms (measured here).
+_STREAM_STATES = """
+local states = {}
+for i, key in ipairs(KEYS) do
+  local kind = redis.call('TYPE', key)['ok']
+  local added, length = 0, 0
+  if kind == 'stream' then
+    local info = redis.call('XINFO', 'STREAM', key)
+    for j = 1, #info, 2 do
+      if info[j] == 'length' then
+        length = info[j + 1]
+      elseif info[j] == 'entries-added' then
+        added = info[j + 1]
+      end
+    end
+  end
+  states[i] = {kind, added, length}
+end
+return states
+"""
 
 
 class Lagged(Exception):
@@ -165,6 +192,7 @@ class EventHub:
         # Both reads may notice a lost Redis or a broken key; one of them deals with it.
         self._recovering = asyncio.Lock()
         self._inspecting = asyncio.Lock()
+        self._stream_states = self._redis.register_script(_STREAM_STATES)
 
     # -- tracking --------------------------------------------------------------------------
 
@@ -318,28 +346,19 @@ class EventHub:
         sessions = list(self._cursors)
         if not sessions:
             return
-        keys = [protocol.output_stream_key(session_id) for session_id in sessions]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.type(key)
-            kinds = await pipe.execute()
-        streams = [s for s, kind in zip(sessions, kinds, strict=True) if kind == "stream"]
-        for session_id, kind in zip(sessions, kinds, strict=True):
+        states: list[list[Any]] = []
+        for first in range(0, len(sessions), INSPECT_CHUNK):
+            chunk = sessions[first : first + INSPECT_CHUNK]
+            keys = [protocol.output_stream_key(session_id) for session_id in chunk]
+            states += await self._stream_states(keys=keys)
+        for session_id, (kind, added, length) in zip(sessions, states, strict=True):
             if kind == "none":
                 await self._mark_lost(session_id)
-            elif kind != "stream":
+                continue
+            if kind != "stream":
                 self.untrack(session_id)  # every XREAD including it would fail
                 self._damaged(session_id, f"its output stream was replaced by a {kind}")
-        if not streams:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for session_id in streams:
-                pipe.xinfo_stream(protocol.output_stream_key(session_id))
-            infos = await pipe.execute(raise_on_error=False)
-        for session_id, info in zip(streams, infos, strict=True):
-            if not isinstance(info, dict):
                 continue
-            added = int(info.get("entries-added") or 0)
             known = max(
                 self._entries_added.get(session_id, 0), self._entries_read.get(session_id, 0)
             )
@@ -349,7 +368,6 @@ class EventHub:
                 await self._mark_lost(session_id)
             else:
                 self._entries_added[session_id] = added
-            length = int(info.get("length") or 0)
             if length <= self._maxlen:
                 continue
             await self._bus.trim(session_id)
