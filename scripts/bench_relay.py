@@ -36,7 +36,6 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 import redis  # noqa: E402
 from bench import percentile  # noqa: E402
-from bench_proxy import cpu_seconds  # noqa: E402
 from cpu_meter import CpuMeter  # noqa: E402
 
 from tests.client import Api, mint_token  # noqa: E402
@@ -167,7 +166,6 @@ def scenario(
         if not ready.acquire(timeout=120):
             raise RuntimeError("the publishers did not start")
     time.sleep(0.5)  # every client is subscribed in the gateway
-    cpu_before = cpu_seconds(gateway_pid)
     meter = CpuMeter(
         {"redis": redis_container},
         {
@@ -185,7 +183,6 @@ def scenario(
         latencies.extend(values)
         first_sent, last_received = min(first_sent, sent), max(last_received, received)
     elapsed = (last_received - first_sent) / 1e9
-    cpu = cpu_seconds(gateway_pid) - cpu_before
     meter.stop()  # before the joins: a child's CPU is readable until it is reaped
     for sender in senders:
         sender.join(30)
@@ -193,6 +190,7 @@ def scenario(
         process.join(30)
     latencies.sort()
     deliveries = len(latencies)
+    cpu = meter.spent["gateway"]
     p99 = percentile(latencies, 99)
     print(
         f"{name:<40} {deliveries / elapsed:>8,.0f} deliveries/s ({deliveries:,}): "
