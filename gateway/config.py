@@ -390,6 +390,12 @@ class Settings(BaseSettings):
     model_upstream_timeout: float = Field(
         default=600.0, gt=0, description="Seconds the proxy waits for the upstream to answer."
     )
+    model_caller_cache_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a replica keeps a session's model-access check between its calls "
+        "(forgotten at once, on every replica, when the session ends); 0: look it up every call.",
+    )
     model_prices: Annotated[dict[str, dict[str, float]], NoDecode] = Field(
         default_factory=dict,
         description="Prices in USD per million tokens by model family, overriding the built-in "

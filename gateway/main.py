@@ -18,6 +18,7 @@ from gateway.api.model import ModelRoutes
 from gateway.api.openapi import install_openapi
 from gateway.config import Settings
 from gateway.db.engine import create_engine, create_session_factory
+from gateway.db.notifications import Listener
 from gateway.db.statements import Statements
 from gateway.deps import Services
 from gateway.draining import Drain
@@ -27,6 +28,7 @@ from gateway.events.bus import EventBus
 from gateway.events.hub import EventHub
 from gateway.guard import RequestGuard
 from gateway.metrics import Metrics
+from gateway.model.callers import REVOKED_CHANNEL, CallerCache
 from gateway.model.ledger import Ledger
 from gateway.model.prices import PriceTable
 from gateway.model.proxy import ModelProxy
@@ -137,6 +139,13 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
             stack.push_async_callback(upstream.close)
             statements = Statements(settings.database_url, settings.database_pool_size)
             stack.push_async_callback(statements.close)
+            callers = CallerCache(settings.model_caller_cache_seconds)
+            listener = Listener(
+                settings.database_url,
+                {REVOKED_CHANNEL: callers.revoked},
+                on_hearing=callers.hearing,
+                on_deaf=callers.deaf,
+            )
             ledger = Ledger(
                 db,
                 statements,
@@ -144,6 +153,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
                 bus,
                 settings.budget_wait,
                 metrics,
+                callers,
             )
             model_proxy = ModelProxy(
                 settings,
@@ -219,6 +229,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
             tasks = TaskSet()  # the loops that run for the gateway's whole life
             stack.push_async_callback(tasks.close)
             tasks.spawn(leases.run(), "leases")
+            tasks.spawn(listener.run(), "database-notifications")
             tasks.spawn(hub.run(), "event-hub")
             tasks.spawn(recorder.run(), "recorder")
             tasks.spawn(sessions.run_starter(), "starter")

@@ -2,7 +2,8 @@
 
 - time to the first streamed byte and to the end of a trivial streamed answer, for the same
   request sent to the upstream directly and through the gateway's proxy (sequential requests
-  from this process; the upstream, the scripted fake API, runs in a process of its own);
+  from this process, direct and proxied alternating; the upstream, the scripted fake API, runs
+  in a process of its own and keeps connections alive as the real API does);
 - a full trivial turn of the real CLI (one long-lived `claude -p` on this host, prompt ->
   result) talking to the upstream directly, and through the proxy with a session's token;
 - the gateway's CPU time per 1,000 streamed events it relays (read from /proc).
@@ -32,6 +33,9 @@ from tests.claude_cli import claude_binary  # noqa: E402
 from tests.stack import free_port  # noqa: E402
 
 MANY_EVENTS = 1000
+# Pairs not counted: they open the connections and fill what the gateway keeps (its pools, the
+# session's caller), as a session's first calls do.
+WARM_UP = 30
 
 # The upstream in a process of its own: trivial answers, and one with many events.
 UPSTREAM = f"""
@@ -67,25 +71,44 @@ def body(prompt: str) -> dict[str, Any]:
     }
 
 
-async def timed_requests(base_url: str, key: str, runs: int) -> tuple[list[float], list[float]]:
-    """(first byte, whole answer) in seconds for ``runs`` sequential streamed requests."""
-    first, whole = [], []
+async def timed_request(http: httpx.AsyncClient, key: str, prompt: str) -> tuple[float, float]:
+    """(first byte, whole answer) in seconds for one streamed request."""
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
-        for i in range(runs + 5):  # the first five warm the connections up
-            start = time.perf_counter()
-            async with http.stream(
-                "POST", "/v1/messages?beta=true", json=body(f"bench {i}"), headers=headers
-            ) as response:
-                assert response.status_code == 200, await response.aread()
-                got_first = None
-                async for _ in response.aiter_raw():
-                    if got_first is None:
-                        got_first = time.perf_counter() - start
-            if i >= 5:
-                first.append(got_first or 0.0)
-                whole.append(time.perf_counter() - start)
-    return first, whole
+    start = time.perf_counter()
+    async with http.stream(
+        "POST", "/v1/messages?beta=true", json=body(prompt), headers=headers
+    ) as response:
+        assert response.status_code == 200, await response.aread()
+        first = None
+        async for _ in response.aiter_raw():
+            if first is None:
+                first = time.perf_counter() - start
+    return first or 0.0, time.perf_counter() - start
+
+
+Timings = tuple[list[float], list[float]]
+
+
+async def timed_pairs(
+    direct_url: str, proxy_url: str, token: str, runs: int
+) -> tuple[Timings, Timings]:
+    """((first byte, whole answer) direct, the same through the proxy), in seconds, for
+    ``runs`` pairs of sequential streamed requests. The two alternate (and which goes first
+    alternates too), so a machine whose speed drifts during the run weighs on both alike."""
+    direct: Timings = ([], [])
+    proxied: Timings = ([], [])
+    async with (
+        httpx.AsyncClient(base_url=direct_url, timeout=30) as direct_http,
+        httpx.AsyncClient(base_url=proxy_url, timeout=30) as proxy_http,
+    ):
+        ways = [(direct_http, "bench-direct", direct), (proxy_http, token, proxied)]
+        for i in range(runs + WARM_UP):
+            for http, key, timings in ways if i % 2 else reversed(ways):
+                first, whole = await timed_request(http, key, f"bench {i}")
+                if i >= WARM_UP:
+                    timings[0].append(first)
+                    timings[1].append(whole)
+    return direct, proxied
 
 
 def cli_turns(base_url: str, key_file: Path | None, runs: int) -> list[float]:
@@ -178,10 +201,12 @@ async def run(gateway: Any, api: Any, upstream_url: str, runs: int = 300) -> Non
     """Print the proxy's figures for a running gateway whose upstream is ``upstream_url``."""
     session = await api.create()
     await api.wait_status(session["id"], "ready")
+    await asyncio.sleep(3)  # its CLI goes on booting for a moment after it answered
     token = (await api.http.post(f"/api/v1/sessions/{session['id']}/token")).json()["token"]
-    direct_first, direct_whole = await timed_requests(upstream_url, "bench-direct", runs)
-    proxy_first, proxy_whole = await timed_requests(f"{gateway.url}/model", token, runs)
-    print(f"model proxy, {runs} sequential streamed requests each way:")
+    (direct_first, direct_whole), (proxy_first, proxy_whole) = await timed_pairs(
+        upstream_url, f"{gateway.url}/model", token, runs
+    )
+    print(f"model proxy, {runs} sequential streamed requests each way, alternating:")
     print(line("  time to first streamed byte", direct_first, proxy_first))
     print(line("  whole trivial streamed answer", direct_whole, proxy_whole))
     with tempfile.NamedTemporaryFile("w", suffix=".token", delete=False) as key:

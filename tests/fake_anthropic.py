@@ -407,6 +407,9 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "FakeAnthropic/1"
+        # Each event is its own small write on a connection kept alive: without TCP_NODELAY,
+        # Nagle's algorithm holds one back for the client's delayed ACK (40 ms).
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             """Silence the per-request stderr line."""
@@ -474,9 +477,12 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             model = str(body.get("model") or "claude-fake")
             input_tokens = _estimate_tokens(body)
             if body.get("stream"):
+                finished = False
                 with contextlib.suppress(ConnectionError, TimeoutError):
-                    self._stream(step, model, input_tokens, body)
-                self.close_connection = True
+                    finished = self._stream(step, model, input_tokens, body)
+                    if finished:
+                        self.wfile.write(b"0\r\n\r\n")  # the last chunk: the connection stays
+                self.close_connection = not finished
                 return
             if isinstance(step, SlowText):
                 fake._sleep(step.delay * max(0, len(step.chunks) - 1))
@@ -503,18 +509,19 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
         def _event(self, payload: Body) -> None:
             data = f"event: {payload['type']}\ndata: {json.dumps(payload)}\n\n".encode()
             self._sent.append(data)
-            self.wfile.write(data)
+            self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))  # one chunk per event
             self.wfile.flush()
 
         def _stream(
             self, step: Text | ToolUse | SlowText, model: str, input_tokens: int, body: Body
-        ) -> None:
-            """Server-sent events; the body ends when the connection closes."""
+        ) -> bool:
+            """Server-sent events in chunks on a connection kept alive, as the real API sends
+            them; False when the server stopped mid-answer (the connection is then closed)."""
             self._sent: list[bytes] = []
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream; charset=utf-8")
             self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
+            self.send_header("Transfer-Encoding", "chunked")
             self.send_header("request-id", fake._next_id("req"))
             self.end_headers()
             self._event(
@@ -548,7 +555,7 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                     chunks = step.chunks if isinstance(step, SlowText) else (block["text"],)
                     for n, chunk in enumerate(chunks):
                         if n and isinstance(step, SlowText) and not fake._sleep(step.delay):
-                            return
+                            return False
                         output += max(1, len(chunk) // 4)
                         self._event(
                             {
@@ -594,6 +601,7 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 _usage(input_tokens, output, fake.cache_creation_tokens, fake.cache_read_tokens),
             )
             fake._record_stream(body, b"".join(self._sent))
+            return True
 
     return Handler
 

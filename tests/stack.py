@@ -421,6 +421,14 @@ def run_gateway(
             remove_instance_containers(instance)
 
 
+def run_replica(
+    of: Gateway, infra: Infra, *args: Any, **kwargs: Any
+) -> contextlib.AbstractContextManager[Gateway]:
+    """Another gateway of ``of``'s instance, with its secret: a replica of the same fleet,
+    sharing its database, Redis and engine (the rest of the arguments: ``run_gateway``'s)."""
+    return run_gateway(infra, *args, INSTANCE_NAME=of.instance, JWT_SECRET=of.jwt_secret, **kwargs)
+
+
 def remove_instance_containers(instance: str) -> None:
     """Everything a test gateway instance made on the engine: containers, then the session
     network it made itself (when SESSION_NETWORK was left empty) and that network's egress

@@ -57,6 +57,7 @@ from gateway.db.outage import database_unavailable
 from gateway.db.statements import Prepared, Statements
 from gateway.events.bus import EventBus
 from gateway.metrics import Metrics
+from gateway.model.callers import Caller, CallerCache
 from gateway.model.meter import USAGE_FIELDS, Usage
 from gateway.model.prices import PriceTable
 from gateway.security import Principal, run_stamp
@@ -77,21 +78,6 @@ class BudgetSpent(Exception):
     def __init__(self, message: str, figures: dict[str, Any]) -> None:
         super().__init__(message)
         self.figures = figures
-
-
-@dataclass(frozen=True)
-class Caller:
-    session_id: uuid.UUID
-    root_id: uuid.UUID
-    owner: str
-    max_tokens: int | None
-    max_cost_usd: Decimal | None
-    # Its spawn path (root first), when it was read with the session: a call's row lists it.
-    ancestors: tuple[uuid.UUID, ...] | None = None
-
-    @property
-    def has_budget(self) -> bool:
-        return self.max_tokens is not None or self.max_cost_usd is not None
 
 
 @dataclass(frozen=True)
@@ -217,8 +203,10 @@ class Ledger:
         bus: EventBus,
         budget_wait: float,
         metrics: Metrics | None = None,
+        callers: CallerCache | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
+        self._callers = callers or CallerCache(ttl=0)  # none given: nothing kept
         self._db = db
         # One round trip each, compiled once: the caller check and most settlements.
         self._statements = statements
@@ -234,18 +222,25 @@ class Ledger:
     async def caller(self, principal: Principal) -> Caller:
         """The running session a session token (or model key) names, with its tree's budget;
         raises ``NotRunning``, also for a model key of one of the session's earlier runs.
+        Kept between calls (``CallerCache``) while this replica hears of sessions that end.
         While PostgreSQL cannot be reached, a session whose tree has no budget (the token says
         so) goes on with what its token says, unchecked for revocation (or run), so running
         sessions keep working through an outage; a budgeted one cannot be admitted (the
         database error propagates)."""
         assert principal.session_id is not None and principal.root_id is not None
+        kept = self._callers.get(principal.session_id, principal.run)
+        if kept is not None:
+            return kept
+        mark = self._callers.lookup_begins()
         try:
-            return await self._running_caller(
+            caller, run = await self._running_caller(
                 self._caller_by_session,
                 principal.session_id,
                 f"session {principal.session_id}",
                 principal.run,
             )
+            self._callers.keep(mark, caller, run)
+            return caller
         except NotRunning:
             raise
         except Exception as exc:
@@ -260,18 +255,21 @@ class Ledger:
     async def caller_of_pool(self, pool_id: uuid.UUID) -> Caller:
         """The running session that claimed pooled container ``pool_id`` (whose CLI still
         uses the key it booted with); raises ``NotRunning`` before a claim or after its end."""
-        return await self._running_caller(self._caller_by_pool, pool_id, f"pool key {pool_id}")
+        caller, _ = await self._running_caller(self._caller_by_pool, pool_id, f"pool key {pool_id}")
+        return caller
 
     async def _running_caller(
         self, statement: Prepared, key: uuid.UUID, name: str, run: int | None = None
-    ) -> Caller:
+    ) -> tuple[Caller, int]:
+        """The caller, and the run it is in."""
         row = await self._statements.one_or_none(statement, {"key": key})
         if row is None or row["status"] not in ACTIVE_STATUSES:
             who = f"session {row['id']}" if row is not None else name
             raise NotRunning(f"{who} is {row['status'] if row else 'gone'}")
-        if run is not None and run != run_stamp(row["started_at"]):
+        current = run_stamp(row["started_at"])
+        if run is not None and run != current:
             raise NotRunning(f"session {row['id']} was started again since this key was made")
-        return Caller(
+        caller = Caller(
             row["id"],
             row["root_id"],
             row["owner"],
@@ -279,6 +277,7 @@ class Ledger:
             row["max_cost_usd"],
             tuple(row["path"] or ()),
         )
+        return caller, current
 
     async def admit(
         self, caller: Caller, model: str, endpoint: str, body_bytes: int, max_tokens: int

@@ -27,7 +27,8 @@ from gateway.db.outage import database_unavailable
 from gateway.error_codes import ErrorCode
 from gateway.errors import Unauthorized
 from gateway.logging_setup import bind_session
-from gateway.model.ledger import BudgetSpent, Caller, Ledger, NotRunning, Ticket
+from gateway.model.callers import Caller
+from gateway.model.ledger import BudgetSpent, Ledger, NotRunning, Ticket
 from gateway.model.meter import StreamMeter, Usage, usage_of_json
 from gateway.model.slots import CallSlots
 from gateway.model.upstream import Answer, NoCredential, Upstream, UpstreamUnreachable
@@ -120,7 +121,8 @@ class ModelProxy:
         """The calling session (raises ``Unauthorized``, ``NotRunning``), whether it got a slot
         of its owner's (``call_id``; given back here if the caller is refused) and the request
         body (``None``: too large). Once the token's signature is checked, the three are looked
-        up at once: the database, Redis and the client each take one round trip."""
+        up at once: the database (unless this replica kept the caller), Redis and the client
+        each take one round trip."""
         token = bearer_token(request.headers.get("authorization")) or request.headers.get(
             "x-api-key"
         )

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.client import Api, marker, mint_token
 from tests.fake_anthropic import text
-from tests.stack import run_gateway
+from tests.stack import run_gateway, run_replica
 
 pytestmark = pytest.mark.docker
 
@@ -73,14 +73,8 @@ async def test_a_queued_start_is_finished_by_another_replica(
     (same instance, same database) starts it once the slot frees."""
     common: dict[str, Any] = {"SESSION_START_CONCURRENCY": "1", "LEASE_TTL": "3"}
     with run_gateway(infra, fake_api.base_url, s3_endpoint, tmp_path, **common) as first:  # noqa: SIM117
-        with run_gateway(
-            infra,
-            fake_api.base_url,
-            s3_endpoint,
-            tmp_path,
-            INSTANCE_NAME=first.instance,
-            JWT_SECRET=first.jwt_secret,
-            **common,
+        with run_replica(
+            first, infra, fake_api.base_url, s3_endpoint, tmp_path, **common
         ) as second:
             token = mint_token(first.jwt_secret, "alice")
             via_first, via_second = Api(first.url, token), Api(second.url, token)

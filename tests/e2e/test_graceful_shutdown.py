@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.client import Api, is_claude, marker, mint_token, read_until
 from tests.fake_anthropic import slow_text
-from tests.stack import run_gateway
+from tests.stack import run_gateway, run_replica
 
 pytestmark = pytest.mark.docker
 
@@ -113,14 +113,13 @@ async def test_sigterm_drains_and_the_next_gateway_resumes(
         assert container.status == "running", container.status
 
         # the next gateway of the instance, where the client looks for it
-        with run_gateway(
+        with run_replica(
+            first,
             infra,
             fake_api.base_url,
             s3_endpoint,
             tmp_path,
             port=int(first.url.rsplit(":", 1)[1]),
-            INSTANCE_NAME=first.instance,
-            JWT_SECRET=first.jwt_secret,
             **settings,
         ) as second:
             client = Api(second.url, token)
