@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from gateway import __version__
 from gateway.api import build_router
 from gateway.api.console import install_console
-from gateway.api.model import ModelRoutes
+from gateway.api.model import GatewayApp
 from gateway.api.openapi import install_openapi
 from gateway.config import Settings
 from gateway.db.engine import create_engine, create_session_factory
@@ -247,7 +247,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
             log.info("gateway %s ready (instance %s)", __version__, settings.instance_name)
             yield
 
-    app = FastAPI(
+    app = GatewayApp(
         title="CC-Docker",
         version=__version__,
         description="Claude Code sessions, each in its own Docker container.",
@@ -258,10 +258,9 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
     app.include_router(build_router())
     install_console(app)
     install_openapi(app)
-    # Credentials, rate and body size are checked before routing reads anything; the model
-    # proxy, outermost, checks its own callers and bodies (gateway/api/model.py says why).
+    # Credentials, rate and body size are checked before routing reads anything. (The model
+    # proxy is served before all of this and checks its own callers and bodies: GatewayApp.)
     app.add_middleware(RequestGuard, settings=settings)
-    app.add_middleware(ModelRoutes)
     return app
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from types import SimpleNamespace
 
+import httpx
 import pytest
 
+from gateway.api.model import GatewayApp
 from gateway.config import Settings
 from gateway.model.meter import StreamMeter, Usage, usage_of_json
 from gateway.model.prices import PriceTable
@@ -185,3 +188,22 @@ def test_a_model_key_names_its_run_and_opens_nothing_but_the_model_proxy() -> No
         ):
             with pytest.raises(Unauthorized):
                 ModelKeys(settings).authenticate(forged)
+
+
+class FailingProxy:
+    async def forward(self, endpoint: str, request: object) -> None:
+        raise RuntimeError(f"{endpoint}: a bug")
+
+
+async def test_a_failure_inside_the_proxy_is_an_anthropic_shaped_500() -> None:
+    """Model calls are served before FastAPI's error layers, so the proxy's own failures must
+    still answer something the CLI understands (and retries), not a bare 500."""
+    app = GatewayApp()
+    app.state.services = SimpleNamespace(model_proxy=FailingProxy())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        failed = await http.post("/model/v1/messages", json={})
+        assert failed.status_code == 500
+        assert failed.json()["type"] == "error"
+        assert failed.json()["error"]["type"] == "api_error"
+        assert (await http.get("/model/v1/messages")).status_code == 404  # only POST is served
