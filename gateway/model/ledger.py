@@ -219,6 +219,11 @@ class Ledger:
 
     # -- admission ---------------------------------------------------------------------------
 
+    def kept_caller(self, principal: Principal) -> Caller | None:
+        """What ``caller`` would answer, if this replica kept it (``None``: ask ``caller``)."""
+        assert principal.session_id is not None
+        return self._callers.get(principal.session_id, principal.run)
+
     async def caller(self, principal: Principal) -> Caller:
         """The running session a session token (or model key) names, with its tree's budget;
         raises ``NotRunning``, also for a model key of one of the session's earlier runs.
@@ -228,7 +233,7 @@ class Ledger:
         sessions keep working through an outage; a budgeted one cannot be admitted (the
         database error propagates)."""
         assert principal.session_id is not None and principal.root_id is not None
-        kept = self._callers.get(principal.session_id, principal.run)
+        kept = self.kept_caller(principal)
         if kept is not None:
             return kept
         mark = self._callers.lookup_begins()

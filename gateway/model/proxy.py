@@ -121,8 +121,8 @@ class ModelProxy:
         """The calling session (raises ``Unauthorized``, ``NotRunning``), whether it got a slot
         of its owner's (``call_id``; given back here if the caller is refused) and the request
         body (``None``: too large). Once the token's signature is checked, the three are looked
-        up at once: the database (unless this replica kept the caller), Redis and the client
-        each take one round trip."""
+        up at once (the database, Redis and the client each take one round trip), or, when
+        this replica kept the caller, the body (almost always in already) then the slot."""
         token = bearer_token(request.headers.get("authorization")) or request.headers.get(
             "x-api-key"
         )
@@ -139,6 +139,10 @@ class ModelProxy:
                 code=ErrorCode.INVALID_TOKEN,
             )
         else:
+            kept = self._ledger.kept_caller(principal)
+            if kept is not None:  # one round trip left: two awaits cost less than a gather
+                read = await _read_body(request, self._settings.model_max_request_bytes)
+                return kept, await self._take_slot(kept.owner, call_id), read
             owner, finding = principal.owner, self._ledger.caller(principal)
         looked_up = await asyncio.gather(
             finding,
