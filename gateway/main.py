@@ -46,7 +46,7 @@ from gateway.runtime import (
 from gateway.runtime.docker import DockerRuntime
 from gateway.runtime.metered import MeteredRuntime
 from gateway.services import idempotency
-from gateway.services.admission import StartAdmission
+from gateway.services.admission import START_SLOTS_CHANNEL, StartAdmission
 from gateway.services.background import TaskSet
 from gateway.services.disk_guard import DiskGuard
 from gateway.services.execute import ExecuteService
@@ -140,12 +140,6 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
             statements = Statements(settings.database_url, settings.database_pool_size)
             stack.push_async_callback(statements.close)
             callers = CallerCache(settings.model_caller_cache_seconds)
-            listener = Listener(
-                settings.database_url,
-                {REVOKED_CHANNEL: callers.revoked},
-                on_hearing=callers.hearing,
-                on_deaf=callers.deaf,
-            )
             ledger = Ledger(
                 db,
                 statements,
@@ -226,6 +220,20 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
                 return lambda: leases.holds(duties[duty])
 
             hub.on_restart(reconciler.wake.set)  # Redis came back: users, gaps, at once
+
+            def hearing() -> None:  # notifications sent while deaf are lost: start afresh
+                callers.hearing()
+                sessions.slot_freed()
+
+            listener = Listener(
+                settings.database_url,
+                {
+                    REVOKED_CHANNEL: callers.revoked,
+                    START_SLOTS_CHANNEL: sessions.start_slots_changed,
+                },
+                on_hearing=hearing,
+                on_deaf=callers.deaf,
+            )
             tasks = TaskSet()  # the loops that run for the gateway's whole life
             stack.push_async_callback(tasks.close)
             tasks.spawn(leases.run(), "leases")

@@ -6,9 +6,10 @@ rate it sustains, and everything beyond only makes every start slower until all 
 their start timeout. So a new session is admitted to start only while fewer than the setting's
 number of sessions of its engine (``INSTANCE_NAME``) are admitted and not yet ready; the rest
 wait in ``starting`` (queued: no container yet), and every replica's starter claims the oldest
-queued session when a slot frees. The start timeout counts from admission. The count and the
-claim happen under one transaction-level advisory lock per engine, so replicas never admit more
-than the limit together, and a queued session is claimed by exactly one of them.
+queued session when a slot frees (told by a notification, whichever replica freed it). The
+start timeout counts from admission. The count and the claim happen under one transaction-level
+advisory lock per engine, so replicas never admit more than the limit together, and a queued
+session is claimed by exactly one of them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import SessionRow, SessionStatus
+
+# Sent (by a trigger, migration 0008) with the instance's name when one of its sessions starts
+# waiting for a slot or an admitted start ends: every replica's starter looks then.
+START_SLOTS_CHANNEL = "ccd_start_slots"
 
 
 class StartAdmission:

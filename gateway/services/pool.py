@@ -172,7 +172,8 @@ class WarmPool:
         """The filler: every ``FILL_INTERVAL`` (or when a claim woke it) while this replica
         holds the pool lease."""
         while True:
-            rest = FILL_INTERVAL
+            # With no pool configured only leftovers (of an earlier configuration) are retired.
+            rest = FILL_INTERVAL if self._pools else RETIRE_INTERVAL
             if is_mine():
                 try:
                     await self.fill_once()

@@ -71,7 +71,10 @@ from wrapper.session_config import SessionConfig
 
 log = logging.getLogger(__name__)
 
-STARTER_POLL = 0.5  # seconds between looks for queued starts another replica's slot freed
+# Seconds between looks for queued starts when nothing woke the starter: a backstop. Starters
+# are woken by their own process's queued starts and readiness, and by every replica's through
+# the ccd_start_slots notification (migration 0008), also when a listener hears again.
+STARTER_POLL = 5.0
 
 EPHEMERAL = WorkspaceChoice()
 
@@ -399,7 +402,7 @@ class SessionService:
 
     async def run_starter(self) -> None:
         """Every replica: start queued sessions of this engine as start slots free up (a
-        slot frees when a session becomes ready or ends, on any replica, hence the poll)."""
+        slot frees when a session becomes ready or ends, on any replica)."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STARTER_POLL):
@@ -422,8 +425,13 @@ class SessionService:
             log.info("queued session %s could not start: %s", session_id, exc.message)
 
     def slot_freed(self) -> None:
-        """A session of this process left ``starting``: a queued start may go now."""
+        """A start slot may be free, or a start queued: look for a queued start to claim."""
         self._queued.set()
+
+    def start_slots_changed(self, instance: str) -> None:
+        """A ``ccd_start_slots`` notification: an engine's slot freed or a start queued."""
+        if instance == self._settings.instance_name:
+            self._queued.set()
 
     async def _start_container(self, row: SessionRow, resumed: bool = False) -> SessionRow:
         """Start the session's container. On failure the session is failed and the error says
