@@ -151,6 +151,7 @@ class _Read:
         self.sessions: set[str] = set()
         self.wake_key = wake_key
         self.wake_cursor = "0-0"
+        self.connection: Any = None  # its own, held between XREADs (``EventHub._xread``)
 
 
 class EventHub:
@@ -165,7 +166,7 @@ class EventHub:
         quiet_after: float = QUIET_SECONDS,
     ) -> None:
         # Typed Any: redis-py's hints cover bytes and RESP3 replies; this client always decodes
-        # to str over RESP2, which its stubs cannot express.
+        # to str, which its stubs cannot express.
         self._redis: Any = client  # must allow blocking reads: no socket timeout below block_ms
         self._bus = bus
         self._block_ms = block_ms
@@ -255,6 +256,8 @@ class EventHub:
                 reads.create_task(self._reading(self._quiet), name="event-hub-quiet")
         finally:
             with contextlib.suppress(Exception):
+                await asyncio.shield(self._let_go())
+            with contextlib.suppress(Exception):
                 keys = (self._busy.wake_key, self._quiet.wake_key)
                 await asyncio.shield(self._redis.delete(*keys))
 
@@ -302,7 +305,7 @@ class EventHub:
             keys[key] = session_id
         # Never block longer than the inspection interval, so a broken stream is found soon.
         block = min(self._block_ms, int(INSPECT_INTERVAL * 1000))
-        reply = await self._redis.xread(streams, count=self._batch, block=block)
+        reply = await self._xread(read, streams, block)
         now = asyncio.get_running_loop().time()
         handed_to: _Read | None = None  # the other read, when it was given streams
         for key, entries in reply or []:
@@ -335,6 +338,50 @@ class EventHub:
                 handed_to = self._quiet
         if handed_to is not None:
             await self._wake(handed_to)
+
+    async def _xread(
+        self, read: _Read, streams: dict[str, str], block: int
+    ) -> list[tuple[str, list[tuple[str, dict[str, str]]]]] | None:
+        """XREAD on the read's own connection, held from one XREAD to the next: the client's
+        checkout, retry and reply-parsing layers around each call cost as much CPU as the read
+        itself when a stream has an event every millisecond. A connection whose reply was not
+        read to its end (an error, a cancellation) is closed, and the next read takes a new
+        one."""
+        connection = read.connection
+        if connection is None:
+            connection = read.connection = await self._redis.connection_pool.get_connection()
+        try:
+            await connection.send_command(
+                "XREAD",
+                "COUNT",
+                self._batch,
+                "BLOCK",
+                block,
+                "STREAMS",
+                *streams,
+                *streams.values(),
+            )
+            reply = await connection.read_response()
+        except aioredis.ResponseError:
+            raise  # the reply was read: the connection is fine
+        except BaseException:
+            read.connection = None
+            await self._redis.connection_pool.release(connection)
+            await connection.disconnect()
+            raise
+        if not reply:
+            return None
+        by_key = reply.items() if isinstance(reply, dict) else reply  # RESP3: a map; RESP2: pairs
+        return [
+            (key, [(entry_id, _pairs(flat)) for entry_id, flat in entries])
+            for key, entries in by_key
+        ]
+
+    async def _let_go(self) -> None:
+        for read in (self._busy, self._quiet):
+            if read.connection is not None:
+                connection, read.connection = read.connection, None
+                await self._redis.connection_pool.release(connection)
 
     async def inspect(self) -> None:
         """Check every tracked stream: trim it to its bound, and drop and report a session
@@ -523,3 +570,9 @@ class EventHub:
             if len(events) < self._batch:
                 return
             after = events[-1].id
+
+
+def _pairs(flat: list[str] | None) -> dict[str, str]:
+    """An entry's fields as XREAD sends them (name, value, name, value, ...)."""
+    it = iter(flat or ())
+    return dict(zip(it, it, strict=False))
