@@ -297,16 +297,17 @@ class SessionService:
             )
             if self._workspaces is not None:
                 await self._workspaces.attach(db, row, workspace, parent)
-            # Admitted to start with its insert when a start slot is free: a queued session
-            # is only ever one that found none.
-            if await self._admission.slot_free(db):
-                row.admitted_at = queries.utcnow()
-            db.add(row)
             # A pooled container needs no start slot (it is started): taken in this same
-            # transaction, so a warm create costs no more round trips than a cold one.
+            # transaction, so a warm create costs no more round trips than a cold one, and
+            # waits for no other create's start lock.
             warm = None
             if self._pool is not None and (pool := self._pool.pool_for(row)) is not None:
                 warm = await self._pool.take(db, row, pool)
+            # Otherwise admitted to start with its insert when a start slot is free: a queued
+            # session is only ever one that found none.
+            if warm is None and await self._admission.slot_free(db):
+                row.admitted_at = queries.utcnow()
+            db.add(row)
             if parent is None:  # a new tree: its running totals and its budget
                 await db.flush()
                 budget = config.get("budget") or {}
