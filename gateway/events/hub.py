@@ -366,8 +366,8 @@ class EventHub:
             raise  # the reply was read: the connection is fine
         except BaseException:
             read.connection = None
-            await self._redis.connection_pool.release(connection)
             await connection.disconnect()
+            await self._redis.connection_pool.release(connection)
             raise
         if not reply:
             return None
