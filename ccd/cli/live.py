@@ -196,13 +196,33 @@ async def attach(client: AsyncClient, output: Output, session_id: str, after: st
     return EXIT_OK if code == 130 else code  # leaving with Ctrl-C is how attach ends
 
 
+# Times a prompt that finds the session busy waits for it (up to _BUSY_WAIT seconds each) and is
+# sent again before attach gives up on it: busy once is the previous turn being recorded; more
+# is someone else's turns.
+_BUSY_RETRIES = 3
+_BUSY_WAIT = 300.0
+
+
 async def _send(session: AsyncSession, output: Output, prompt: str) -> str | None:
-    try:
-        turn = await session.send(prompt)
-    except ApiError as exc:
-        output.err.print(f"[red]not sent: {exc.code}: {exc.message}[/]")
+    """Send one prompt of attach's; its turn's id, or ``None`` when it was refused. The CLI's
+    ``result`` reaches the stream a moment before the gateway has recorded the turn and made
+    the session ``ready``: a prompt sent on that result can find the session still busy, and
+    then waits until it runs no turn (``wait``) and goes."""
+    for attempt in range(_BUSY_RETRIES + 1):
+        try:
+            turn = await session.send(prompt)
+        except Conflict as exc:
+            if exc.code == "session_busy" and attempt < _BUSY_RETRIES:
+                await session.wait(timeout=_BUSY_WAIT)
+                continue
+            refused: ApiError = exc
+        except ApiError as exc:
+            refused = exc
+        else:
+            return str(turn.id)
+        output.err.print(f"[red]not sent: {refused.code}: {refused.message}[/]")
         return None
-    return str(turn.id)
+    return None
 
 
 def _read_lines_into(queue: asyncio.Queue[str | None]) -> None:

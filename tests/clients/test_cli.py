@@ -12,10 +12,14 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from ccd.cli.live import _send
+from ccd.cli.render import Output
+from ccd.errors import Conflict
 from tests.client import marker
 from tests.fake_anthropic import api_error, slow_text, text, tool_use
 
@@ -290,3 +294,34 @@ def test_cp_usage_errors(cli_for, tmp_path: Path) -> None:
     missing = cli.run("cp", str(tmp_path / "absent"), "ws:w/x")
     assert missing.code == 2
     one_error_line(missing.stderr, "no such file")
+
+
+class FinishingSession:
+    """A session whose previous turn is still being recorded when the next prompt comes."""
+
+    def __init__(self, busy_answers: int) -> None:
+        self.busy_answers = busy_answers
+        self.sent: list[str] = []
+        self.waits = 0
+
+    async def send(self, prompt: str) -> SimpleNamespace:
+        if self.busy_answers:
+            self.busy_answers -= 1
+            raise Conflict(409, "session_busy", "A turn is running; one turn runs at a time.")
+        self.sent.append(prompt)
+        return SimpleNamespace(id="turn-2")
+
+    async def wait(self, timeout: float) -> None:
+        self.waits += 1
+
+
+async def test_attach_sends_a_prompt_that_found_the_session_busy_once_it_is_free() -> None:
+    """The CLI's result reaches attach a moment before the gateway makes the session ready: the
+    next line must not be dropped as "not sent" then (seen in CI: the second of two piped
+    prompts lost)."""
+    session = FinishingSession(busy_answers=1)
+    assert await _send(session, Output(json_mode=True), "b two") == "turn-2"  # type: ignore[arg-type]
+    assert session.sent == ["b two"] and session.waits == 1
+    stuck = FinishingSession(busy_answers=10)
+    assert await _send(stuck, Output(json_mode=True), "c") is None  # type: ignore[arg-type]
+    assert stuck.sent == [] and stuck.waits == 3
