@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -23,3 +24,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """``DATABASE_URL`` (SQLAlchemy's form) as asyncpg itself takes it, for the connections
+    the gateway makes without SQLAlchemy."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)

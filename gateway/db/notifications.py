@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import asyncpg
-from sqlalchemy import make_url
+
+from gateway.db.engine import asyncpg_dsn
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,7 @@ class Listener:
         on_deaf: Callable[[], None],
         heartbeat: float = HEARTBEAT_SECONDS,
     ) -> None:
-        self._dsn = (
-            make_url(database_url)
-            .set(drivername="postgresql")
-            .render_as_string(hide_password=False)
-        )
+        self._dsn = asyncpg_dsn(database_url)
         self._channels = dict(channels)
         self._on_hearing = on_hearing
         self._on_deaf = on_deaf
@@ -53,12 +50,10 @@ class Listener:
         while True:
             try:
                 await self._listen()
-            except Exception as exc:
+            except Exception as exc:  # ``_listen`` made it deaf already
                 failures = 0 if self._heard else failures + 1
                 if failures <= 1:
                     log.warning("database notifications lost (%s); listening again", exc)
-            finally:
-                self._deaf()
             await asyncio.sleep(_RETRY_SECONDS[min(failures, len(_RETRY_SECONDS) - 1)])
 
     async def _listen(self) -> None:

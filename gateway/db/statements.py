@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Executable, make_url
+from sqlalchemy import Executable
 from sqlalchemy.dialects import postgresql
 
+from gateway.db.engine import asyncpg_dsn
 from gateway.db.outage import database_unavailable
 
 
@@ -37,11 +38,7 @@ class Statements:
     PostgreSQL is down)."""
 
     def __init__(self, database_url: str, size: int) -> None:
-        self._dsn = (
-            make_url(database_url)
-            .set(drivername="postgresql")
-            .render_as_string(hide_password=False)
-        )
+        self._dsn = asyncpg_dsn(database_url)
         self._size = size
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
