@@ -19,6 +19,7 @@ from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
 T = TypeVar("T")
@@ -84,6 +85,22 @@ def wait_for(
         raise AssertionError(
             f"timed out after {timeout} s waiting for {what}; page:\n{text}"
         ) from None
+
+
+def click_when(
+    driver: WebDriver, find: Callable[[WebDriver], WebElement | None], timeout: float, what: str
+) -> None:
+    """Find an element and click it, again if the page re-rendered it between the two (a
+    listing refreshed after a save replaces its rows)."""
+
+    def clicked(d: WebDriver) -> bool:
+        element = find(d)
+        if element is None:
+            return False
+        element.click()
+        return True
+
+    wait_for(driver, clicked, timeout, what)
 
 
 def settle_layout(driver: WebDriver) -> None:

@@ -20,7 +20,13 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
-from tests.browser import browser_errors, settle_layout, start_chromium, wait_for
+from tests.browser import (
+    browser_errors,
+    click_when,
+    settle_layout,
+    start_chromium,
+    wait_for,
+)
 from tests.client import marker
 from tests.fake_anthropic import slow_text, text, tool_use
 from tests.tcp_proxy import TcpProxy
@@ -285,10 +291,14 @@ async def test_spawn_tree_and_workspace_files_download(
         browser, lambda d: d.find_element(By.XPATH, "//button[.='Save now']"), 15, "Save now"
     )
     save.click()
-    row = wait_for(
-        browser, lambda d: visible(d, 'tr[data-path="out/report.txt"]'), 30, "the saved file"
+    # The listing shown before the save may already hold the file; the one after replaces it.
+    wait_for(browser, lambda d: "Workspace saved" in texts(d, "#toasts .toast"), 30, "the save")
+    click_when(
+        browser,
+        lambda d: visible(d, 'tr[data-path="out/report.txt"] button.link'),
+        30,
+        "the saved file",
     )
-    row.find_element(By.CSS_SELECTOR, "button.link").click()
     downloaded = Path(browser.downloads) / "report.txt"  # type: ignore[attr-defined]
     wait_for(browser, lambda d: downloaded.exists() and downloaded.read_text(), 15, "the download")
     assert downloaded.read_text() == content + "\n"
