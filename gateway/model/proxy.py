@@ -30,7 +30,7 @@ from gateway.logging_setup import bind_session
 from gateway.model.callers import Caller
 from gateway.model.ledger import BudgetSpent, Ledger, NotRunning, Ticket
 from gateway.model.meter import StreamMeter, Usage, usage_of_json
-from gateway.model.slots import CallSlots
+from gateway.model.slots import UNCOUNTED, CallSlots
 from gateway.model.upstream import Answer, NoCredential, Upstream, UpstreamUnreachable
 from gateway.security import ModelKeys, bearer_token
 from gateway.services.background import TaskSet
@@ -63,11 +63,11 @@ class ModelProxy:
 
     async def close(self) -> None:
         await self._settling.close()
+        await self._slots.close()
 
     async def forward(self, endpoint: str, request: Request) -> Response:
-        call_id = str(uuid.uuid4())
         try:
-            caller, slot_taken, body = await self._prepare(request, call_id)
+            caller, slot, body = await self._prepare(request)
         except (Unauthorized, NotRunning) as exc:
             return anthropic_error(401, "authentication_error", str(exc))
         except Exception as exc:
@@ -76,14 +76,14 @@ class ModelProxy:
             return _database_down()
         bind_session(caller.session_id)  # this call's log lines (and its settlement's) name it
         if body is None:
-            await self._give_back(caller.owner, call_id)
+            self._give_back(caller.owner, slot)
             return anthropic_error(
                 413,
                 "request_too_large",
                 f"a model request may be at most {self._settings.model_max_request_bytes} bytes "
                 "(MODEL_MAX_REQUEST_BYTES)",
             )
-        if not slot_taken:
+        if slot is None:
             return anthropic_error(
                 429,
                 "rate_limit_error",
@@ -94,15 +94,15 @@ class ModelProxy:
         try:
             headers = self._upstream.request_headers(request.headers)
         except NoCredential as exc:
-            await self._give_back(caller.owner, call_id)
+            self._give_back(caller.owner, slot)
             return anthropic_error(500, "api_error", str(exc))
         try:
             ticket = await self._admit(caller, endpoint, body)
         except BudgetSpent as exc:
-            await self._give_back(caller.owner, call_id)
+            self._give_back(caller.owner, slot)
             return anthropic_error(400, "invalid_request_error", f"{exc} ({_spent(exc.figures)})")
         except Exception as exc:
-            await self._give_back(caller.owner, call_id)
+            self._give_back(caller.owner, slot)
             if database_unavailable(exc):  # a budgeted call cannot be admitted: retry later
                 return _database_down()
             raise
@@ -110,19 +110,20 @@ class ModelProxy:
         try:
             answer = await self._upstream.send(path, request.url.query, headers, body)
         except UpstreamUnreachable as exc:
-            self._settle_later(ticket, ticket.model, Usage(), None, caller.owner, call_id)
+            self._settle_later(ticket, ticket.model, Usage(), None, slot)
             log.warning("model upstream unreachable for %s: %s", caller.session_id, exc)
             return anthropic_error(502, "api_error", f"the model API could not be reached: {exc}")
         return StreamingResponse(
-            self._relay(answer, ticket, call_id), status_code=answer.status, headers=answer.headers
+            self._relay(answer, ticket, slot), status_code=answer.status, headers=answer.headers
         )
 
-    async def _prepare(self, request: Request, call_id: str) -> tuple[Caller, bool, bytes | None]:
-        """The calling session (raises ``Unauthorized``, ``NotRunning``), whether it got a slot
-        of its owner's (``call_id``; given back here if the caller is refused) and the request
-        body (``None``: too large). Once the token's signature is checked, the three are looked
-        up at once (the database, Redis and the client each take one round trip), or, when
-        this replica kept the caller, the body (almost always in already) then the slot."""
+    async def _prepare(self, request: Request) -> tuple[Caller, str | None, bytes | None]:
+        """The calling session (raises ``Unauthorized``, ``NotRunning``), the slot of its
+        owner's it got (``None``: none free; given back here if the caller is refused) and the
+        request body (``None``: too large). Once the token's signature is checked, the three
+        are looked up at once (the database, Redis and the client each take one round trip),
+        or, when this replica kept the caller, the body (almost always in already) then the
+        slot (most often kept here from the session's previous call: no round trip)."""
         token = bearer_token(request.headers.get("authorization")) or request.headers.get(
             "x-api-key"
         )
@@ -142,23 +143,23 @@ class ModelProxy:
             kept = self._ledger.kept_caller(principal)
             if kept is not None:  # one round trip left: two awaits cost less than a gather
                 read = await _read_body(request, self._settings.model_max_request_bytes)
-                return kept, await self._take_slot(kept.owner, call_id), read
+                return kept, await self._take_slot(kept.owner), read
             owner, finding = principal.owner, self._ledger.caller(principal)
         looked_up = await asyncio.gather(
             finding,
-            self._take_slot(owner, call_id),
+            self._take_slot(owner),
             _read_body(request, self._settings.model_max_request_bytes),
             return_exceptions=True,
         )
         found, slot, body = looked_up
         if (
             isinstance(found, Caller)
-            and isinstance(slot, bool)
+            and not isinstance(slot, BaseException)
             and not isinstance(body, BaseException)
         ):
             return found, slot, body
-        if slot is True:
-            await self._give_back(owner, call_id)
+        if isinstance(slot, str):
+            self._give_back(owner, slot)
         raise next(r for r in looked_up if isinstance(r, BaseException))
 
     async def _admit(self, caller: Caller, endpoint: str, body: bytes) -> Ticket:
@@ -167,7 +168,7 @@ class ModelProxy:
             model, max_tokens = _model_and_max_tokens(body)
         return await self._ledger.admit(caller, model, endpoint, len(body), max_tokens)
 
-    async def _relay(self, answer: Answer, ticket: Ticket, call_id: str) -> AsyncIterator[bytes]:
+    async def _relay(self, answer: Answer, ticket: Ticket, slot: str) -> AsyncIterator[bytes]:
         streamed = answer.content_type.startswith("text/event-stream")
         meter = StreamMeter(ticket.model)
         kept = bytearray()
@@ -183,7 +184,7 @@ class ModelProxy:
             model, usage = meter.model, meter.usage
             if not streamed:
                 model, usage = usage_of_json(bytes(kept), ticket.model)
-            self._settle_later(ticket, model, usage, answer.status, ticket.caller.owner, call_id)
+            self._settle_later(ticket, model, usage, answer.status, slot)
             answer.close()
 
     def _settle_later(
@@ -192,12 +193,11 @@ class ModelProxy:
         model: str,
         usage: Usage,
         status: int | None,
-        owner: str,
-        call_id: str,
+        slot: str,
     ) -> None:
+        self._give_back(ticket.caller.owner, slot)
         self._settling.spawn(
-            self._settle(ticket, model, usage, status, owner, call_id),
-            name=f"settle-{ticket.call_id}",
+            self._settle(ticket, model, usage, status), name=f"settle-{ticket.call_id}"
         )
 
     async def _settle(
@@ -206,11 +206,8 @@ class ModelProxy:
         model: str,
         usage: Usage,
         status: int | None,
-        owner: str,
-        call_id: str,
     ) -> None:
         """Never lost to a database hiccup: retried until it is recorded."""
-        await self._give_back(owner, call_id)
         delay = 0.2
         while True:
             try:
@@ -232,18 +229,16 @@ class ModelProxy:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _take_slot(self, owner: str, call_id: str) -> bool:
+    async def _take_slot(self, owner: str) -> str | None:
         try:
-            return await self._slots.take(owner, call_id)
+            return await self._slots.take(owner)
         except RedisError as exc:  # availability over limiting, as for the request rate
             log.warning("model call slots unavailable (%s); letting the call through", exc)
-            return True
+            return UNCOUNTED
 
-    async def _give_back(self, owner: str, call_id: str) -> None:
-        try:
-            await self._slots.give_back(owner, call_id)
-        except RedisError as exc:  # the slot expires by itself
-            log.warning("could not give back model call slot %s: %s", call_id, exc)
+    def _give_back(self, owner: str, slot: str | None) -> None:
+        if slot is not None:
+            self._slots.give_back(owner, slot)
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
