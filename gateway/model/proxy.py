@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
 
 from gateway.config import Settings
@@ -30,6 +30,7 @@ from gateway.logging_setup import bind_session
 from gateway.model.callers import Caller
 from gateway.model.ledger import BudgetSpent, Ledger, NotRunning, Ticket
 from gateway.model.meter import StreamMeter, Usage, usage_of_json
+from gateway.model.passthrough import Passthrough
 from gateway.model.slots import UNCOUNTED, CallSlots
 from gateway.model.upstream import Answer, NoCredential, Upstream, UpstreamUnreachable
 from gateway.security import ModelKeys, bearer_token
@@ -65,7 +66,7 @@ class ModelProxy:
         await self._settling.close()
         await self._slots.close()
 
-    async def forward(self, endpoint: str, request: Request) -> Response:
+    async def forward(self, endpoint: str, request: Request) -> Response | Passthrough:
         try:
             caller, slot, body = await self._prepare(request)
         except (Unauthorized, NotRunning) as exc:
@@ -113,9 +114,7 @@ class ModelProxy:
             self._settle_later(ticket, ticket.model, Usage(), None, slot)
             log.warning("model upstream unreachable for %s: %s", caller.session_id, exc)
             return anthropic_error(502, "api_error", f"the model API could not be reached: {exc}")
-        return StreamingResponse(
-            self._relay(answer, ticket, slot), status_code=answer.status, headers=answer.headers
-        )
+        return self._relay(answer, ticket, slot)
 
     async def _prepare(self, request: Request) -> tuple[Caller, str | None, bytes | None]:
         """The calling session (raises ``Unauthorized``, ``NotRunning``), the slot of its
@@ -168,24 +167,29 @@ class ModelProxy:
             model, max_tokens = _model_and_max_tokens(body)
         return await self._ledger.admit(caller, model, endpoint, len(body), max_tokens)
 
-    async def _relay(self, answer: Answer, ticket: Ticket, slot: str) -> AsyncIterator[bytes]:
+    def _relay(self, answer: Answer, ticket: Ticket, slot: str) -> Passthrough:
+        """The answer to the CLI as it arrives, metered on its way; settled once it ended,
+        however it ended (read to its end, the caller gone, the upstream cut)."""
         streamed = answer.content_type.startswith("text/event-stream")
         meter = StreamMeter(ticket.model)
         kept = bytearray()
-        try:
+
+        async def chunks() -> AsyncIterator[bytes]:
             async for chunk in answer.chunks():
                 if streamed:
                     meter.feed(chunk)
                 elif len(kept) < _JSON_BODY_CAP:
-                    kept += chunk
+                    kept.extend(chunk)
                 yield chunk
-        finally:
-            # Counted first: closing may be cut short when the client went away.
+
+        def ended() -> None:
             model, usage = meter.model, meter.usage
             if not streamed:
                 model, usage = usage_of_json(bytes(kept), ticket.model)
             self._settle_later(ticket, model, usage, answer.status, slot)
             answer.close()
+
+        return Passthrough(answer.status, answer.headers, chunks(), ended)
 
     def _settle_later(
         self,
