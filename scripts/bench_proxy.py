@@ -4,8 +4,9 @@
   request sent to the upstream directly and through the gateway's proxy (sequential requests
   from this process, direct and proxied alternating; the upstream, the scripted fake API, runs
   in a process of its own and keeps connections alive as the real API does);
-- a full trivial turn of the real CLI (one long-lived `claude -p` on this host, prompt ->
-  result) talking to the upstream directly, and through the proxy with a session's token;
+- a full trivial turn of the real CLI (prompt -> result) talking to the upstream directly, and
+  through the proxy with a session's token: two long-lived `claude -p` on this host, whose
+  turns alternate;
 - the gateway's CPU time per 1,000 streamed events it relays (read from /proc).
 
 Run with bench.py, or alone: .venv/bin/python scripts/bench_proxy.py (it starts its own stack).
@@ -111,53 +112,73 @@ async def timed_pairs(
     return direct, proxied
 
 
-def cli_turns(base_url: str, key_file: Path | None, runs: int) -> list[float]:
-    """Prompt -> result of a trivial turn, ``runs`` times in one long-lived CLI."""
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": tempfile.mkdtemp(prefix="bench-cli-"),
-        "ANTHROPIC_BASE_URL": base_url,
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "DISABLE_AUTOUPDATER": "1",
-        "CLAUDE_CODE_MAX_RETRIES": "0",
-        # bypassPermissions is refused to root unless the CLI is told it is in a sandbox
-        # (the benchmark's own host process; sessions run as an unprivileged user).
-        "IS_SANDBOX": "1",
-    }
-    argv = [
-        claude_binary(), "-p", "--input-format", "stream-json", "--output-format",
-        "stream-json", "--verbose", "--permission-mode", "bypassPermissions",
-    ]  # fmt: skip
-    if key_file is None:
-        env["ANTHROPIC_API_KEY"] = "bench-direct"
-    else:
-        argv += ["--settings", json.dumps({"apiKeyHelper": f"cat {key_file}"})]
-    process = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-    )
-    assert process.stdin is not None and process.stdout is not None
-    durations = []
+class Cli:
+    """One long-lived real CLI (`claude -p`, stream-json) on this host, for trivial turns."""
+
+    def __init__(self, base_url: str, key_file: Path | None) -> None:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": tempfile.mkdtemp(prefix="bench-cli-"),
+            "ANTHROPIC_BASE_URL": base_url,
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            "CLAUDE_CODE_MAX_RETRIES": "0",
+            # bypassPermissions is refused to root unless the CLI is told it is in a sandbox
+            # (the benchmark's own host process; sessions run as an unprivileged user).
+            "IS_SANDBOX": "1",
+        }
+        argv = [
+            claude_binary(), "-p", "--input-format", "stream-json", "--output-format",
+            "stream-json", "--verbose", "--permission-mode", "bypassPermissions",
+        ]  # fmt: skip
+        if key_file is None:
+            env["ANTHROPIC_API_KEY"] = "bench-direct"
+        else:
+            argv += ["--settings", json.dumps({"apiKeyHelper": f"cat {key_file}"})]
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        self.turns = 0
+
+    def turn(self) -> float:
+        """Seconds from prompt to result of one trivial turn."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        turn = {
+            "type": "user",
+            "message": {"role": "user", "content": f"bench turn {self.turns}"},
+            "parent_tool_use_id": None,
+            "session_id": "",
+        }
+        self.turns += 1
+        start = time.perf_counter()
+        self.process.stdin.write(json.dumps(turn) + "\n")
+        self.process.stdin.flush()
+        for line in self.process.stdout:
+            message = json.loads(line)
+            if message.get("type") == "result":
+                assert not message.get("is_error"), message
+                return time.perf_counter() - start
+        raise RuntimeError("the CLI ended before its turn's result")
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def cli_turns(direct_url: str, proxy_url: str, key_file: Path, runs: int) -> Timings:
+    """(direct, proxied) prompt -> result of ``runs`` trivial turns each, from two long-lived
+    CLIs whose turns alternate (as the requests of ``timed_pairs`` do)."""
+    clis = [Cli(direct_url, None), Cli(proxy_url, key_file)]
+    durations: Timings = ([], [])
     try:
-        for i in range(runs + 2):  # two warm-up turns
-            turn = {
-                "type": "user",
-                "message": {"role": "user", "content": f"bench turn {i}"},
-                "parent_tool_use_id": None,
-                "session_id": "",
-            }
-            start = time.perf_counter()
-            process.stdin.write(json.dumps(turn) + "\n")
-            process.stdin.flush()
-            for line in process.stdout:
-                message = json.loads(line)
-                if message.get("type") == "result":
-                    assert not message.get("is_error"), message
-                    break
-            if i >= 2:
-                durations.append(time.perf_counter() - start)
+        for i in range(runs + 2):  # two warm-up turns each
+            for which in (0, 1) if i % 2 else (1, 0):
+                took = clis[which].turn()
+                if i >= 2:
+                    durations[which].append(took)
     finally:
-        process.kill()
-        process.wait()
+        for cli in clis:
+            cli.close()
     return durations
 
 
@@ -211,9 +232,10 @@ async def run(gateway: Any, api: Any, upstream_url: str, runs: int = 300) -> Non
     print(line("  whole trivial streamed answer", direct_whole, proxy_whole))
     with tempfile.NamedTemporaryFile("w", suffix=".token", delete=False) as key:
         key.write(token)
-    turns = max(10, runs // 10)
-    direct_turns = await asyncio.to_thread(cli_turns, upstream_url, None, turns)
-    proxy_turns = await asyncio.to_thread(cli_turns, f"{gateway.url}/model", Path(key.name), turns)
+    turns = max(20, runs // 5)
+    direct_turns, proxy_turns = await asyncio.to_thread(
+        cli_turns, upstream_url, f"{gateway.url}/model", Path(key.name), turns
+    )
     os.unlink(key.name)
     print(line(f"  real CLI trivial turn ({turns} turns)", direct_turns, proxy_turns))
     assert gateway.process is not None
