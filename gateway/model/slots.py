@@ -8,13 +8,17 @@ A replica keeps a slot for a moment after its call ends (``linger``) and hands i
 owner's next call here without asking Redis: a session's CLI makes its calls one after another,
 and on a quiet machine a round trip to Redis costs 0.5-0.9 ms of the call's time to first
 byte (it wakes two processes), more than the rest of the proxy's own work. A kept slot still
-counts toward the owner's limit, and in Redis it lapses by itself ``linger`` after its call
-ended, so a crashed replica's kept slots free themselves at once. Slots are only kept while
-the owner uses at most half its limit, so near the limit every slot goes back as its call ends.
+counts toward the owner's limit, but in Redis it lapses by itself at most ``linger`` after it
+was first kept, so a crashed replica's kept slots free themselves within the linger; a kept
+slot is handed out only while a quarter of the linger is left before that lapse. Slots are
+kept only while the owner has at most half its limit taken, so near the limit every slot goes
+back as its call ends.
 
-What a call's end or reuse changes in Redis is written in the background, in order, by one
-writer: it never delays a call, and a slot's lapse time cannot be set back by a write that
-overtook another.
+Writes never delay a call: what a call's end changes (a slot given back, or kept and so
+shortened from a call's lifetime to the linger) and the extension of a kept slot whose call
+outlasts it are written in the background, in order, by one writer per replica (a lapse time
+cannot be set back by a write that overtook another). A short call on a kept slot writes
+nothing at all.
 """
 
 from __future__ import annotations

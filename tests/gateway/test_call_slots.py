@@ -72,6 +72,19 @@ async def test_the_next_call_gets_the_slot_kept_from_the_last_without_asking_red
     await taken_in_redis(redis, owner, 1)  # the reuse is written back: the call counts
 
 
+async def test_a_kept_slot_about_to_lapse_is_not_handed_out(replicas, redis, owner) -> None:
+    """Handing it out then would let it lapse in Redis mid-call: another replica could take
+    the capacity the call still uses."""
+    slots = replicas(8)
+    first = await slots.take(owner)
+    assert first
+    slots.give_back(owner, first)
+    await asyncio.sleep(LINGER * 0.8)  # less than a quarter of the linger left
+    second = await slots.take(owner)
+    assert second and second != first
+    await taken_in_redis(redis, owner, 1)  # the kept one lapsed; the new one counts
+
+
 async def test_a_reused_slot_lasts_as_long_as_a_call_may(replicas, redis, owner) -> None:
     slots = replicas(8)
     slot = await slots.take(owner)
