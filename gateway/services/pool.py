@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 FILL_INTERVAL = 1.0  # seconds between passes of the filler (sooner when woken)
 RETIRE_INTERVAL = 5.0  # seconds between looks at every pooled container (an inspect each)
 FAILURE_BACKOFF = 10.0  # seconds the filler rests after the engine refused a pooled container
+CLAIM_QUIET = 0.5  # seconds at most the refill waits for a claimed session to become ready
 
 
 DEFAULT_POOL = ""  # SESSION_POOL_SIZE's pool: the default CLI options
@@ -205,6 +206,8 @@ class WarmPool:
             return
         pool = short[0]
         async with self._db() as db, db.begin():
+            if await self._claim_settling(db):
+                return
             # Cold starts go first: a pooled container is started only while a start slot is
             # free, and never past the engine's capacity.
             if not await self._admission.slot_free(db):
@@ -230,6 +233,24 @@ class WarmPool:
             db.add(pooled)
         await self._start(pooled, pool)
         self.wake.set()  # short by more than one: go on at once
+
+    async def _claim_settling(self, db: AsyncSession) -> bool:
+        """Whether a session of this engine that claimed a pooled container is still becoming
+        ready, claimed less than ``CLAIM_QUIET`` ago. A container started then competes with
+        it for the machine (the engine's work, the new CLI's boot: on 2 cores, warm create ->
+        ready p50 57.6 ms against 44.2 ms when the refill waits), so the refill waits; the
+        bound keeps a stream of claims from holding it back for long."""
+        settling = await db.scalar(
+            select(SessionRow.id)
+            .where(
+                SessionRow.instance == self._settings.instance_name,
+                SessionRow.pool_id.is_not(None),
+                SessionRow.status == SessionStatus.STARTING,
+                SessionRow.started_at > func.now() - timedelta(seconds=CLAIM_QUIET),
+            )
+            .limit(1)
+        )
+        return settling is not None
 
     async def _rows(self) -> Sequence[PoolContainerRow]:
         async with self._db() as db:
