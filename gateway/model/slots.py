@@ -42,11 +42,17 @@ log = logging.getLogger(__name__)
 UNCOUNTED = ""
 _WRITE_BATCH = 256
 
-# KEYS[1]: the owner's set. ARGV: slot id, limit, lifetime (ms). Returns 0 if refused, else
-# the number of slots taken, this one included.
-_TAKE = """
+# Redis's own clock in ms, so every replica scores slots by one clock.
+_NOW_MS = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+"""
+
+# KEYS[1]: the owner's set. ARGV: slot id, limit, lifetime (ms). Returns 0 if refused, else
+# the number of slots taken, this one included.
+_TAKE = (
+    _NOW_MS
+    + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local taken = redis.call('ZCARD', KEYS[1])
 if taken >= tonumber(ARGV[2]) then
@@ -56,13 +62,14 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
 return taken + 1
 """
+)
 
 # KEYS[1]: the owner's set. ARGV: slot id, lapse after (ms), key lifetime (ms), "in use" (1:
 # counted again even if it lapsed, for its call is running; 0: only moved if still there).
 # Returns the number of slots taken.
-_RESCORE = """
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+_RESCORE = (
+    _NOW_MS
+    + """
 if ARGV[4] == '1' then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
@@ -71,6 +78,7 @@ else
 end
 return redis.call('ZCARD', KEYS[1])
 """
+)
 
 
 @dataclass
@@ -114,7 +122,7 @@ class CallSlots:
         while kept:
             slot = kept.pop()
             held = self._held[slot]
-            if held.lapses_at - self._margin > now:
+            if self._usable(held, now):
                 self._in_call(slot, held, now)
                 return slot
             del self._held[slot]  # too close to lapsing: Redis drops it by itself
@@ -165,6 +173,11 @@ class CallSlots:
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
+
+    def _usable(self, held: _Held, now: float) -> bool:
+        """Whether a kept slot may be handed out: its lapse is far enough off for the write
+        that extends it, should its call outlast it, to land first."""
+        return held.lapses_at - self._margin > now
 
     def _in_call(self, slot: str, held: _Held, now: float) -> None:
         """``slot`` is in a call from ``now``: should the call outlast the slot's lapse, it is
@@ -249,7 +262,7 @@ class CallSlots:
         for owner in list(self._kept):
             kept = []
             for slot in self._kept[owner]:
-                if self._held[slot].lapses_at - self._margin > now:
+                if self._usable(self._held[slot], now):
                     kept.append(slot)
                 else:
                     del self._held[slot]
