@@ -341,7 +341,10 @@ class Settings(BaseSettings):
         default=100_000, ge=1, description="Most entries (files, dirs, links) in a workspace."
     )
     workspace_snapshot_interval: float = Field(
-        default=300.0, ge=0, description="Seconds between saves of running sessions; 0: off."
+        default=300.0,
+        ge=0,
+        description="Seconds between periodic saves of each running session (spread over the "
+        "interval; skipped while its workspace's digest is unchanged); 0: off.",
     )
 
     # -- events --------------------------------------------------------------------------------

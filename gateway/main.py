@@ -56,6 +56,7 @@ from gateway.services.reconciler import Reconciler
 from gateway.services.recorder import Recorder
 from gateway.services.session_files import LiveFiles
 from gateway.services.sessions import SessionService
+from gateway.services.snapshots import PeriodicSaves
 from gateway.services.termination import Terminator
 from gateway.services.trees import TreeService
 from gateway.services.turns import TurnService
@@ -244,7 +245,8 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
             tasks.spawn(reconciler.watch_exits(mine("exits")), "container-exits")
             tasks.spawn(reconciler.run(mine("reconciler")), "reconciler")
             tasks.spawn(pool.run(mine("pool")), "warm-pool")
-            tasks.spawn(workspaces.run_snapshots(mine("snapshots")), "workspace-snapshots")
+            periodic_saves = PeriodicSaves(settings, db, runtime, workspaces, bus, metrics)
+            tasks.spawn(periodic_saves.run(mine("snapshots")), "workspace-snapshots")
             tasks.spawn(
                 DiskGuard(settings, db, runtime, terminator).run(mine("disk")), "disk-guard"
             )

@@ -57,6 +57,7 @@ RUNTIME_OPERATIONS = (
     "list_managed",
     "exits",
     "disk_usage",
+    "tree_digest",
     "logs_tail",
     "image_id",
     "ping",
@@ -69,6 +70,7 @@ TOKEN_KINDS = {
 }
 OTHER_MODEL = "other"
 POOL_CLAIM_OUTCOMES = ("claimed", "empty")
+PERIODIC_SAVE_OUTCOMES = ("saved", "unchanged", "failed")
 
 
 class Metrics:
@@ -104,6 +106,13 @@ class Metrics:
         self.pool_claims = Counter(
             "ccd_pool_claims",
             "Creates that looked for a pooled container: claimed one, or found the pool empty.",
+            ["outcome"],
+            registry=r,
+        )
+        self.periodic_saves = Counter(
+            "ccd_workspace_periodic_saves",
+            "Periodic workspace saves by outcome: saved, unchanged (the workspace's digest showed "
+            "nothing to save, so it was not read), failed.",
             ["outcome"],
             registry=r,
         )
@@ -160,6 +169,8 @@ class Metrics:
         self.session_start.labels(warm="true")
         for outcome in POOL_CLAIM_OUTCOMES:
             self.pool_claims.labels(outcome=outcome)
+        for outcome in PERIODIC_SAVE_OUTCOMES:
+            self.periodic_saves.labels(outcome=outcome)
         for step in START_STEPS:
             self.start_steps.labels(step=step)
         for outcome in TurnStatus:
@@ -177,6 +188,9 @@ class Metrics:
 
     def pool_claim(self, outcome: str) -> None:
         self.pool_claims.labels(outcome=outcome).inc()
+
+    def periodic_save(self, outcome: str) -> None:
+        self.periodic_saves.labels(outcome=outcome).inc()
 
     def start_step(self, step: str, seconds: float | None) -> None:
         if seconds is not None and step in START_STEPS:

@@ -134,6 +134,11 @@ class SessionRow(UsageCounters, Base):
         server_default=false(),
         comment="Its current container holds the restored workspace; only then is it saved back.",
     )
+    workspace_digest: Mapped[str | None] = mapped_column(
+        String(64),
+        comment="Its container's workspace digest read before the last periodic save that "
+        "succeeded: a periodic save that reads the same one has nothing to save.",
+    )
     status: Mapped[str] = mapped_column(String(16), default=SessionStatus.STARTING)
     image: Mapped[str] = mapped_column(String(500))
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)

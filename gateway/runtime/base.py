@@ -224,6 +224,13 @@ class SessionRuntime(abc.ABC):
         ``ContainerMissing`` or ``RuntimeFailure`` when it cannot be measured."""
 
     @abc.abstractmethod
+    async def tree_digest(self, container_id: str, path: str) -> str:
+        """A digest of everything under ``path`` in the running container, different as soon
+        as anything there is written, created, removed, renamed or has its mode changed. Raises
+        ``ContainerMissing``, or ``RuntimeFailure`` when it cannot be taken (an entry the
+        session user cannot read, say)."""
+
+    @abc.abstractmethod
     async def logs_tail(self, container_id: str, lines: int) -> str:
         """The last ``lines`` of the container's output ('' when it is gone)."""
 

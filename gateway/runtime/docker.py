@@ -180,6 +180,20 @@ class DockerRuntime(SessionRuntime):
                 f"could not measure disk use: {result.stderr.decode(errors='replace')[:200]}"
             ) from None
 
+    async def tree_digest(self, container_id: str, path: str) -> str:
+        # Each entry's change time (ctime: a write, a rename, a mode change or a child's removal
+        # moves it, and no one can set it back as `touch` does mtime), size, mode and name, hashed
+        # in the container so that only the digest crosses the engine.
+        script = 'find "$1" -xdev -printf "%C@ %s %m %p\\0" | sha256sum'
+        result = await self.exec(container_id, ["sh", "-c", script, "digest", path])
+        digest = result.stdout.split(b" ", 1)[0].decode(errors="replace")
+        if result.exit_code or result.stderr or len(digest) != 64:
+            raise RuntimeFailure(
+                f"could not take a digest of {path}: "
+                f"{result.stderr.decode(errors='replace')[:200] or result.exit_code}"
+            )
+        return digest
+
     def _create(self, spec: ContainerSpec) -> Container:
         network = self._session_network()
         closed = self._egress is not None and not self._egress.open

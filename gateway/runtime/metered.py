@@ -83,6 +83,9 @@ class MeteredRuntime(SessionRuntime):
     async def disk_usage(self, container_id: str, paths: Sequence[str]) -> int:
         return await self._call("disk_usage", self.inner.disk_usage(container_id, paths))
 
+    async def tree_digest(self, container_id: str, path: str) -> str:
+        return await self._call("tree_digest", self.inner.tree_digest(container_id, path))
+
     async def logs_tail(self, container_id: str, lines: int) -> str:
         return await self._call("logs_tail", self.inner.logs_tail(container_id, lines))
 

@@ -428,39 +428,3 @@ class WorkspaceService:
             layout.staging_root(workspace.owner, workspace.name),
         ):
             await self._blocking(self._store.delete_prefix, prefix + "/")
-
-    # -- periodic snapshots ----------------------------------------------------------------------
-
-    async def run_snapshots(self, is_mine: Callable[[], bool]) -> None:
-        """Every ``WORKSPACE_SNAPSHOT_INTERVAL`` seconds, save each running session's writable
-        workspace (so a dead container loses at most one interval), while this replica holds
-        the snapshots lease."""
-        interval = self._settings.workspace_snapshot_interval
-        if interval <= 0:
-            return
-        while True:
-            await asyncio.sleep(interval)
-            if not is_mine():
-                continue
-            async with self._db() as db:
-                running = (
-                    await db.scalars(
-                        select(SessionRow).where(
-                            SessionRow.instance == self._settings.instance_name,
-                            SessionRow.status.in_([SessionStatus.READY, SessionStatus.BUSY]),
-                            SessionRow.workspace_mode == MODE_RW,
-                            SessionRow.container_id.is_not(None),
-                        )
-                    )
-                ).all()
-            for session in running:
-                try:
-                    await self.save(session, "periodic")
-                except Exception as exc:  # one bad session must not stop the others' saves
-                    log.warning("periodic save of %s failed: %s", session.id, exc)
-                    await self._bus.publish(
-                        str(session.id),
-                        GatewayEvent.WORKSPACE_SAVE_FAILED,
-                        reason="periodic",
-                        error=str(exc)[:500],
-                    )

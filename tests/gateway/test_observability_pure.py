@@ -174,6 +174,10 @@ class ScriptedRuntime(SessionRuntime):
         self._maybe_fail("disk_usage")
         return 0
 
+    async def tree_digest(self, container_id: str, path: str) -> str:
+        self._maybe_fail("tree_digest")
+        return "0" * 64
+
     async def logs_tail(self, container_id: str, lines: int) -> str:
         self._maybe_fail("logs_tail")
         return ""
