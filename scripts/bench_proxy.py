@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -209,12 +210,22 @@ def p(values: list[float], q: float) -> float:
 
 
 def line(name: str, direct: list[float], proxied: list[float]) -> str:
+    """Both ways' percentiles and what the proxy adds: the difference of the p50s and p99s, and
+    the median of the per-pair differences (each proxied measurement less the direct one taken
+    beside it), which a machine whose speed drifts between pairs does not move."""
     added50 = p(proxied, 50) - p(direct, 50)
     added99 = p(proxied, 99) - p(direct, 99)
+    paired = sorted((b - a) * 1000 for a, b in zip(direct, proxied, strict=True))
+    # A 95% confidence interval of that median, from order statistics (no assumption about
+    # how the differences are spread, which for CLI turns is far from normal).
+    half = int(1.96 * math.sqrt(len(paired)) / 2)
+    low = paired[max(0, len(paired) // 2 - half - 1)]
+    high = paired[min(len(paired) - 1, len(paired) // 2 + half)]
     return (
         f"{name:<40} direct p50 {p(direct, 50):6.2f} p99 {p(direct, 99):6.2f} ms | proxy "
         f"p50 {p(proxied, 50):6.2f} p99 {p(proxied, 99):6.2f} ms | added p50 {added50:+.2f} "
-        f"p99 {added99:+.2f} ms"
+        f"p99 {added99:+.2f} ms; paired median {statistics.median(paired):+.2f} ms "
+        f"(95% CI {low:+.2f}..{high:+.2f})"
     )
 
 
@@ -232,7 +243,9 @@ async def run(gateway: Any, api: Any, upstream_url: str, runs: int = 300) -> Non
     print(line("  whole trivial streamed answer", direct_whole, proxy_whole))
     with tempfile.NamedTemporaryFile("w", suffix=".token", delete=False) as key:
         key.write(token)
-    turns = max(20, runs * 2 // 3)  # a turn jitters by several ms: many, to resolve 1 ms
+    # A trivial turn's time jitters by 15-25 ms (sd) between turns, and two identical CLIs'
+    # medians differ by up to 1.2 ms over 200 turns: many turns, to resolve the proxy's 1-2 ms.
+    turns = max(20, runs * 2)
     direct_turns, proxy_turns = await asyncio.to_thread(
         cli_turns, upstream_url, f"{gateway.url}/model", Path(key.name), turns
     )
