@@ -13,6 +13,9 @@ gateway``, real session containers) and runs, one after the other:
 - a sweep of one session's viewers at rising rates until p99 passes 50 ms: the saturation
   point in deliveries/s.
 
+``--quiet-clis`` stops the sessions' idle CLIs (SIGSTOP) while the scenarios run, so that on a
+small machine the figures are the relay's and not the CPU a hundred idle CLIs take.
+
 For each: deliveries/s achieved, latency from the publisher's clock in the event to its
 arrival at a client (p50, p99, max), and the gateway process's CPU time per 10,000
 deliveries. The clients run in ``--workers`` processes of their own and the publisher in
@@ -210,6 +213,22 @@ async def ready_sessions(api: Api, count: int) -> list[str]:
     return [session["id"] for session in sessions]
 
 
+def signal_clis(
+    loop: asyncio.AbstractEventLoop, client: Any, api: Api, session_ids: list[str], signal: str
+) -> None:
+    """Send SIGSTOP or SIGCONT to every session's CLI (its wrapper and container stay as they
+    are). An idle CLI burns about 6 ms of CPU a second on its timers, so a hundred of them take
+    0.6 of this 2-core machine's CPU from the relay being measured; a deployment with a hundred
+    sessions has the cores for them."""
+    for session_id in session_ids:
+        container_id = loop.run_until_complete(api.get(session_id))["container_id"]
+        code, output = client.containers.get(container_id).exec_run(
+            ["pkill", f"-{signal}", "-x", "claude"]
+        )
+        if code != 0:
+            raise RuntimeError(f"could not signal the CLI of {session_id}: {output!r}")
+
+
 def main(args: argparse.Namespace) -> None:
     client = docker.from_env()
     with (
@@ -234,6 +253,8 @@ def main(args: argparse.Namespace) -> None:
         api = Api(gateway.url, mint_token(gateway.jwt_secret, "bench"))
         loop = asyncio.new_event_loop()
         sessions = loop.run_until_complete(ready_sessions(api, args.sessions))
+        if args.quiet_clis:
+            signal_clis(loop, client, api, sessions, "STOP")
         common = (api, infra.redis_url, pid, infra.redis.get_wrapped_container().id)
         one = sessions[:1]
         seconds, workers = args.seconds, args.workers
@@ -253,6 +274,8 @@ def main(args: argparse.Namespace) -> None:
             if p99 > SATURATED_MS:
                 print(f"saturated: p99 passed {SATURATED_MS:.0f} ms at {rate * 100:,} asked/s")
                 break
+        if args.quiet_clis:
+            signal_clis(loop, client, api, sessions, "CONT")
         for sid in sessions:
             loop.run_until_complete(api.stop(sid))
         loop.run_until_complete(api.aclose())
@@ -278,4 +301,10 @@ if __name__ == "__main__":
         default=["one", "viewers", "sessions"],
     )
     parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--quiet-clis",
+        action="store_true",
+        help="SIGSTOP the sessions' CLIs while the scenarios run (the relay alone; see "
+        "signal_clis)",
+    )
     main(parser.parse_args())

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
-from fastapi import Depends, Path, Query
+from fastapi import Depends, Path, Query, Request
 from starlette.convertors import Convertor, register_url_convertor
 
 from gateway.workspaces.paths import MAX_NAME_BYTES, MAX_PATH_BYTES, UnsafePath, normalize
@@ -49,6 +50,18 @@ def checked_path(path: str, *, allow_root: bool = False) -> str:
     return path
 
 
+def _intact(path: str, raw: bytes) -> str:
+    """``path`` as decoded from the request, unless the request's percent-encoded ``raw`` form
+    was not UTF-8: the server's decoding then put U+FFFD where the bytes were, and the file
+    would be stored under a name the client never sent."""
+    if "\ufffd" in path:
+        try:
+            unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnsafePath(path, "is not valid UTF-8 once percent-decoded") from None
+    return path
+
+
 class _AnyPath(Convertor[str]):
     """Starlette's ``path`` convertor, newlines included (its ``.*`` stops at one, and the
     route then answers 404 where the path deserves its 422)."""
@@ -67,6 +80,7 @@ register_url_convertor("anypath", _AnyPath())
 
 
 def _file_path(
+    request: Request,
     path: Annotated[
         str,
         Path(
@@ -78,10 +92,11 @@ def _file_path(
         ),
     ],
 ) -> str:
-    return checked_path(path)
+    return _intact(checked_path(path), request.scope.get("raw_path") or b"")
 
 
 def _prefix(
+    request: Request,
     prefix: Annotated[
         str,
         Query(
@@ -90,10 +105,11 @@ def _prefix(
         ),
     ] = "",
 ) -> str:
-    return checked_path(prefix, allow_root=True)
+    return _intact(checked_path(prefix, allow_root=True), request.scope.get("query_string", b""))
 
 
 def _after(
+    request: Request,
     after: Annotated[
         str | None,
         Query(
@@ -102,7 +118,9 @@ def _after(
         ),
     ] = None,
 ) -> str | None:
-    return None if after is None else checked_path(after)
+    if after is None:
+        return None
+    return _intact(checked_path(after), request.scope.get("query_string", b""))
 
 
 FilePath = Annotated[str, Depends(_file_path)]

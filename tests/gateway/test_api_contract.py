@@ -196,12 +196,20 @@ async def test_paths_and_cursors_are_taken_exactly_as_the_schema_says(api_for) -
         ("PUT", f"{files}/a%0Ab"),  # a newline: 422 from the path check, not a 404 from routing
         ("GET", f"{files}?prefix=a%2F.."),
         ("GET", f"{files}?after=..%2Fa"),
+        # Not UTF-8 once decoded (a lone surrogate's bytes): refused, not stored as U+FFFD.
+        ("PUT", f"{files}/a%ED%A0%80"),
+        ("GET", f"{files}/a%FF"),
+        ("GET", f"{files}?prefix=a%C3"),
     ]:
         response = await alice.http.request(method, url, content=b"x")
         assert response.status_code == 422, (method, url, response.text)
         assert response.json()["error"]["code"] == "unsafe_path"
     listed = (await alice.http.get(f"{files}?prefix=./a//")).json()["files"]
     assert [f["path"] for f in listed] == ["a", "a/b"]
+    # U+FFFD itself, sent as its UTF-8 bytes, is a name like any other.
+    replacement = f"{files}/r%EF%BF%BD"
+    assert (await alice.http.put(replacement, content=b"y")).status_code == 201
+    assert (await alice.http.get(replacement)).content == b"y"
     for cursor in ("", "1." + "0" * 31, "MjAyNnwx"):  # the last: the old base64 kind
         response = await alice.http.get(f"/api/v1/sessions?cursor={cursor}")
         assert response.status_code == 422, (cursor, response.text)
