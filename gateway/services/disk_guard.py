@@ -10,8 +10,8 @@ is the bound of that.
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import uuid
 from collections.abc import Callable
 
 from sqlalchemy import select
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.config import Settings
 from gateway.db.models import SessionRow, SessionStatus
 from gateway.runtime import RuntimeFailure, SessionRuntime
+from gateway.services.rounds import every, spread
 from gateway.services.termination import Terminator
 from wrapper.protocol import CLAUDE_STATE_DIR, WORKSPACE_DIR
 
@@ -44,39 +45,48 @@ class DiskGuard:
         self._limit = settings.session_disk_limit_bytes
 
     async def run(self, is_mine: Callable[[], bool]) -> None:
-        """Check every ``DISK_CHECK_INTERVAL`` seconds while this replica holds the lease."""
-        while True:
-            await asyncio.sleep(self._settings.disk_check_interval)
-            if not is_mine():
-                continue
-            try:
-                await self.check_once()
-            except Exception:
-                log.exception("disk check failed")
+        """A round every ``DISK_CHECK_INTERVAL`` seconds while this replica holds the lease,
+        each session measured at its own point of the interval."""
+        interval = self._settings.disk_check_interval
+        await every(interval, is_mine, lambda start: self._round(start, interval, is_mine))
 
-    async def check_once(self) -> None:
-        async with self._db() as db:
-            running = (
-                await db.execute(
-                    select(SessionRow.id, SessionRow.container_id).where(
-                        SessionRow.instance == self._settings.instance_name,
-                        SessionRow.status.in_([SessionStatus.READY, SessionStatus.BUSY]),
-                        SessionRow.container_id.is_not(None),
-                    )
-                )
-            ).all()
-        for session_id, container_id in running:
-            assert container_id is not None  # selected so
+    async def _round(self, start: float, interval: float, is_mine: Callable[[], bool]) -> None:
+        try:
+            running = await self._running()
+        except Exception:
+            log.exception("disk check failed")
+            return
+        async for session_id, container_id in spread(running, start, interval, is_mine):
             try:
-                used = await self._runtime.disk_usage(container_id, MEASURED_PATHS)
-            except RuntimeFailure as exc:  # stopped meanwhile, or busy: next round
-                log.debug("could not measure the disk use of %s: %s", session_id, exc)
-                continue
-            if used > self._limit:
-                reason = (
-                    f"{DISK_LIMIT_REASON}: the session's files take {used} bytes, "
-                    f"SESSION_DISK_LIMIT is {self._settings.session_disk_limit} "
-                    f"({self._limit} bytes)"
+                await self.check(session_id, container_id)
+            except Exception:
+                log.exception("disk check of %s failed", session_id)
+
+    async def _running(self) -> list[tuple[uuid.UUID, str]]:
+        async with self._db() as db:
+            running = await db.execute(
+                select(SessionRow.id, SessionRow.container_id)
+                .where(
+                    SessionRow.instance == self._settings.instance_name,
+                    SessionRow.status.in_([SessionStatus.READY, SessionStatus.BUSY]),
+                    SessionRow.container_id.is_not(None),
                 )
-                log.warning("stopping session %s: %s", session_id, reason)
-                await self._terminator.stop(session_id, reason=reason)
+                .order_by(SessionRow.id)
+            )
+            return [(row.id, row.container_id) for row in running]
+
+    async def check(self, session_id: uuid.UUID, container_id: str) -> None:
+        """Measure one session; stop it if it is over the limit."""
+        try:
+            used = await self._runtime.disk_usage(container_id, MEASURED_PATHS)
+        except RuntimeFailure as exc:  # stopped meanwhile, or busy: next round
+            log.debug("could not measure the disk use of %s: %s", session_id, exc)
+            return
+        if used > self._limit:
+            reason = (
+                f"{DISK_LIMIT_REASON}: the session's files take {used} bytes, "
+                f"SESSION_DISK_LIMIT is {self._settings.session_disk_limit} "
+                f"({self._limit} bytes)"
+            )
+            log.warning("stopping session %s: %s", session_id, reason)
+            await self._terminator.stop(session_id, reason=reason)

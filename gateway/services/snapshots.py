@@ -2,8 +2,7 @@
 ``WORKSPACE_SNAPSHOT_INTERVAL``, so a container that dies loses at most about one interval.
 
 Two things keep this cheap with many sessions:
-- A round spreads its sessions evenly over the interval instead of saving them back to back,
-  so the engine, the store and this process see a steady trickle rather than a burst.
+- A round spreads its sessions evenly over the interval (gateway/services/rounds.py).
 - Before a save, the container is asked for a digest of its workspace (``tree_digest``: every
   entry's change time, size, mode and name, hashed in the container). If it equals the digest
   read before the last periodic save that succeeded, nothing changed since and the workspace is
@@ -15,7 +14,6 @@ One replica runs this at a time: the one holding the ``snapshots`` lease.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Callable
@@ -28,6 +26,7 @@ from gateway.db.models import SessionRow, SessionStatus
 from gateway.events.bus import EventBus
 from gateway.metrics import Metrics
 from gateway.runtime import RuntimeFailure, SessionRuntime
+from gateway.services.rounds import every, spread
 from gateway.services.workspaces import MODE_RW, WorkspaceService
 from wrapper.protocol import WORKSPACE_DIR, GatewayEvent
 
@@ -56,27 +55,13 @@ class PeriodicSaves:
     async def run(self, is_mine: Callable[[], bool]) -> None:
         """A round every interval, while this replica holds the lease (``is_mine``)."""
         interval = self._settings.workspace_snapshot_interval
-        if interval <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        start = loop.time() + interval
-        while True:
-            await asyncio.sleep(max(0.0, start - loop.time()))
-            if is_mine():
-                await self.round(start, interval, is_mine)
-            # A round that overran its interval (slow saves) is followed by the next at once.
-            start = max(start + interval, loop.time())
+        if interval > 0:
+            await every(interval, is_mine, lambda start: self.round(start, interval, is_mine))
 
     async def round(self, start: float, interval: float, is_mine: Callable[[], bool]) -> None:
         """Each running session's turn comes at its own point of the interval from ``start``
         (loop time), in the order of their ids."""
-        loop = asyncio.get_running_loop()
-        session_ids = await self._running()
-        spacing = interval / max(1, len(session_ids))
-        for i, session_id in enumerate(session_ids):
-            await asyncio.sleep(max(0.0, start + i * spacing - loop.time()))
-            if not is_mine():
-                return
+        async for session_id in spread(await self._running(), start, interval, is_mine):
             await self.save_if_changed(session_id)
 
     async def _running(self) -> list[uuid.UUID]:
