@@ -48,14 +48,10 @@ class DiskGuard:
         """A round every ``DISK_CHECK_INTERVAL`` seconds while this replica holds the lease,
         each session measured at its own point of the interval."""
         interval = self._settings.disk_check_interval
-        await every(interval, is_mine, lambda start: self._round(start, interval, is_mine))
+        await every(interval, is_mine, lambda start: self.round(start, interval, is_mine))
 
-    async def _round(self, start: float, interval: float, is_mine: Callable[[], bool]) -> None:
-        try:
-            running = await self._running()
-        except Exception:
-            log.exception("disk check failed")
-            return
+    async def round(self, start: float, interval: float, is_mine: Callable[[], bool]) -> None:
+        running = await self._running()
         async for session_id, container_id in spread(running, start, interval, is_mine):
             try:
                 await self.check(session_id, container_id)

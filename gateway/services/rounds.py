@@ -6,8 +6,11 @@ see a steady trickle of calls instead of a burst that stalls the relay every int
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -17,13 +20,17 @@ async def every(
 ) -> None:
     """``round_(start)`` (``start`` in loop time) every ``interval`` seconds, the first one
     interval from now, while ``is_mine()``. A round that overruns its interval is followed by
-    the next at once."""
+    the next at once; one that fails (the database is down, say) is logged, and the next comes
+    when it is due."""
     loop = asyncio.get_running_loop()
     start = loop.time() + interval
     while True:
         await asyncio.sleep(max(0.0, start - loop.time()))
         if is_mine():
-            await round_(start)
+            try:
+                await round_(start)
+            except Exception:
+                log.exception("a round of %s failed", getattr(round_, "__qualname__", round_))
         start = max(start + interval, loop.time())
 
 

@@ -62,7 +62,10 @@ class PeriodicSaves:
         """Each running session's turn comes at its own point of the interval from ``start``
         (loop time), in the order of their ids."""
         async for session_id in spread(await self._running(), start, interval, is_mine):
-            await self.save_if_changed(session_id)
+            try:
+                await self.save_if_changed(session_id)
+            except Exception:  # the database, say: the other sessions' turns still come
+                log.exception("periodic save of %s failed", session_id)
 
     async def _running(self) -> list[uuid.UUID]:
         async with self._db() as db:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from gateway.services.rounds import every
 from gateway.services.snapshots import PeriodicSaves
 
 
@@ -39,3 +40,23 @@ async def test_a_round_stops_when_the_lease_is_lost() -> None:
     held = iter([True, False])
     await saves.round(asyncio.get_running_loop().time(), 0.3, lambda: next(held, False))
     assert len(saves.calls) == 1
+
+
+async def test_a_failed_round_does_not_end_the_rounds() -> None:
+    """The database down during one round (its listing fails): the next round still comes."""
+    starts: list[float] = []
+
+    async def round_(start: float) -> None:
+        starts.append(start)
+        if len(starts) == 1:
+            raise ConnectionError("the database is down")
+
+    task = asyncio.create_task(every(0.05, lambda: True, round_))
+    try:
+        for _ in range(100):
+            if len(starts) >= 2:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+    assert len(starts) >= 2 and starts[1] >= starts[0] + 0.05
