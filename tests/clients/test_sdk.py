@@ -278,10 +278,11 @@ async def test_execute_cleans_up_when_the_client_leaves_mid_run(
     gateway, fake_api, docker_client
 ) -> None:
     tag = marker()
-    fake_api.on(tag, slow_text([f"w{i} " for i in range(30)], delay=1.0))
+    # A turn of two minutes: a cleanup that waited for it to end would miss the bound below.
+    fake_api.on(tag, slow_text([f"w{i} " for i in range(120)], delay=1.0))
     token = mint_token(gateway.jwt_secret, "sdk-gina")
     headers = {"Authorization": f"Bearer {token}"}
-    session_id = None
+    session_id, left_mid_run = None, False
     async with (
         httpx.AsyncClient(base_url=gateway.url, headers=headers, timeout=60) as http,
         http.stream("POST", "/api/v1/execute", json={"prompt": f"slow {tag}"}) as response,
@@ -292,12 +293,15 @@ async def test_execute_cleans_up_when_the_client_leaves_mid_run(
             if line.startswith("data:"):
                 envelope = json.loads(line.removeprefix("data:"))
                 session_id = envelope["session_id"]
-                if envelope["event"].get("type") == "init":  # the CLI works on the turn
+                event = envelope["event"]
+                if (event.get("type"), event.get("subtype")) == ("system", "init"):
+                    left_mid_run = True  # the CLI has started on the turn
                     break
+    assert session_id is not None and left_mid_run
     # The client is gone mid-turn: the session is stopped and deleted all the same.
     api = Api(gateway.url, token)
     try:
-        for _ in range(300):
+        for _ in range(600):
             gone = await api.http.get(f"/api/v1/sessions/{session_id}")
             if gone.status_code == 404:
                 break
