@@ -56,7 +56,7 @@ def _intact(path: str, raw: bytes) -> str:
     would be stored under a name the client never sent."""
     if "\ufffd" in path:
         try:
-            unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+            unquote_to_bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
             raise UnsafePath(path, "is not valid UTF-8 once percent-decoded") from None
     return path

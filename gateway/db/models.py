@@ -48,6 +48,7 @@ class Base(DeclarativeBase):
 
 
 ACTIVE_STATUSES = (SessionStatus.STARTING, SessionStatus.READY, SessionStatus.BUSY)
+RUNNING_STATUSES = (SessionStatus.READY, SessionStatus.BUSY)  # its CLI is up
 FINAL_STATUSES = (SessionStatus.STOPPED, SessionStatus.FAILED)
 
 # The status machine, all of it: every change a session's status may make (SPEC.md section 6 is

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.models import (
     ACTIVE_STATUSES,
+    RUNNING_STATUSES,
     PoolContainerRow,
     SessionRow,
     SessionStatus,
@@ -86,6 +87,25 @@ async def set_container(
         .execution_options(synchronize_session=False)
     )
     return (await db.execute(statement)).scalar_one_or_none()
+
+
+async def running_containers(
+    db: AsyncSession, instance: str, *where: Any
+) -> list[tuple[uuid.UUID, str]]:
+    """(session id, container id) of the engine's ready and busy sessions that match
+    ``where``, in id order: the sessions a background round visits (disk checks, periodic
+    saves)."""
+    rows = await db.execute(
+        select(SessionRow.id, SessionRow.container_id)
+        .where(
+            SessionRow.instance == instance,
+            SessionRow.status.in_(RUNNING_STATUSES),
+            SessionRow.container_id.is_not(None),
+            *where,
+        )
+        .order_by(SessionRow.id)
+    )
+    return [(row.id, row.container_id) for row in rows]
 
 
 def in_subtree(session_id: uuid.UUID, include_root: bool = True) -> Any:

@@ -14,11 +14,10 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
-from gateway.db.models import SessionRow, SessionStatus
+from gateway.db import queries
 from gateway.runtime import RuntimeFailure, SessionRuntime
 from gateway.services.rounds import every, spread
 from gateway.services.termination import Terminator
@@ -60,16 +59,7 @@ class DiskGuard:
 
     async def _running(self) -> list[tuple[uuid.UUID, str]]:
         async with self._db() as db:
-            running = await db.execute(
-                select(SessionRow.id, SessionRow.container_id)
-                .where(
-                    SessionRow.instance == self._settings.instance_name,
-                    SessionRow.status.in_([SessionStatus.READY, SessionStatus.BUSY]),
-                    SessionRow.container_id.is_not(None),
-                )
-                .order_by(SessionRow.id)
-            )
-            return [(row.id, row.container_id) for row in running]
+            return await queries.running_containers(db, self._settings.instance_name)
 
     async def check(self, session_id: uuid.UUID, container_id: str) -> None:
         """Measure one session; stop it if it is over the limit."""

@@ -18,11 +18,12 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
-from gateway.db.models import SessionRow, SessionStatus
+from gateway.db import queries
+from gateway.db.models import RUNNING_STATUSES, SessionRow
 from gateway.events.bus import EventBus
 from gateway.metrics import Metrics
 from gateway.runtime import RuntimeFailure, SessionRuntime
@@ -31,8 +32,6 @@ from gateway.services.workspaces import MODE_RW, WorkspaceService
 from wrapper.protocol import WORKSPACE_DIR, GatewayEvent
 
 log = logging.getLogger(__name__)
-
-RUNNING = (SessionStatus.READY, SessionStatus.BUSY)
 
 
 class PeriodicSaves:
@@ -69,30 +68,20 @@ class PeriodicSaves:
 
     async def _running(self) -> list[uuid.UUID]:
         async with self._db() as db:
-            return list(
-                (
-                    await db.scalars(
-                        select(SessionRow.id)
-                        .where(
-                            SessionRow.instance == self._settings.instance_name,
-                            SessionRow.status.in_(RUNNING),
-                            SessionRow.workspace_mode == MODE_RW,
-                            SessionRow.container_id.is_not(None),
-                        )
-                        .order_by(SessionRow.id)
-                    )
-                ).all()
+            running = await queries.running_containers(
+                db, self._settings.instance_name, SessionRow.workspace_mode == MODE_RW
             )
+        return [session_id for session_id, _ in running]
 
-    async def save_if_changed(self, session_id: uuid.UUID) -> str:
+    async def save_if_changed(self, session_id: uuid.UUID) -> None:
         """Save the session's workspace unless its digest shows nothing changed since the last
-        periodic save. Returns the outcome: ``saved``, ``unchanged``, ``failed`` or ``gone``
-        (no longer running, or nothing to save)."""
+        periodic save (counted by outcome in ``ccd_workspace_periodic_saves_total``); nothing
+        when it is no longer running or has nothing to save."""
         async with self._db() as db:
             session = await db.get(SessionRow, session_id)
         # Read again: a round is spread over minutes, and the session may have ended meanwhile.
-        if session is None or session.status not in RUNNING or not session.container_id:
-            return "gone"
+        if session is None or session.status not in RUNNING_STATUSES or not session.container_id:
+            return
         container_id = session.container_id
         digest: str | None
         try:
@@ -102,7 +91,7 @@ class PeriodicSaves:
             digest = None
         if digest is not None and digest == session.workspace_digest:
             self._metrics.periodic_save("unchanged")
-            return "unchanged"
+            return
         try:
             stats = await self._workspaces.save(session, "periodic")
         except Exception as exc:  # one bad session must not stop the others' saves
@@ -114,9 +103,9 @@ class PeriodicSaves:
                 reason="periodic",
                 error=str(exc)[:500],
             )
-            return "failed"
+            return
         if stats is None:
-            return "gone"
+            return
         self._metrics.periodic_save("saved")
         if digest is not None:
             async with self._db() as db, db.begin():
@@ -126,4 +115,3 @@ class PeriodicSaves:
                     # Not an update of the session as users see it: updated_at stays.
                     .values(workspace_digest=digest, updated_at=SessionRow.updated_at)
                 )
-        return "saved"

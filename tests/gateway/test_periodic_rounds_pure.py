@@ -20,9 +20,8 @@ class RecordedRound(PeriodicSaves):
     async def _running(self) -> list[uuid.UUID]:
         return self.session_ids
 
-    async def save_if_changed(self, session_id: uuid.UUID) -> str:
+    async def save_if_changed(self, session_id: uuid.UUID) -> None:
         self.calls.append((session_id, asyncio.get_running_loop().time()))
-        return "unchanged"
 
 
 async def test_a_round_spreads_its_sessions_over_the_interval() -> None:
