@@ -159,7 +159,8 @@ class ErrorCode(StrEnum):
     UNSAFE_PATH = (
         "unsafe_path",
         422,
-        "The path is empty, absolute or too long, or has a `..`, a control character or `\\`.",
+        "The path is empty, absolute or too long, or has a `..`, a control character or `\\`, "
+        "or is not UTF-8 once percent-decoded.",
     )
     NOT_A_FILE = "not_a_file", 422, "The path names a directory or a link, not a regular file."
     INVALID_ARCHIVE = "invalid_archive", 422, "The body is not a tar.gz archive."
