@@ -197,6 +197,13 @@ class EventBus:
         )
         return [Event.from_entry(session_id, entry_id, fields) for entry_id, fields in entries]
 
+    async def newest(self, session_id: str, count: int) -> list[Event]:
+        """The newest ``count`` events, newest first."""
+        entries = await self._redis.xrevrange(
+            protocol.output_stream_key(session_id), max="+", min="-", count=count
+        )
+        return [Event.from_entry(session_id, entry_id, fields) for entry_id, fields in entries]
+
     async def last_id(self, session_id: str) -> str:
         """The newest event's id, or "0-0" for an empty stream or for a key its writer turned
         into something else (the gateway resets it to a fresh stream: all of it is new)."""

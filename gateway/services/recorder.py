@@ -25,7 +25,7 @@ from gateway.events.hub import EventHub
 from gateway.logging_setup import bind_session
 from gateway.services.sessions import SessionService
 from gateway.services.termination import Terminator
-from gateway.services.turns import TurnService
+from gateway.services.turns import TurnService, is_turn_end
 from gateway.services.workspaces import WorkspaceService
 from wrapper.protocol import GatewayEvent, Source
 
@@ -110,22 +110,17 @@ class Recorder:
 
     async def apply(self, event: Event) -> None:
         session_id = uuid.UUID(event.session_id)
-        turn_id = uuid.UUID(event.turn_id) if event.turn_id else None
+        if event.turn_id and is_turn_end(event, event.turn_id):
+            await self._turns.record_end(session_id, uuid.UUID(event.turn_id), event)
+            if event.type == "result" and self._workspaces is not None:
+                # the conversation grew: keep it portable
+                session = await self._sessions.get(session_id)
+                self._workspaces.transcripts.schedule_save(session)
+            return
         if event.source == Source.CLAUDE:
-            if event.type == "result" and turn_id is not None:
-                await self._turns.finish(
-                    session_id, turn_id, event.payload, event.id, event.turn_cost
-                )
-                if self._workspaces is not None:  # the conversation grew: keep it portable
-                    session = await self._sessions.get(session_id)
-                    self._workspaces.transcripts.schedule_save(session)
             return
         if event.type == GatewayEvent.CLI_READY:
             await self._sessions.mark_ready(session_id, event.id, event.payload)
-        elif event.type == GatewayEvent.TURN_FAILED and turn_id is not None:
-            reason = str(event.payload.get("reason", "the turn failed"))
-            interrupted = bool(event.payload.get("interrupted"))
-            await self._turns.fail(session_id, turn_id, reason, event.id, interrupted)
         elif event.type == GatewayEvent.WRAPPER_FATAL:
             reason = str(event.payload.get("reason", "the wrapper gave up"))
             code = event.payload.get("exit_code")

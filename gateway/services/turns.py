@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from redis.exceptions import RedisError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 
 _ACCEPTS_PROMPTS = (SessionStatus.STARTING, SessionStatus.READY, SessionStatus.BUSY)
 _ABORTED = ("aborted_streaming", "aborted_tools")
+# How far back in a session's stream a refused prompt looks for the running turn's end. A
+# turn's end is followed only by the few events that recording it publishes.
+_END_LOOKBACK = 50
 
 
 def turn_status_of(result: dict[str, Any]) -> TurnStatus:
@@ -58,12 +62,17 @@ def turn_status_of(result: dict[str, Any]) -> TurnStatus:
     return TurnStatus.FAILED
 
 
-def ends_turn(event: Event, turn_id: str) -> bool:
-    """Whether ``event`` is the last event of turn ``turn_id`` (or of its session)."""
-    if event.turn_id == turn_id and (
+def is_turn_end(event: Event, turn_id: str) -> bool:
+    """Whether ``event`` is turn ``turn_id``'s own end: the CLI's result or a ``turn_failed``."""
+    return event.turn_id == turn_id and (
         (event.source == Source.CLAUDE and event.type == "result")
         or event.type == GatewayEvent.TURN_FAILED
-    ):
+    )
+
+
+def ends_turn(event: Event, turn_id: str) -> bool:
+    """Whether ``event`` is the last event of turn ``turn_id`` (or of its session)."""
+    if is_turn_end(event, turn_id):
         return True
     return event.type == GatewayEvent.STATUS and event.payload.get("status") in FINAL_STATUSES
 
@@ -84,32 +93,17 @@ class TurnService:
     async def begin(self, session_id: uuid.UUID, prompt: str) -> tuple[TurnRow, str]:
         """Accept a prompt; returns the turn and the cursor of its ``turn_started`` event.
         Raises ``SessionBusy`` while another turn runs, ``SessionNotRunning`` once ended."""
-        async with self._db() as db, db.begin():
-            row = await db.get(SessionRow, session_id, with_for_update=True)
-            if row is None:
-                raise SessionNotFound(session_id)
-            if row.status not in _ACCEPTS_PROMPTS:
-                detail = f": {row.failure_reason}" if row.failure_reason else ""
-                raise SessionNotRunning(f"session {session_id} is {row.status}{detail}")
-            if row.current_turn_id is not None:
-                raise SessionBusy(
-                    f"session {session_id} is running turn {row.current_turn_id}; "
-                    "wait for its result or interrupt it",
-                    turn_id=str(row.current_turn_id),
-                )
-            turn = TurnRow(
-                id=uuid.uuid4(),
-                session_id=session_id,
-                seq=await queries.next_turn_seq(db, session_id),
-                prompt=prompt,
-                status=TurnStatus.RUNNING,
-            )
-            db.add(turn)
-            went_busy = row.status == SessionStatus.READY
-            row.current_turn_id = turn.id
-            row.last_activity_at = queries.utcnow()
-            if went_busy:
-                row.status = SessionStatus.BUSY
+        try:
+            turn, went_busy = await self._claim(session_id, prompt)
+        except _TurnRunning as running:
+            # A client that saw the result on the stream may chat before any recorder (of this
+            # replica or another) has written it: the stream, not the row, is then the truth.
+            if not await self._record_end_from_stream(session_id, running.turn_id):
+                raise running.busy(session_id) from None
+            try:
+                turn, went_busy = await self._claim(session_id, prompt)
+            except _TurnRunning as still:  # another prompt took the session meanwhile
+                raise still.busy(session_id) from None
         sid, tid = str(session_id), str(turn.id)
         try:
             if went_busy:
@@ -125,6 +119,47 @@ class TurnService:
                 code=ErrorCode.EVENTS_UNAVAILABLE,
             ) from exc
         return turn, started
+
+    async def _claim(self, session_id: uuid.UUID, prompt: str) -> tuple[TurnRow, bool]:
+        """Make ``prompt`` the session's running turn; returns it and whether the session
+        went from ``ready`` to ``busy``. Raises ``_TurnRunning`` when a turn runs."""
+        async with self._db() as db, db.begin():
+            row = await db.get(SessionRow, session_id, with_for_update=True)
+            if row is None:
+                raise SessionNotFound(session_id)
+            if row.status not in _ACCEPTS_PROMPTS:
+                detail = f": {row.failure_reason}" if row.failure_reason else ""
+                raise SessionNotRunning(f"session {session_id} is {row.status}{detail}")
+            if row.current_turn_id is not None:
+                raise _TurnRunning(row.current_turn_id)
+            turn = TurnRow(
+                id=uuid.uuid4(),
+                session_id=session_id,
+                seq=await queries.next_turn_seq(db, session_id),
+                prompt=prompt,
+                status=TurnStatus.RUNNING,
+            )
+            db.add(turn)
+            went_busy = row.status == SessionStatus.READY
+            row.current_turn_id = turn.id
+            row.last_activity_at = queries.utcnow()
+            if went_busy:
+                row.status = SessionStatus.BUSY
+        return turn, went_busy
+
+    async def _record_end_from_stream(self, session_id: uuid.UUID, turn_id: uuid.UUID) -> bool:
+        """Record turn ``turn_id``'s end if it is among the stream's newest events; whether
+        it was. An unreachable stream counts as no end seen (the turn stays running)."""
+        try:
+            newest = await self._bus.newest(str(session_id), _END_LOOKBACK)
+        except RedisError as exc:
+            log.warning("could not look for the end of turn %s: %s", turn_id, exc)
+            return False
+        end = next((event for event in newest if is_turn_end(event, str(turn_id))), None)
+        if end is None:
+            return False
+        await self.record_end(session_id, turn_id, end)
+        return True
 
     async def interrupt(self, session_id: uuid.UUID) -> uuid.UUID:
         """Ask the CLI to abort the running turn; returns its id. The turn then ends with a
@@ -178,6 +213,17 @@ class TurnService:
         status = TurnStatus.INTERRUPTED if interrupted else TurnStatus.FAILED
         values = {"status": status, "error": reason, "is_error": True}
         return await self._end(session_id, turn_id, values, cursor)
+
+    async def record_end(
+        self, session_id: uuid.UUID, turn_id: uuid.UUID, end: Event
+    ) -> TurnRow | None:
+        """Record ``end`` (an event for which ``is_turn_end`` holds) as the turn's end.
+        Idempotent; returns the turn row."""
+        if end.type == GatewayEvent.TURN_FAILED:
+            reason = str(end.payload.get("reason", "the turn failed"))
+            interrupted = bool(end.payload.get("interrupted"))
+            return await self.fail(session_id, turn_id, reason, end.id, interrupted)
+        return await self.finish(session_id, turn_id, end.payload, end.id, end.turn_cost)
 
     async def _end(
         self,
@@ -277,16 +323,12 @@ class TurnService:
     ) -> tuple[dict[str, Any], TurnRow]:
         """Wait for the turn's result; returns the CLI's result object and the recorded turn."""
         async for event in self.events(session_id, turn, started, timeout):
-            if event.source == Source.CLAUDE and event.type == "result":
-                recorded = await self.finish(
-                    session_id, turn.id, event.payload, event.id, event.turn_cost
-                )
+            if is_turn_end(event, str(turn.id)):
+                recorded = await self.record_end(session_id, turn.id, event)
+                if event.type == GatewayEvent.TURN_FAILED:
+                    reason = event.payload.get("reason", "the turn failed")
+                    raise TurnFailed(f"turn {turn.id} failed: {reason}", turn_id=str(turn.id))
                 return event.payload, recorded or turn
-            if event.type == GatewayEvent.TURN_FAILED:
-                reason = str(event.payload.get("reason", "the turn failed"))
-                interrupted = bool(event.payload.get("interrupted"))
-                await self.fail(session_id, turn.id, reason, event.id, interrupted)
-                raise TurnFailed(f"turn {turn.id} failed: {reason}", turn_id=str(turn.id))
             if event.type == GatewayEvent.STATUS:
                 reason = str(event.payload.get("reason") or event.payload.get("status"))
                 raise SessionNotRunning(
@@ -294,6 +336,21 @@ class TurnService:
                     turn_id=str(turn.id),
                 )
         raise TurnFailed(f"turn {turn.id} ended without a result", turn_id=str(turn.id))
+
+
+class _TurnRunning(Exception):
+    """The session runs turn ``turn_id``: no new prompt until it ends."""
+
+    def __init__(self, turn_id: uuid.UUID) -> None:
+        super().__init__(str(turn_id))
+        self.turn_id = turn_id
+
+    def busy(self, session_id: uuid.UUID) -> SessionBusy:
+        return SessionBusy(
+            f"session {session_id} is running turn {self.turn_id}; "
+            "wait for its result or interrupt it",
+            turn_id=str(self.turn_id),
+        )
 
 
 async def _next_relevant(subscription: Subscription, timeout: float) -> None:

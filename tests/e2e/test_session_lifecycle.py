@@ -8,6 +8,8 @@ import json
 import docker.errors
 import pytest
 import websockets
+from sqlalchemy import text as sql
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.client import is_claude, is_status, marker, read_until
 from tests.fake_anthropic import all_text, slow_text, text, tool_use
@@ -61,6 +63,53 @@ async def test_second_turn_sees_the_first(api_for, fake_api) -> None:
     turns = (await alice.http.get(f"/api/v1/sessions/{session['id']}/turns")).json()["turns"]
     assert [t["seq"] for t in turns] == [1, 2]
     assert all(t["status"] == "completed" for t in turns)
+    await alice.stop(session["id"])
+
+
+async def test_chat_at_once_after_the_result_while_no_recorder_has_written_it(
+    api_for, fake_api, infra
+) -> None:
+    """A client that sees the result on its stream and chats at once is not told the session is
+    busy, even while every recorder is behind (held here by a lock on the turn's row)."""
+    alice = api_for(f"alice-{marker()}")
+    first, second = marker(), marker()
+    fake_api.on(first, slow_text(["first ", "done"], 0.3))
+    fake_api.on(second, text("second done"))
+    session = await alice.create()
+    await alice.wait_status(session["id"], "ready")
+    engine = create_async_engine(infra.database_url)
+    try:
+        async with alice.stream(session["id"], after="$") as ws:
+            accepted = await alice.chat(session["id"], f"go {first}", wait=False, expect=202)
+            async with engine.begin() as held, engine.connect() as watcher:
+                await held.execute(
+                    sql("SELECT 1 FROM turns WHERE id = :id FOR UPDATE"),
+                    {"id": accepted["turn"]["id"]},
+                )
+                await read_until(ws, is_claude("result"))
+                chat = asyncio.create_task(alice.chat(session["id"], f"then {second}"))
+                # Release once both the recorder and the chat wait for the row, or the chat
+                # answered (it must not have: a 409 fails the test below).
+                deadline = asyncio.get_running_loop().time() + 30
+                while not chat.done() and asyncio.get_running_loop().time() < deadline:
+                    waiting = await watcher.scalar(
+                        sql(
+                            "SELECT count(*) FROM pg_stat_activity "
+                            "WHERE wait_event_type = 'Lock' AND query ILIKE 'UPDATE turns%'"
+                        )
+                    )
+                    if waiting >= 2:
+                        break
+                    await asyncio.sleep(0.05)
+            reply = await chat
+    finally:
+        await engine.dispose()
+    assert reply["result"]["result"] == "second done"
+    turns = (await alice.http.get(f"/api/v1/sessions/{session['id']}/turns")).json()["turns"]
+    assert [(t["seq"], t["status"], t["result_text"]) for t in turns] == [
+        (1, "completed", "first done"),
+        (2, "completed", "second done"),
+    ]
     await alice.stop(session["id"])
 
 
