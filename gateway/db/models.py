@@ -278,6 +278,11 @@ class WorkspaceRow(Base):
     file_count: Mapped[int] = mapped_column(Integer, default=0)
     save_count: Mapped[int] = mapped_column(Integer, default=0)
     last_saved_at: Mapped[datetime | None]
+    last_save_began_at: Mapped[datetime | None] = mapped_column(
+        comment="When the committed manifest's files began to be read (a save's or an "
+        "upload's start): a file whose mtime is not before it is read again by the next "
+        "save, however its size and mtime look."
+    )
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 

@@ -16,6 +16,7 @@ import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import IO, cast
 
 from sqlalchemy import select
@@ -180,6 +181,7 @@ class StoredFiles:
             if clean in previous and previous[clean].kind == "dir":
                 raise Conflict(f"{clean!r} is a directory", code=ErrorCode.PATH_CONFLICT)
             staging = layout.staging_key(workspace.owner, workspace.name, uuid.uuid4().hex, clean)
+            began = datetime.now(UTC)
             size, digest = await self._stream_to(staging, body, previous, clean)
             entries = dict(previous)
             now = int(time.time())
@@ -191,7 +193,9 @@ class StoredFiles:
             result = SaveResult(
                 entries=entries, uploaded=[clean], bytes_uploaded=size, staged_keys=[staging]
             )
-            await self._workspaces.commit_staged(workspace, result, previous)
+            await self._workspaces.commit_staged(
+                workspace, result, previous, read=began, merged=True
+            )
         return replace(
             entries[clean], object_key=layout.file_key(workspace.owner, workspace.name, clean)
         )
@@ -236,7 +240,9 @@ class StoredFiles:
                 p: e for p, e in previous.items() if p != clean and not p.startswith(clean + "/")
             }
             result = SaveResult(entries=entries, deleted=sorted(set(previous) - set(entries)))
-            await self._workspaces.commit_staged(workspace, result, previous)
+            await self._workspaces.commit_staged(
+                workspace, result, previous, read=None, merged=True
+            )
 
     # -- archives --------------------------------------------------------------------------------
 
@@ -260,6 +266,7 @@ class StoredFiles:
         async with self._workspaces.lock(workspace.id):
             previous = await self._manifest(workspace)
             staging = layout.staging_prefix(workspace.owner, workspace.name, uuid.uuid4().hex)
+            began = datetime.now(UTC)
             reader, writer = pipe()
             stage = asyncio.create_task(
                 asyncio.to_thread(
@@ -287,7 +294,9 @@ class StoredFiles:
             finally:
                 reader.close()
             result.deleted = sorted(set(previous) - set(result.entries))
-            await self._workspaces.commit_staged(workspace, result, previous)
+            await self._workspaces.commit_staged(
+                workspace, result, previous, read=began, merged=False
+            )
             return result
 
 

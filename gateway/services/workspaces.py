@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, BinaryIO, TypeVar, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
@@ -50,6 +52,20 @@ IN_USE_STATUSES = (
     SessionStatus.STOPPING,
 )
 MODE_RW, MODE_RO = "rw", "ro"
+
+
+# How far the engine host's clock may lag the gateway's (the second a save began is the
+# gateway's; a file's mtime is the engine host's).
+_CLOCK_ALLOWANCE_S = 2
+
+
+def trust_mtimes_before(began: datetime | None) -> float:
+    """Manifest mtimes before this (seconds since the epoch) may be trusted by a save: a file
+    whose mtime is in or after the second its bytes were read may have been written again within
+    that second without its size or mtime moving. Nothing is trusted when that time is unknown."""
+    if began is None:
+        return -math.inf
+    return math.floor(began.timestamp()) - _CLOCK_ALLOWANCE_S
 
 
 class WorkspaceInUse(Conflict):
@@ -275,6 +291,7 @@ class WorkspaceService:
                 return None
             previous = await self._finish_promotion(workspace, previous)
             staging = layout.staging_prefix(workspace.owner, workspace.name, uuid.uuid4().hex)
+            began = datetime.now(UTC)  # before a single file is read
             try:
                 archive = await self._runtime.get_archive(session.container_id, WORKSPACE_DIR)
             except PathMissing:
@@ -287,8 +304,9 @@ class WorkspaceService:
                     self._store,
                     staging,
                     self._limits,
+                    trust_mtimes_before=trust_mtimes_before(workspace.last_save_began_at),
                 )
-            await self._commit(workspace, result.entries, previous, counted=True)
+            await self._commit(workspace, result.entries, previous, read=began, merged=False)
             await self._promote(workspace, result, previous)
         stats = SaveStats.of(workspace.name, result)
         log.info(
@@ -300,11 +318,18 @@ class WorkspaceService:
         return stats
 
     async def commit_staged(
-        self, workspace: WorkspaceRow, result: SaveResult, previous: Mapping[str, Entry]
+        self,
+        workspace: WorkspaceRow,
+        result: SaveResult,
+        previous: Mapping[str, Entry],
+        *,
+        read: datetime | None,
+        merged: bool,
     ) -> None:
         """Commit a manifest staged elsewhere (an upload, a deletion) over ``previous``, then
-        promote. The caller holds ``lock(workspace.id)``."""
-        await self._commit(workspace, result.entries, previous, counted=True)
+        promote. ``read``: when its new files began to be staged (``None``: it has none);
+        ``merged``: it keeps entries of ``previous``. The caller holds ``lock(workspace.id)``."""
+        await self._commit(workspace, result.entries, previous, read=read, merged=merged)
         await self._promote(workspace, result, previous)
 
     def lock(self, workspace_id: uuid.UUID) -> contextlib.AbstractAsyncContextManager[None]:
@@ -332,17 +357,29 @@ class WorkspaceService:
         entries: Mapping[str, Entry],
         previous: Mapping[str, Entry],
         *,
-        counted: bool,
+        read: datetime | None,
+        merged: bool,
     ) -> None:
+        """Write ``entries`` over ``previous``. ``last_save_began_at`` becomes the earliest time
+        any entry's bytes were read: ``read`` for a whole new manifest; for one that keeps
+        entries of ``previous`` (``merged``), the earlier of ``read`` and the time kept (none
+        kept: none); unchanged when nothing was read."""
+        began: Any = WorkspaceRow.last_save_began_at
+        if read is not None and not merged:
+            began = read
+        elif read is not None:
+            kept = WorkspaceRow.last_save_began_at
+            began = case((kept.is_(None), None), else_=func.least(kept, read))
         async with self._db() as db, db.begin():
             await manifests.write_changes(db, workspace.id, entries, previous)
             values: dict[str, Any] = {
                 "size_bytes": sum(e.size for e in entries.values() if e.kind == "file"),
                 "file_count": len(entries),
                 "updated_at": func.now(),
+                "last_saved_at": func.now(),
+                "save_count": WorkspaceRow.save_count + 1,
+                "last_save_began_at": began,
             }
-            if counted:
-                values.update(last_saved_at=func.now(), save_count=WorkspaceRow.save_count + 1)
             await db.execute(
                 update(WorkspaceRow).where(WorkspaceRow.id == workspace.id).values(**values)
             )

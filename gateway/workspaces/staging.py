@@ -16,6 +16,7 @@ import gzip as gzip_module
 import hashlib
 import io
 import logging
+import math
 import posixpath
 import tarfile
 import tempfile
@@ -57,7 +58,7 @@ class _Stager:
         strip: Callable[[str], str | None],
         strict: bool,
         spool_threshold: int,
-        always_hash: bool,
+        trust_mtimes_before: float,
     ) -> None:
         self.strip = strip
         self.store = store
@@ -66,7 +67,7 @@ class _Stager:
         self.previous = previous
         self.strict = strict
         self.spool_threshold = spool_threshold
-        self.always_hash = always_hash
+        self.trust_mtimes_before = trust_mtimes_before
         self.result = SaveResult()
         self.total_bytes = 0
 
@@ -162,7 +163,12 @@ class _Stager:
             and previous.sha256 is not None
             and previous.object_key is not None
         )
-        if previous is not None and same_size and not self.always_hash and previous.mtime == mtime:
+        if (
+            previous is not None
+            and same_size
+            and previous.mtime == mtime
+            and previous.mtime < self.trust_mtimes_before
+        ):
             # Same size and mtime: taken as unchanged without reading (as git and rsync do).
             self.result.unchanged += 1
             return replace(previous, mode=mode)
@@ -314,7 +320,7 @@ def stage_from_container(
     root: str = "workspace",
     *,
     spool_threshold: int = DEFAULT_SPOOL_THRESHOLD,
-    always_hash: bool = False,
+    trust_mtimes_before: float = math.inf,
 ) -> SaveResult:
     """Stage a container's workspace from Docker's ``get_archive`` of ``/workspace``.
 
@@ -323,8 +329,11 @@ def stage_from_container(
     skipped and listed in ``skipped`` (the agent may have made one; that is not an error). A
     hard link to a file earlier in the archive is kept as a copy of that file.
 
-    A file whose size and mtime match ``previous`` is taken as unchanged without reading it
-    (pass ``always_hash`` to distrust mtimes). A file of the same size is hashed first and
+    A file whose size and mtime match ``previous`` is taken as unchanged without reading it,
+    if that mtime (whole seconds) is before ``trust_mtimes_before``: a file read in the second
+    it was written may have been written again within that second, its size and mtime kept, so
+    the caller passes the second its previous save began (``-math.inf`` trusts no mtime). A
+    file of the same size is hashed first and
     uploaded only if its hash differs; any other file is streamed straight to its staging key
     while hashed. Limits are enforced on the running totals (``WorkspaceTooLarge``).
 
@@ -339,7 +348,7 @@ def stage_from_container(
         strip=_below_root(root),
         strict=False,
         spool_threshold=spool_threshold,
-        always_hash=always_hash,
+        trust_mtimes_before=trust_mtimes_before,
     )
     with IteratorReader(chunks) as raw, open_tar_stream(raw) as tar:
         return stager.run(tar)
@@ -371,7 +380,7 @@ def stage_from_upload(
         strip=_upload_name,
         strict=True,
         spool_threshold=spool_threshold,
-        always_hash=True,
+        trust_mtimes_before=-math.inf,
     )
     if not gzip:
         with open_tar_stream(fileobj) as tar:

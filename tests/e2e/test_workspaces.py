@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import io
 import tarfile
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -122,6 +123,34 @@ async def test_saves_upload_only_what_changed(api_for, fake_api, gateway, s3_end
         assert data.read() == b"file 3\nchanged\n"
     info = (await alice.http.get(f"/api/v1/workspaces/{project}")).json()
     assert info["file_count"] == 4 and info["sessions"] == [session["id"]]
+    await alice.stop(session["id"])
+
+
+async def test_a_file_written_again_in_the_second_a_save_read_it_is_saved_again(
+    api_for, docker_client
+) -> None:
+    """Mtimes are whole seconds: a same-size rewrite within the second the last save read the
+    file keeps its size and mtime. The next save must read it rather than keep the old bytes."""
+    alice = api_for(f"ws-{marker('w')}")
+    project = f"proj-{uuid.uuid4().hex[:8]}"
+    session = await alice.create(workspace={"type": "persistent", "id": project})
+    await alice.wait_status(session["id"], "ready")
+    container = session["container_id"]
+    # An mtime not before the second the save begins, as a write in that second gets (set
+    # ahead here, so that nothing depends on how fast this machine is).
+    second = int(time.time()) + 60
+    write = "echo 'version {}' > /workspace/notes.txt && touch -d @{} /workspace/notes.txt"
+    exec_in(docker_client, container, write.format("one", second))
+    snap = f"/api/v1/sessions/{session['id']}/workspace/snapshot"
+    assert (await alice.http.post(snap)).json()["uploaded"] == 1
+    exec_in(docker_client, container, write.format("two", second))
+    again = (await alice.http.post(snap)).json()
+    assert (again["uploaded"], again["unchanged"]) == (1, 0), again
+    got = await alice.http.get(f"/api/v1/workspaces/{project}/files/notes.txt")
+    assert got.status_code == 200 and got.content == b"version two\n"
+    # Unchanged, it is read again but not uploaded again.
+    third = (await alice.http.post(snap)).json()
+    assert (third["uploaded"], third["unchanged"]) == (0, 1), third
     await alice.stop(session["id"])
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import math
 import tarfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
+from gateway.services.workspaces import trust_mtimes_before
 from gateway.store import layout
 from gateway.store.objects import ObjectMissing, ObjectStore
 from gateway.workspaces.manifest import Entry, Limits, SaveResult, WorkspaceTooLarge
@@ -45,11 +48,16 @@ def stage(
     save_id: str,
     limits: Limits = NO_LIMITS,
     *,
-    always_hash: bool = False,
+    trust_mtimes_before: float = math.inf,
 ) -> SaveResult:
     prefix = layout.staging_prefix(OWNER, WS, save_id)
     return stage_from_container(
-        container_tar(members), previous, store, prefix, limits, always_hash=always_hash
+        container_tar(members),
+        previous,
+        store,
+        prefix,
+        limits,
+        trust_mtimes_before=trust_mtimes_before,
     )
 
 
@@ -130,11 +138,26 @@ def test_same_size_new_bytes_are_hashed_then_uploaded(store: ObjectStore) -> Non
         assert body.read() == b"# README\n"
 
 
-def test_same_size_and_mtime_is_trusted_unless_always_hash(store: ObjectStore) -> None:
+def test_same_size_and_mtime_is_trusted_only_before_the_last_save_began(
+    store: ObjectStore,
+) -> None:
     _, first = save(store, BASE, {}, "s1")
     sneaky = replaced(BASE, M("README.md", data=b"# README\n"))  # same size, same mtime
-    assert stage(store, sneaky, first, "s2").uploaded == []
-    assert stage(store, sneaky, first, "s3", always_hash=True).uploaded == ["README.md"]
+    assert stage(store, sneaky, first, "s2", trust_mtimes_before=MTIME + 1).uploaded == []
+    # Written again in the second the last save read it: its mtime cannot tell.
+    racy = stage(store, sneaky, first, "s3", trust_mtimes_before=MTIME)
+    assert racy.uploaded == ["README.md"]
+    assert stage(store, sneaky, first, "s4", trust_mtimes_before=-math.inf).uploaded == [
+        "README.md"
+    ]
+    # A racy file that did not change is read (hashed) but not uploaded again.
+    assert stage(store, BASE, first, "s5", trust_mtimes_before=MTIME).uploaded == []
+
+
+def test_a_save_trusts_no_mtime_in_the_seconds_it_began() -> None:
+    began = datetime(2026, 12, 4, 12, 0, 0, 500_000, tzinfo=UTC)
+    assert trust_mtimes_before(began) == int(began.timestamp()) - 2  # the clocks' allowance
+    assert trust_mtimes_before(None) == -math.inf  # never recorded: trust none
 
 
 def test_deleted_files_and_dirs_are_removed_on_promote(store: ObjectStore) -> None:
