@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,13 @@ from tests.stack import start_infra, start_s3  # noqa: E402
 LIMITS = ["--cpus=1.0", "--memory=2g", "--pids-limit=512", "--cap-drop=ALL"]
 
 
-def bare_burst(network: str, upstream: str, count: int, held: bool = False) -> list[float]:
+def bare_burst(
+    network: str, upstream: str, count: int, held: Callable[[], None] | None = None
+) -> list[float]:
     """``held``: each CLI stays up until the last has answered, as sessions do (an idle CLI
-    still spends CPU: about 9 ms a second, its own once-a-second timers)."""
-    hold = threading.Barrier(count) if held else None
+    still spends CPU: about 9 ms a second, its own once-a-second timers), and ``held`` is
+    called the moment the last one answers (before any CLI takes its turn and exits)."""
+    hold = threading.Barrier(count, action=held) if held else None
     with ThreadPoolExecutor(max_workers=count) as pool:
         futures = [pool.submit(bare_run, network, upstream, LIMITS, hold) for _ in range(count)]
         return [future.result()[0] for future in futures]
@@ -157,11 +161,10 @@ async def main(args: argparse.Namespace) -> None:
                         bare_burst, infra.network_name, upstream_url, args.sessions
                     )
                     meters[0].stop()
-                    meters[1].start()
+                    meters[1].start()  # stopped as the last CLI answers, as ours is
                     held = await asyncio.to_thread(
-                        bare_burst, infra.network_name, upstream_url, args.sessions, True
+                        bare_burst, infra.network_name, upstream_url, args.sessions, meters[1].stop
                     )
-                    meters[1].stop()
                     await pool_full(infra.database_url, args.pool_size)
                     ready_at: dict[str, float] = {}
                     meters[2].start()
@@ -186,8 +189,11 @@ async def main(args: argparse.Namespace) -> None:
     if warm:
         print(line("ours, warm (a pooled container): created -> ready", warm))
     if meters[0].available:
+        # The first bare burst's figures include its CLIs' turns and exits; the others end
+        # with the last ready.
         for name, meter in zip(("bare", "bare, kept up", "ours"), meters, strict=True):
             print(f"{name}: {meter.summary(args.sessions)}")
+            print(f"{'':>{len(name) + 1}} {meter.cores()}")
 
 
 def meter_for(infra: Any, fleet: Fleet) -> CpuMeter:
