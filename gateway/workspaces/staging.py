@@ -333,9 +333,9 @@ def stage_from_container(
     if that mtime (whole seconds) is before ``trust_mtimes_before``: a file read in the second
     it was written may have been written again within that second, its size and mtime kept, so
     the caller passes the second its previous save began (``-math.inf`` trusts no mtime). A
-    file of the same size is hashed first and
-    uploaded only if its hash differs; any other file is streamed straight to its staging key
-    while hashed. Limits are enforced on the running totals (``WorkspaceTooLarge``).
+    file of the same size is hashed first and uploaded only if its hash differs; any other file
+    is streamed straight to its staging key while hashed. Limits are enforced on the running
+    totals (``WorkspaceTooLarge``).
 
     On any failure, what was staged is deleted (best effort) and the exception propagates:
     the previous saved state is untouched. ``chunks`` is closed in every case.
