@@ -11,7 +11,7 @@ backend's choice: a backend that cannot apply a field must refuse the spec.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import BinaryIO
@@ -219,9 +219,13 @@ class SessionRuntime(abc.ABC):
         """Managed containers that stop, as they stop. Runs until cancelled."""
 
     @abc.abstractmethod
-    async def disk_usage(self, container_id: str, paths: Sequence[str]) -> int:
-        """Bytes stored under ``paths`` in the running container. Raises
-        ``ContainerMissing`` or ``RuntimeFailure`` when it cannot be measured."""
+    async def disk_usage(self, container_ids: Collection[str]) -> dict[str, int]:
+        """Bytes each of ``container_ids`` keeps in its ``persistent_paths``, all measured in
+        one pass by the engine's own accounting (not in the containers, where every session
+        would cost an exec and could hide files from its own user). A file counts at its
+        length, as a save would archive it (a sparse file whole), whatever its permissions.
+        A container that does not exist is left out. Raises ``RuntimeFailure`` when nothing
+        could be measured."""
 
     @abc.abstractmethod
     async def tree_digest(self, container_id: str, path: str) -> str:

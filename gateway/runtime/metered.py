@@ -7,7 +7,7 @@ carries instrumentation. ``ContainerMissing`` and ``PathMissing`` are answers ab
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import BinaryIO, TypeVar
 
 from gateway.runtime.base import (
@@ -80,8 +80,8 @@ class MeteredRuntime(SessionRuntime):
             self._on_failure("exits")
             raise
 
-    async def disk_usage(self, container_id: str, paths: Sequence[str]) -> int:
-        return await self._call("disk_usage", self.inner.disk_usage(container_id, paths))
+    async def disk_usage(self, container_ids: Collection[str]) -> dict[str, int]:
+        return await self._call("disk_usage", self.inner.disk_usage(container_ids))
 
     async def tree_digest(self, container_id: str, path: str) -> str:
         return await self._call("tree_digest", self.inner.tree_digest(container_id, path))

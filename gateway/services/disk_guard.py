@@ -2,8 +2,8 @@
 
 Docker's local volumes have no size limit (and ``--storage-opt size`` exists only for overlay2
 on xfs with project quotas, and only for the root filesystem, which is read-only here), so the
-limit is enforced by measuring: every ``DISK_CHECK_INTERVAL`` seconds each running session's
-persistent paths are measured in its container, and a session over the limit is stopped with
+limit is enforced by measuring: every ``DISK_CHECK_INTERVAL`` seconds the runtime measures all
+running sessions' persistent paths in one pass, and a session over the limit is stopped with
 reason ``disk_limit``. It can overshoot by what it writes within one interval; the host's disk
 is the bound of that.
 """
@@ -19,13 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.config import Settings
 from gateway.db import queries
 from gateway.runtime import RuntimeFailure, SessionRuntime
-from gateway.services.rounds import every, spread
+from gateway.services.rounds import every
 from gateway.services.termination import Terminator
-from wrapper.protocol import CLAUDE_STATE_DIR, WORKSPACE_DIR
 
 log = logging.getLogger(__name__)
 
-MEASURED_PATHS = (WORKSPACE_DIR, CLAUDE_STATE_DIR)
 DISK_LIMIT_REASON = "disk_limit"
 
 
@@ -44,35 +42,31 @@ class DiskGuard:
         self._limit = settings.session_disk_limit_bytes
 
     async def run(self, is_mine: Callable[[], bool]) -> None:
-        """A round every ``DISK_CHECK_INTERVAL`` seconds while this replica holds the lease,
-        each session measured at its own point of the interval."""
-        interval = self._settings.disk_check_interval
-        await every(interval, is_mine, lambda start: self.round(start, interval, is_mine))
+        """A round every ``DISK_CHECK_INTERVAL`` seconds while this replica holds the lease."""
+        await every(self._settings.disk_check_interval, is_mine, lambda _start: self.round())
 
-    async def round(self, start: float, interval: float, is_mine: Callable[[], bool]) -> None:
-        running = await self._running()
-        async for session_id, container_id in spread(running, start, interval, is_mine):
-            try:
-                await self.check(session_id, container_id)
-            except Exception:
-                log.exception("disk check of %s failed", session_id)
-
-    async def _running(self) -> list[tuple[uuid.UUID, str]]:
+    async def round(self) -> None:
+        """Measure every running session at once; stop those over the limit."""
         async with self._db() as db:
-            return await queries.running_containers(db, self._settings.instance_name)
-
-    async def check(self, session_id: uuid.UUID, container_id: str) -> None:
-        """Measure one session; stop it if it is over the limit."""
-        try:
-            used = await self._runtime.disk_usage(container_id, MEASURED_PATHS)
-        except RuntimeFailure as exc:  # stopped meanwhile, or busy: next round
-            log.debug("could not measure the disk use of %s: %s", session_id, exc)
+            running = await queries.running_containers(db, self._settings.instance_name)
+        if not running:
             return
-        if used > self._limit:
-            reason = (
-                f"{DISK_LIMIT_REASON}: the session's files take {used} bytes, "
-                f"SESSION_DISK_LIMIT is {self._settings.session_disk_limit} "
-                f"({self._limit} bytes)"
-            )
-            log.warning("stopping session %s: %s", session_id, reason)
+        try:
+            used = await self._runtime.disk_usage([container for _, container in running])
+        except RuntimeFailure as exc:  # the engine is busy or down: next round
+            log.warning("could not measure the sessions' disk use: %s", exc)
+            return
+        for session_id, container_id in running:
+            if used.get(container_id, 0) > self._limit:  # absent: stopped meanwhile
+                await self._stop(session_id, used[container_id])
+
+    async def _stop(self, session_id: uuid.UUID, used: int) -> None:
+        reason = (
+            f"{DISK_LIMIT_REASON}: the session's files take {used} bytes, "
+            f"SESSION_DISK_LIMIT is {self._settings.session_disk_limit} ({self._limit} bytes)"
+        )
+        log.warning("stopping session %s: %s", session_id, reason)
+        try:
             await self._terminator.stop(session_id, reason=reason)
+        except Exception:
+            log.exception("could not stop session %s over its disk limit", session_id)

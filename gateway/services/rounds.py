@@ -1,7 +1,8 @@
-"""Background rounds over every running session (disk checks, periodic saves): one round per
-interval while this replica holds the work's lease, each session at its own point of the
-interval rather than all back to back, so that with many sessions the engine and the gateway
-see a steady trickle of calls instead of a burst that stalls the relay every interval."""
+"""Background rounds over the running sessions (periodic saves, disk checks): one round per
+interval while this replica holds the work's lease. A round that calls the engine once per
+session (saves) takes each at its own point of the interval rather than all back to back, so
+that with many sessions the engine and the gateway see a steady trickle of calls instead of a
+burst that stalls the relay every interval."""
 
 from __future__ import annotations
 

@@ -285,15 +285,17 @@ async def test_a_session_over_its_disk_limit_is_stopped(
         alice = Api(gw.url, mint_token(gw.jwt_secret, "alice"))
         try:
             session = await ready_session(alice)
-            # Hidden in a directory the session made unreadable to itself.
+            # Half hidden in a directory the session made unreadable to itself, half in a
+            # sparse file: neither half is over the limit alone, and du in the session (as the
+            # session user, counting allocated blocks) would have seen neither.
             run_in(
                 docker_client,
                 session["container_id"],
                 [
                     "sh",
                     "-c",
-                    "mkdir /workspace/hide && head -c 25000000 /dev/zero > /workspace/hide/big"
-                    " && chmod 000 /workspace/hide",
+                    "mkdir /workspace/hide && head -c 12000000 /dev/urandom > /workspace/hide/big"
+                    " && chmod 000 /workspace/hide && truncate -s 12000000 /workspace/sparse",
                 ],
             )
             stopped = await alice.wait_status(session["id"], "stopped", "failed", timeout=30)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import BinaryIO
@@ -170,9 +170,9 @@ class ScriptedRuntime(SessionRuntime):
         yield ContainerExit("c1", {}, 0)
         self._maybe_fail("exits")
 
-    async def disk_usage(self, container_id: str, paths: Sequence[str]) -> int:
+    async def disk_usage(self, container_ids: Collection[str]) -> dict[str, int]:
         self._maybe_fail("disk_usage")
-        return 0
+        return {}
 
     async def tree_digest(self, container_id: str, path: str) -> str:
         self._maybe_fail("tree_digest")
