@@ -19,7 +19,7 @@ import socket
 import uuid
 from collections.abc import Iterable
 
-from sqlalchemy import delete, text
+from sqlalchemy import ARRAY, String, bindparam, delete, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import LeaseRow
@@ -27,17 +27,20 @@ from gateway.db.outage import database_unavailable
 
 log = logging.getLogger(__name__)
 
-# One statement: take the lease when it is free or expired, or renew it when it is ours.
+# One statement for all of a replica's leases, each taken when it is free or expired, or
+# renewed when it is ours: the leases it returns are ours. In name order, so that replicas
+# renewing together lock the rows in one order and never deadlock.
 _TAKE_OR_RENEW = text(
     """
     INSERT INTO leases (name, holder, expires_at)
-    VALUES (:name, :holder, now() + make_interval(secs => :ttl))
+    SELECT name, :holder, now() + make_interval(secs => :ttl)
+    FROM unnest(:names) AS name ORDER BY name
     ON CONFLICT (name) DO UPDATE
         SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
         WHERE leases.holder = EXCLUDED.holder OR leases.expires_at < now()
-    RETURNING holder
+    RETURNING name
     """
-)
+).bindparams(bindparam("names", type_=ARRAY(String)))
 
 
 def process_identity() -> str:
@@ -80,28 +83,27 @@ class Leases:
 
     async def renew_once(self) -> None:
         loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with self._db() as db, db.begin():
+                rows = await db.execute(
+                    _TAKE_OR_RENEW,
+                    {"names": list(self._names), "holder": self.holder, "ttl": self._ttl},
+                )
+                ours = set(rows.scalars())
+        except Exception as exc:
+            if not database_unavailable(exc):
+                log.exception("could not renew leases")
+            return  # unknown is not ours: the deadlines run out by themselves
         for name in self._names:
-            started = loop.time()
-            try:
-                async with self._db() as db, db.begin():
-                    row = await db.execute(
-                        _TAKE_OR_RENEW, {"name": name, "holder": self.holder, "ttl": self._ttl}
-                    )
-                    ours = row.scalar_one_or_none() == self.holder
-            except Exception as exc:
-                if not database_unavailable(exc):
-                    log.exception("could not renew lease %s", name)
-                ours = False  # unknown is not ours: the deadline below runs out by itself
-                if self.holds(name):
-                    continue
             had = self.holds(name)
-            if ours:
+            if name in ours:
                 # Counted from before the statement was sent, and a third short of the TTL.
                 self._until[name] = started + self._ttl * 2 / 3
             elif had:
                 self._until.pop(name, None)
-            if ours != had:
-                log.info("%s lease %s", "took" if ours else "lost", name)
+            if (name in ours) != had:
+                log.info("%s lease %s", "took" if name in ours else "lost", name)
                 self._changed.set()
 
     async def release(self) -> None:

@@ -69,6 +69,27 @@ async def test_a_lease_held_by_a_running_loop_is_renewed_and_released(engines) -
     await other.release()
 
 
+async def test_replicas_renewing_all_their_leases_together_each_keep_only_their_own(
+    engines,
+) -> None:
+    """Every lease of a replica is taken or renewed in one statement: one that another
+    replica holds is left to it and the free ones are taken, also while both renew at the
+    same moment, their names listed in other orders."""
+    names = [f"test:{uuid.uuid4().hex[:8]}:{duty}" for duty in ("c", "a", "b")]
+    first = Leases(async_sessionmaker(engines[0]), names[:2], TTL)
+    second = Leases(async_sessionmaker(engines[1]), names[::-1], TTL)  # another order
+    await first.renew_once()
+    for _ in range(20):
+        await asyncio.gather(first.renew_once(), second.renew_once())
+        assert first.holds(names[0]) and first.holds(names[1])
+        assert not second.holds(names[0]) and not second.holds(names[1])
+        assert second.holds(names[2])
+    await first.release()
+    await second.renew_once()
+    assert all(second.holds(name) for name in names)
+    await second.release()
+
+
 async def test_a_workspace_has_one_writer_across_processes(engines) -> None:
     workspace = uuid.uuid4()
     services = [
