@@ -31,9 +31,12 @@ _FORWARDED = frozenset(
     }
 )
 _FORWARDED_PREFIXES = ("x-stainless-",)
-# Response headers that describe one hop or that the server re-computes.
+# Response headers that describe one hop or that the server re-computes (uvicorn writes its
+# own date and server: passed on too, the CLI got each twice).
 _HOP_BY_HOP = frozenset(
     {
+        "date",
+        "server",
         "connection",
         "keep-alive",
         "transfer-encoding",

@@ -119,6 +119,10 @@ async def test_streams_pass_through_byte_for_byte_as_they_arrive(
         ) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["request-id"].startswith("req_")  # the upstream's own
+            # One hop's headers once, the gateway's: never the upstream's beside them.
+            assert len(response.headers.get_list("date")) == 1
+            assert "FakeAnthropic" not in ",".join(response.headers.get_list("server"))
             async for chunk in response.aiter_raw():
                 received += chunk
                 arrivals.append(time.monotonic() - start)
