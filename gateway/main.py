@@ -260,6 +260,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> FastAPI:
             # of every object, which stalled every stream for 75-250 ms a minute or so.
             gc.collect()
             gc.freeze()
+            stack.callback(gc.unfreeze)  # an app stopped in a process that goes on is collected
             log.info("gateway %s ready (instance %s)", __version__, settings.instance_name)
             yield
 

@@ -173,9 +173,7 @@ class DockerRuntime(SessionRuntime):
         wanted = set(container_ids)
 
         def measure() -> dict[str, int]:
-            listed = self._client.api.containers(
-                all=True, filters={"label": instance_filter(self._instance)}
-            )
+            listed = self._managed_summaries()
             sizes = _volume_sizes(self._client.api)
             used = {}
             for summary in listed:
@@ -254,9 +252,7 @@ class DockerRuntime(SessionRuntime):
 
     async def list_managed(self) -> list[ContainerState]:
         def listing() -> list[ContainerState]:
-            listed = self._client.api.containers(
-                all=True, filters={"label": instance_filter(self._instance)}
-            )
+            listed = self._managed_summaries()
             found = []
             for summary in listed:
                 # The listing says all there is to know of a running container; only an ended
@@ -273,6 +269,13 @@ class DockerRuntime(SessionRuntime):
             return found
 
         return await self._call(listing)
+
+    def _managed_summaries(self) -> list[dict[str, Any]]:
+        """The engine's listing of this instance's containers, running or not (in a thread)."""
+        listed: list[dict[str, Any]] = self._client.api.containers(
+            all=True, filters={"label": instance_filter(self._instance)}
+        )
+        return listed
 
     async def logs_tail(self, container_id: str, lines: int) -> str:
         def logs() -> str:
