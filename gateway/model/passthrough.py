@@ -13,6 +13,11 @@ class Passthrough:
     The caller hanging up ends it at once, so the upstream call ends too and nothing is
     generated for nobody.
 
+    ``finished`` says whether the body has nothing more to come once a chunk is read (the
+    upstream's end arrived with it, as a short answer's does): that chunk then goes out with
+    the end of the answer in one write, as the upstream sent them. Sent apart, the CLI read the
+    end a wake-up of its event loop later, a few tenths of a millisecond per turn.
+
     Starlette's ``StreamingResponse`` does the same in an anyio task group, which costs about
     0.12 ms per response on this path; here one task watches for the hang-up and cancels the
     relay, which runs in the request's own task."""
@@ -23,6 +28,7 @@ class Passthrough:
         headers: Mapping[str, str],
         body: AsyncIterator[bytes],
         ended: Callable[[], None],
+        finished: Callable[[], bool],
     ) -> None:
         self._start = {
             "type": "http.response.start",
@@ -34,6 +40,7 @@ class Passthrough:
         }
         self._body = body
         self._ended = ended
+        self._finished = finished
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         relaying = asyncio.current_task()
@@ -50,9 +57,12 @@ class Passthrough:
         watcher = asyncio.create_task(watch(), name="model-call-hang-up")
         try:
             await send(self._start)
+            more = True
             async for chunk in self._body:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                more = not self._finished()
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+            if more:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not hung_up or relaying.uncancel() > 0:
                 raise  # cancelled from elsewhere too (the server is shutting down)

@@ -189,7 +189,7 @@ class ModelProxy:
             self._settle_later(ticket, model, usage, answer.status, slot)
             answer.close()
 
-        return Passthrough(answer.status, answer.headers, chunks(), ended)
+        return Passthrough(answer.status, answer.headers, chunks(), ended, answer.finished)
 
     def _settle_later(
         self,

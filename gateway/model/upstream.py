@@ -77,9 +77,13 @@ class Answer:
         """The body's bytes as they arrive, unchanged (nothing is decompressed)."""
         return self._response.content.iter_any()
 
+    def finished(self) -> bool:
+        """Whether the body has been read to its end."""
+        return self._response.content.at_eof()
+
     def close(self) -> None:
         """Give the connection back (or drop it, when the body was not read to its end)."""
-        if self._response.content.at_eof():
+        if self.finished():
             self._response.release()
         else:
             self._response.close()

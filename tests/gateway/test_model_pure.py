@@ -3,7 +3,9 @@ an answer, and prices."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from types import SimpleNamespace
 
@@ -13,6 +15,7 @@ import pytest
 from gateway.api.model import GatewayApp
 from gateway.config import Settings
 from gateway.model.meter import StreamMeter, Usage, usage_of_json
+from gateway.model.passthrough import Passthrough
 from gateway.model.prices import PriceTable
 from gateway.model.upstream import OAUTH_BETA, NoCredential, Upstream
 
@@ -207,3 +210,45 @@ async def test_a_failure_inside_the_proxy_is_an_anthropic_shaped_500() -> None:
         assert failed.json()["type"] == "error"
         assert failed.json()["error"]["type"] == "api_error"
         assert (await http.get("/model/v1/messages")).status_code == 404  # only POST is served
+
+
+async def relayed(chunks: list[bytes], finished_after: list[bool]) -> list[dict[str, object]]:
+    """The ASGI messages a Passthrough sends for an upstream body read in ``chunks``, whose
+    end had arrived after each chunk as ``finished_after`` says."""
+    sent: list[dict[str, object]] = []
+    ends = iter(finished_after)
+    ended: list[bool] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, object]:
+        await asyncio.Event().wait()  # the caller never hangs up
+        raise AssertionError("unreachable")
+
+    reply = Passthrough(200, {}, body(), lambda: ended.append(True), lambda: next(ends))
+    await reply({"type": "http"}, receive, send)  # type: ignore[arg-type]
+    assert ended == [True]
+    return sent[1:]
+
+
+async def test_an_answers_last_bytes_and_its_end_go_out_in_one_message() -> None:
+    """A short answer arrives whole, its end with it: sent apart, the CLI read the end one
+    wake-up of its event loop later (a few tenths of a millisecond on every turn)."""
+    messages = await relayed([b"event: a\n\n", b"event: b\n\n"], [False, True])
+    assert [(m["body"], m["more_body"]) for m in messages] == [
+        (b"event: a\n\n", True),
+        (b"event: b\n\n", False),
+    ]
+
+
+async def test_an_end_that_comes_after_the_last_bytes_is_sent_when_it_comes() -> None:
+    messages = await relayed([b"event: a\n\n"], [False])
+    assert [(m["body"], m["more_body"]) for m in messages] == [
+        (b"event: a\n\n", True),
+        (b"", False),
+    ]
