@@ -5,8 +5,8 @@
   from this process, direct and proxied alternating; the upstream, the scripted fake API, runs
   in a process of its own and keeps connections alive as the real API does);
 - a full trivial turn of the real CLI (prompt -> result) talking to the upstream directly, and
-  through the proxy with a session's token: two long-lived `claude -p` on this host, whose
-  turns alternate;
+  through the proxy with a session's token: pairs of long-lived `claude -p` on this host, one
+  each way, whose turns alternate (a fresh pair for each of a few rounds);
 - the gateway's CPU time per 1,000 streamed events it relays (read from /proc).
 
 Run with bench.py, or alone: .venv/bin/python scripts/bench_proxy.py (it starts its own stack).
@@ -31,13 +31,15 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.claude_cli import claude_binary  # noqa: E402
+from tests.claude_cli import claude_binary, host_cli_environment  # noqa: E402
 from tests.stack import free_port  # noqa: E402
 
 MANY_EVENTS = 1000
 # Pairs not counted: they open the connections and fill what the gateway keeps (its pools, the
 # session's caller), as a session's first calls do.
 WARM_UP = 30
+# Real CLI turns are measured in rounds, each with a fresh pair of CLIs (see cli_turns).
+CLI_ROUNDS = 6
 
 # The upstream in a process of its own: trivial answers, and one with many events.
 UPSTREAM = f"""
@@ -117,17 +119,8 @@ class Cli:
     """One long-lived real CLI (`claude -p`, stream-json) on this host, for trivial turns."""
 
     def __init__(self, base_url: str, key_file: Path | None) -> None:
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "HOME": tempfile.mkdtemp(prefix="bench-cli-"),
-            "ANTHROPIC_BASE_URL": base_url,
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            "DISABLE_AUTOUPDATER": "1",
-            "CLAUDE_CODE_MAX_RETRIES": "0",
-            # bypassPermissions is refused to root unless the CLI is told it is in a sandbox
-            # (the benchmark's own host process; sessions run as an unprivileged user).
-            "IS_SANDBOX": "1",
-        }
+        home = tempfile.mkdtemp(prefix="bench-cli-")
+        env = {"PATH": os.environ.get("PATH", ""), **host_cli_environment(base_url, home, None)}
         argv = [
             claude_binary(), "-p", "--input-format", "stream-json", "--output-format",
             "stream-json", "--verbose", "--permission-mode", "bypassPermissions",
@@ -166,21 +159,33 @@ class Cli:
         self.process.wait()
 
 
-def cli_turns(direct_url: str, proxy_url: str, key_file: Path, runs: int) -> Timings:
-    """(direct, proxied) prompt -> result of ``runs`` trivial turns each, from two long-lived
-    CLIs whose turns alternate (as the requests of ``timed_pairs`` do)."""
-    clis = [Cli(direct_url, None), Cli(proxy_url, key_file)]
+def cli_turns(
+    direct_url: str, proxy_url: str, key_file: Path, runs: int, rounds: int = CLI_ROUNDS
+) -> tuple[Timings, list[float]]:
+    """(direct, proxied) prompt -> result of ``runs`` trivial turns each, and each round's
+    paired median (ms). Every round starts two fresh long-lived CLIs, one each way, whose
+    turns alternate (as the requests of ``timed_pairs`` do): one CLI process can be steadily
+    a millisecond faster or slower than an identical one, so one pair would measure its own
+    two processes as much as the proxy."""
     durations: Timings = ([], [])
-    try:
-        for i in range(runs + 2):  # two warm-up turns each
-            for which in (0, 1) if i % 2 else (1, 0):
-                took = clis[which].turn()
+    per_round: list[float] = []
+    for _ in range(rounds):
+        clis = [Cli(direct_url, None), Cli(proxy_url, key_file)]
+        paired: list[float] = []
+        try:
+            for i in range(runs // rounds + 2):  # two warm-up turns each
+                took = [0.0, 0.0]
+                for which in (0, 1) if i % 2 else (1, 0):
+                    took[which] = clis[which].turn()
                 if i >= 2:
-                    durations[which].append(took)
-    finally:
-        for cli in clis:
-            cli.close()
-    return durations
+                    durations[0].append(took[0])
+                    durations[1].append(took[1])
+                    paired.append((took[1] - took[0]) * 1000)
+        finally:
+            for cli in clis:
+                cli.close()
+        per_round.append(statistics.median(paired))
+    return durations, per_round
 
 
 def cpu_seconds(pid: int) -> float:
@@ -246,11 +251,13 @@ async def run(gateway: Any, api: Any, upstream_url: str, runs: int = 300) -> Non
     # A trivial turn's time jitters by 15-25 ms (sd) between turns, and two identical CLIs'
     # medians differ by up to 1.2 ms over 200 turns: many turns, to resolve the proxy's 1-2 ms.
     turns = max(20, runs * 2)
-    direct_turns, proxy_turns = await asyncio.to_thread(
+    (direct_turns, proxy_turns), per_round = await asyncio.to_thread(
         cli_turns, upstream_url, f"{gateway.url}/model", Path(key.name), turns
     )
     os.unlink(key.name)
     print(line(f"  real CLI trivial turn ({turns} turns)", direct_turns, proxy_turns))
+    rounds = " ".join(f"{median:+.2f}" for median in per_round)
+    print(f"    paired median of each round's fresh pair of CLIs: {rounds} ms")
     assert gateway.process is not None
     per_thousand = await relay_cpu(gateway.url, token, gateway.process.pid, 20)
     print(f"  gateway CPU per 1,000 proxied streamed events: {per_thousand:.1f} ms")

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.claude_cli import claude_binary
+from tests.claude_cli import claude_binary, foreign_setting, host_cli_environment
 from tests.fake_anthropic import (
     FakeAnthropic,
     all_text,
@@ -158,22 +158,8 @@ class Cli:
     """One long-lived `claude -p` stream-json process, read by a thread into a queue."""
 
     def __init__(self, binary: str, base_url: str, home: Path, cwd: Path) -> None:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k != "CLAUDECODE" and not k.startswith(("ANTHROPIC_", "CLAUDE_CODE_"))
-        }
-        env.update(
-            ANTHROPIC_BASE_URL=base_url,
-            ANTHROPIC_API_KEY="test",
-            CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
-            DISABLE_AUTOUPDATER="1",
-            DISABLE_TELEMETRY="1",
-            DISABLE_ERROR_REPORTING="1",
-            CLAUDE_CODE_MAX_RETRIES="0",
-            IS_SANDBOX="1",  # as root the CLI refuses bypassPermissions without it
-            HOME=str(home),
-        )
+        env = {k: v for k, v in os.environ.items() if not foreign_setting(k)}
+        env.update(host_cli_environment(base_url, home))
         self.proc = subprocess.Popen(
             [
                 binary,

@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import pytest
 
-from tests.claude_cli import claude_binary
+from tests.claude_cli import claude_binary, foreign_setting, host_cli_environment
 from tests.fake_anthropic import FakeAnthropic, slow_text
 from wrapper import protocol
 from wrapper.channel import Channel
@@ -98,16 +98,9 @@ def settings(
     home.mkdir()
     work.mkdir()
     for name in list(os.environ):
-        if name.startswith(("ANTHROPIC_", "CLAUDE_CODE_", "CCD_")) or name == "CLAUDECODE":
+        if foreign_setting(name):
             monkeypatch.delenv(name)
-    for name, value in {
-        **protocol.HEADLESS_CLI_VARIABLES,
-        "ANTHROPIC_BASE_URL": fake.base_url,
-        "ANTHROPIC_API_KEY": "test",
-        "CLAUDE_CODE_MAX_RETRIES": "0",
-        "IS_SANDBOX": "1",  # as root the CLI refuses bypassPermissions without it
-        "HOME": str(home),
-    }.items():
+    for name, value in host_cli_environment(fake.base_url, home).items():
         monkeypatch.setenv(name, value)
     return WrapperSettings(
         contract=ContainerEnv(

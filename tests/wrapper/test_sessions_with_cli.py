@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from tests.claude_cli import claude_binary
+from tests.claude_cli import claude_binary, foreign_setting, host_cli_environment
 from tests.fake_anthropic import FakeAnthropic, Step, text, tool_use
 from tests.wrapper.stub_gateway import Reply, StubGateway, error, make_jwt
 from wrapper import protocol
@@ -76,16 +76,9 @@ def settings(
     work.mkdir()
     # The supervisor gives the CLI the process environment (minus the wrapper's variables).
     for name in list(os.environ):
-        if name.startswith(("ANTHROPIC_", "CLAUDE_CODE_", "CCD_")) or name == "CLAUDECODE":
+        if foreign_setting(name):
             monkeypatch.delenv(name)
-    for name, value in {
-        **protocol.HEADLESS_CLI_VARIABLES,
-        "ANTHROPIC_BASE_URL": fake.base_url,
-        "ANTHROPIC_API_KEY": "test",
-        "CLAUDE_CODE_MAX_RETRIES": "0",
-        "IS_SANDBOX": "1",  # as root the CLI refuses bypassPermissions without it
-        "HOME": str(home),
-    }.items():
+    for name, value in host_cli_environment(fake.base_url, home).items():
         monkeypatch.setenv(name, value)
     return WrapperSettings(
         contract=ContainerEnv(
