@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 _JSON_BODY_CAP = 16 * 1024 * 1024  # a non-streamed answer is read this far for its usage
 _SLOT_RETRY_AFTER = "1"
+# Seconds a gateway that shuts down waits for the settlements in flight (one statement each,
+# unless the database is down: then they are given up, as a killed gateway's are).
+SETTLE_GRACE = 5.0
 
 
 def anthropic_error(
@@ -63,7 +66,9 @@ class ModelProxy:
         self._settling = TaskSet()  # settlements outlive the responses that start them
 
     async def close(self) -> None:
-        await self._settling.close()
+        # A call that ended just before the shutdown is still being written: cancelled, its
+        # usage would be lost as if the gateway had been killed.
+        await self._settling.close(grace=SETTLE_GRACE)
         await self._slots.close()
 
     async def forward(self, endpoint: str, request: Request) -> Response | Passthrough:

@@ -30,5 +30,8 @@ class TaskSet:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
+        """Cancel what still runs, after letting it run up to ``grace`` seconds to end."""
+        if grace > 0 and self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
         await cancel_and_wait(list(self._tasks))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from types import SimpleNamespace
@@ -14,9 +15,11 @@ import pytest
 
 from gateway.api.model import GatewayApp
 from gateway.config import Settings
+from gateway.model.ledger import Ticket
 from gateway.model.meter import StreamMeter, Usage, usage_of_json
 from gateway.model.passthrough import Passthrough
 from gateway.model.prices import PriceTable
+from gateway.model.proxy import ModelProxy
 from gateway.model.upstream import OAUTH_BETA, NoCredential, Upstream
 
 SECRET = "x" * 40
@@ -252,3 +255,35 @@ async def test_an_end_that_comes_after_the_last_bytes_is_sent_when_it_comes() ->
         (b"event: a\n\n", True),
         (b"", False),
     ]
+
+
+class SlowLedger:
+    """Settles a call in 0.2 s, as a database that is slow for a moment does."""
+
+    def __init__(self) -> None:
+        self.settled: list[uuid.UUID] = []
+
+    async def settle(self, ticket: Ticket, model: str, usage: Usage, status: int | None) -> None:
+        await asyncio.sleep(0.2)
+        self.settled.append(ticket.call_id)
+
+
+class FreeSlots:
+    def give_back(self, owner: str, slot: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_gateway_that_shuts_down_still_records_the_calls_that_ended() -> None:
+    """A call's usage is written after its answer ended; a shutdown right then used to cancel
+    the write, and the call was never metered."""
+    ledger = SlowLedger()
+    settings = Settings(_env_file=None, jwt_secret=SECRET)  # type: ignore[call-arg]
+    proxy = ModelProxy(settings, Upstream(settings), ledger, FreeSlots())  # type: ignore[arg-type]
+    caller = SimpleNamespace(owner="alice", session_id=uuid.uuid4())
+    ticket = Ticket(uuid.uuid4(), caller, "claude-sonnet-4-5", "messages", 0, Decimal(0))  # type: ignore[arg-type]
+    proxy._settle_later(ticket, ticket.model, Usage(), 200, "slot")
+    await proxy.close()
+    assert ledger.settled == [ticket.call_id]
