@@ -121,9 +121,16 @@ class Upstream:
         headers.update(credential)
         return headers
 
-    async def send(self, path: str, query: str, headers: Mapping[str, str], body: bytes) -> Answer:
+    async def send(
+        self,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes | AsyncIterator[bytes],
+    ) -> Answer:
         """POST to the upstream; the answer's body is not read yet (read its ``chunks``, then
-        ``close`` it). Raises ``UpstreamUnreachable``."""
+        ``close`` it). A body given as chunks is sent as they come, with the ``content-length``
+        of ``headers``. Raises ``UpstreamUnreachable``."""
         url = URL(f"{self._base_url}{path}" + (f"?{query}" if query else ""), encoded=True)
         try:
             response = await self._client().post(url, data=body, headers=headers)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -418,3 +419,117 @@ async def test_a_caller_that_hangs_up_mid_answer_ends_the_upstream_call(
                 await asyncio.sleep(0.1)
         assert again.status_code == 200, again.text
         assert time.monotonic() - hung_up < 5  # the answer had 58 s left to stream
+
+
+class RawUpstream:
+    """An upstream of the test's own on a plain socket, to see when a request's bytes arrive
+    and how they are framed. It answers a minimal streamed message."""
+
+    ANSWER = (
+        b'event: message_start\ndata: {"type": "message_start", "message": {"id": "msg_raw", '
+        b'"type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [], '
+        b'"stop_reason": null, "usage": {"input_tokens": 3, "output_tokens": 1}}}\n\n'
+        b'event: message_stop\ndata: {"type": "message_stop"}\n\n'
+    )
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.body = b""
+        self.body_began = asyncio.Event()
+        self.requests = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.requests += 1
+        self.head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?im)^content-length: *(\d+)", self.head).group(1))  # type: ignore[union-attr]
+        self.body = b""
+        while len(self.body) < length:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return
+            self.body += chunk
+            self.body_began.set()
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n"
+        writer.write(head % len(self.ANSWER) + self.ANSWER)
+        await writer.drain()
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream_gateway(
+    infra: Any, s3_endpoint: Any, tmp_path: Any
+) -> AsyncIterator[tuple[RawUpstream, str, str]]:
+    """A gateway whose upstream is a ``RawUpstream`` and whose model requests may be 4 MiB at
+    most, with a ready session of alice's: (the upstream, the gateway's URL, the session's
+    token)."""
+    upstream = RawUpstream()
+    server = await asyncio.start_server(upstream.serve, infra.gateway_ip, 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with run_gateway(
+            infra,
+            f"http://{infra.gateway_ip}:{port}",
+            s3_endpoint,
+            tmp_path,
+            MODEL_MAX_REQUEST_BYTES=str(4 * 1024 * 1024),
+        ) as gw:
+            alice = Api(gw.url, mint_token(gw.jwt_secret, "alice"))
+            try:
+                session = await alice.create()
+                await alice.wait_status(session["id"], "ready")
+                yield upstream, gw.url, await session_token(alice, session["id"])
+                await alice.stop(session["id"])
+            finally:
+                await alice.aclose()
+    finally:
+        server.close()
+
+
+async def test_a_large_request_goes_upstream_while_it_is_still_arriving(
+    infra, s3_endpoint, tmp_path
+) -> None:
+    """A long conversation's request (3 MiB here) is sent on as it arrives, framed as it came
+    (with its length, never re-chunked), byte for byte. The client sends half, then waits for
+    the upstream to see body bytes before it sends the rest: a proxy that reads the whole body
+    first never lets that happen."""
+    body = messages_body("big")
+    body["system"] = "x" * (3 * 1024 * 1024)
+    raw = json.dumps(body).encode()
+    async with raw_upstream_gateway(infra, s3_endpoint, tmp_path) as (upstream, url, token):
+
+        async def halves() -> AsyncIterator[bytes]:
+            yield raw[: len(raw) // 2]
+            await asyncio.wait_for(upstream.body_began.wait(), timeout=10)
+            yield raw[len(raw) // 2 :]
+
+        headers = {"x-api-key": token, "content-length": str(len(raw))}
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            answered = await http.post("/model/v1/messages", content=halves(), headers=headers)
+        assert answered.status_code == 200, answered.text
+        assert answered.content == RawUpstream.ANSWER
+        assert upstream.body == raw
+        head = upstream.head.decode().lower()
+        assert f"content-length: {len(raw)}\r\n" in head and "transfer-encoding" not in head
+
+
+async def test_a_request_over_the_size_limit_never_reaches_the_upstream(
+    infra, s3_endpoint, tmp_path
+) -> None:
+    """MODEL_MAX_REQUEST_BYTES (4 MiB here) holds whether the body declares its length or comes
+    in chunks: 413 ``request_too_large``, in the Anthropic shape the CLI shows."""
+    raw = json.dumps({**messages_body("huge"), "system": "x" * (5 * 1024 * 1024)}).encode()
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for start in range(0, len(raw), 1024 * 1024):
+            yield raw[start : start + 1024 * 1024]
+
+    async with raw_upstream_gateway(infra, s3_endpoint, tmp_path) as (upstream, url, token):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            for content in (raw, chunked()):
+                refused = await http.post(
+                    "/model/v1/messages", content=content, headers={"x-api-key": token}
+                )
+                assert refused.status_code == 413, refused.text
+                error = refused.json()["error"]
+                assert error["type"] == "request_too_large" and "4194304" in error["message"]
+        assert upstream.requests == 0
