@@ -13,7 +13,7 @@ every statement given here must be safe to send twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,11 +57,20 @@ class Statements:
     async def one_or_none(self, prepared: Prepared, parameters: Mapping[str, Any]) -> Any:
         """Its first row (an ``asyncpg.Record``: read it by column name), or ``None``."""
         arguments = [parameters[name] for name in prepared.parameters]
+        return await self._send(lambda conn: conn.fetchrow(prepared.sql, *arguments))
+
+    async def many(self, prepared: Prepared, parameter_sets: Sequence[Mapping[str, Any]]) -> None:
+        """The statement once for each set of parameters, in one round trip and one
+        transaction (asyncpg's ``executemany``: all are written, or none)."""
+        arguments = [[each[name] for name in prepared.parameters] for each in parameter_sets]
+        await self._send(lambda conn: conn.executemany(prepared.sql, arguments))
+
+    async def _send(self, use: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
         pool = await self._opened()
         for attempt in (1, 2):
             async with pool.acquire() as conn:
                 try:
-                    return await conn.fetchrow(prepared.sql, *arguments)
+                    return await use(conn)
                 except Exception as exc:
                     if attempt == 2 or not (conn.is_closed() or database_unavailable(exc)):
                         raise

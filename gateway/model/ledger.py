@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -375,7 +375,7 @@ class Ledger:
         ``budget_exceeded`` to the tree's running sessions once, when this call spent the
         last of the budget."""
         cost = self._prices.cost(model, usage)
-        counted = {name: getattr(usage, name) for name in USAGE_FIELDS}
+        counted = _counted(usage)
         if not ticket.caller.has_budget and ticket.reserved_tokens == 0:
             await self._settle_unbudgeted(ticket, model, http_status, cost, counted)
             self._metrics.model_call(self._prices.family(model), usage, cost, http_status)
@@ -434,6 +434,29 @@ class Ledger:
         for session_id in running:
             await self._bus.publish(str(session_id), GatewayEvent.BUDGET_EXCEEDED, **figures)
 
+    @staticmethod
+    def settles_together(ticket: Ticket) -> bool:
+        """Whether the call can be settled in a batch (``settle_together``): a call of a tree
+        without a budget, which reserved nothing, whose session's ancestors are known."""
+        caller = ticket.caller
+        unbudgeted = not caller.has_budget and ticket.reserved_tokens == 0
+        return unbudgeted and caller.ancestors is not None
+
+    async def settle_together(self, calls: Sequence[Ended]) -> None:
+        """Settle calls that ``settles_together`` in one round trip and one transaction: each
+        counted as ``settle`` counts it, all of them or none. Idempotent per call."""
+        costs = [self._prices.cost(call.model, call.usage) for call in calls]
+        parameter_sets = []
+        for call, cost in zip(calls, costs, strict=True):
+            values = _unbudgeted_values(
+                call.ticket, call.model, call.status, cost, _counted(call.usage)
+            )
+            ancestors = list(call.ticket.caller.ancestors or ())
+            parameter_sets.append(_settled_parameters({**values, "ancestors": ancestors}))
+        await self._statements.many(self._settle_unbudgeted_statement, parameter_sets)
+        for call, cost in zip(calls, costs, strict=True):
+            self._metrics.model_call(self._prices.family(call.model), call.usage, cost, call.status)
+
     async def _settle_unbudgeted(
         self,
         ticket: Ticket,
@@ -451,21 +474,10 @@ class Ledger:
                 ancestors = await self._ancestors(db, caller)
         else:
             ancestors = list(caller.ancestors)
-        values = {
-            "call_id": ticket.call_id,
-            "session_id": caller.session_id,
-            "root_id": caller.root_id,
-            "ancestors": ancestors,
-            "owner": caller.owner,
-            "model": model[:200],
-            "endpoint": ticket.endpoint,
-            "http_status": http_status,
-            "cost_usd": cost,
-            **counted,
-        }
+        values = _unbudgeted_values(ticket, model, http_status, cost, counted)
         await self._statements.one_or_none(
             self._settle_unbudgeted_statement,
-            {f"settled_{name}": value for name, value in values.items()},
+            _settled_parameters({**values, "ancestors": ancestors}),
         )
 
     async def abandon_stale(self, older_than: timedelta) -> int:
@@ -498,6 +510,41 @@ class Ledger:
                     )
                 )
         return len(stale)
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A call whose answer ended: what the upstream reported it used, to be settled."""
+
+    ticket: Ticket
+    model: str
+    usage: Usage
+    status: int | None
+
+
+def _counted(usage: Usage) -> dict[str, int]:
+    return {name: getattr(usage, name) for name in USAGE_FIELDS}
+
+
+def _unbudgeted_values(
+    ticket: Ticket, model: str, http_status: int | None, cost: Decimal, counted: dict[str, int]
+) -> dict[str, Any]:
+    caller = ticket.caller
+    return {
+        "call_id": ticket.call_id,
+        "session_id": caller.session_id,
+        "root_id": caller.root_id,
+        "owner": caller.owner,
+        "model": model[:200],
+        "endpoint": ticket.endpoint,
+        "http_status": http_status,
+        "cost_usd": cost,
+        **counted,
+    }
+
+
+def _settled_parameters(values: dict[str, Any]) -> dict[str, Any]:
+    return {f"settled_{name}": value for name, value in values.items()}
 
 
 def _settled_values(

@@ -21,8 +21,9 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi import Request
@@ -35,7 +36,7 @@ from gateway.error_codes import ErrorCode
 from gateway.errors import Unauthorized
 from gateway.logging_setup import bind_session
 from gateway.model.callers import Caller
-from gateway.model.ledger import BudgetSpent, Ledger, NotRunning, Ticket
+from gateway.model.ledger import BudgetSpent, Ended, Ledger, NotRunning, Ticket
 from gateway.model.meter import StreamMeter, Usage, usage_of_json
 from gateway.model.passthrough import Passthrough
 from gateway.model.slots import UNCOUNTED, CallSlots
@@ -51,6 +52,11 @@ _SLOT_RETRY_AFTER = "1"
 # Seconds a gateway that shuts down waits for the settlements in flight (one statement each,
 # unless the database is down: then they are given up, as a killed gateway's are).
 SETTLE_GRACE = 5.0
+# Seconds the calls that end are gathered before they are settled, together where they can be
+# (one round trip and one commit for all of them). A call's write then also misses the moment
+# its CLI is busiest: the few milliseconds after its answer, when it builds its result (on this
+# 2-core machine, a write there lengthened the CLI's turn by about half a millisecond).
+SETTLE_BATCH_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,8 @@ class ModelProxy:
         self._slots = slots
         self._keys = ModelKeys(settings)
         self._settling = TaskSet()  # settlements outlive the responses that start them
+        self._ended: list[Ended] = []  # calls not settled yet (a settling task takes them)
+        self._settler: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
         # A call that ended just before the shutdown is still being written: cancelled, its
@@ -244,36 +252,48 @@ class ModelProxy:
         slot: str,
     ) -> None:
         self._give_back(ticket.caller.owner, slot)
-        self._settling.spawn(
-            self._settle(ticket, model, usage, status), name=f"settle-{ticket.call_id}"
-        )
+        self._ended.append(Ended(ticket, model, usage, status))
+        if self._settler is None:
+            self._settler = self._settling.spawn(self._settle_ended(), name="settle-calls")
 
-    async def _settle(
-        self,
-        ticket: Ticket,
-        model: str,
-        usage: Usage,
-        status: int | None,
-    ) -> None:
-        """Never lost to a database hiccup: retried until it is recorded."""
+    async def _settle_ended(self) -> None:
+        """Settles the calls that end, a batch every ``SETTLE_BATCH_SECONDS``, until none is
+        left (the next call to end starts this again)."""
+        try:
+            while self._ended:
+                await asyncio.sleep(SETTLE_BATCH_SECONDS)
+                calls, self._ended = self._ended, []
+                await self._settle(calls)
+        finally:
+            self._settler = None
+
+    async def _settle(self, calls: list[Ended]) -> None:
+        """Never lost to a database hiccup: retried until written. A batch that fails for
+        another reason is settled call by call, so one bad call loses only itself."""
+        together = [call for call in calls if self._ledger.settles_together(call.ticket)]
+        alone = [call for call in calls if not self._ledger.settles_together(call.ticket)]
+        if together and not await self._written(
+            partial(self._ledger.settle_together, together), f"{len(together)} model calls"
+        ):
+            alone = calls
+        for call in alone:
+            await self._written(
+                partial(self._ledger.settle, call.ticket, call.model, call.usage, call.status),
+                f"model call {call.ticket.call_id} of session {call.ticket.caller.session_id}",
+            )
+
+    async def _written(self, write: Callable[[], Awaitable[None]], what: str) -> bool:
+        """Runs ``write`` until the database takes it; ``False``: it failed otherwise."""
         delay = 0.2
         while True:
             try:
-                await self._ledger.settle(ticket, model, usage, status)
-                return
+                await write()
+                return True
             except Exception as exc:
                 if not database_unavailable(exc):
-                    log.exception(
-                        "could not settle model call %s of session %s",
-                        ticket.call_id,
-                        ticket.caller.session_id,
-                    )
-                    return
-                log.warning(
-                    "settling model call %s of session %s waits for the database",
-                    ticket.call_id,
-                    ticket.caller.session_id,
-                )
+                    log.exception("could not settle %s", what)
+                    return False
+                log.warning("settling %s waits for the database", what)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

@@ -281,6 +281,47 @@ async def test_usage_is_exactly_what_the_upstream_reported(api_for, fake_api) ->
     await alice.stop(session["id"])
 
 
+async def test_calls_that_end_together_are_each_counted_once(api_for, gateway, fake_api) -> None:
+    """Calls of two sessions that end at once are settled in one batch: each session's totals,
+    and the owner's, are still exactly what the upstream reported for its own calls."""
+    tag = marker()
+    alice = api_for(f"alice-{tag}")
+    sessions = [await alice.create() for _ in range(2)]
+    for session in sessions:
+        await alice.wait_status(session["id"], "ready")
+    tokens = [await session_token(alice, session["id"]) for session in sessions]
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+
+        async def call(which: int, n: int) -> None:
+            answered = await http.post(
+                "/model/v1/messages",
+                json=messages_body(f"{tag}-{which}-{n}", stream=n % 2 == 0),
+                headers={"x-api-key": tokens[which]},
+            )
+            assert answered.status_code == 200, answered.text
+
+        await asyncio.gather(*(call(which, n) for which in (0, 1) for n in range(6)))
+    for which, session in enumerate(sessions):
+        reported = fake_api.reported(f"{tag}-{which}-")
+        assert len(reported) == 6
+        expected = {name: sum(usage[name] for _, usage in reported) for name in FIELDS}
+        deadline = time.monotonic() + 10  # settlement follows the response by a moment
+        while True:
+            usage = (await alice.http.get(f"/api/v1/sessions/{session['id']}/usage")).json()
+            if usage["session"]["requests"] >= 6 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert usage["session"]["requests"] == 6
+        assert {name: usage["session"][name] for name in FIELDS} == expected
+    totals = (await alice.http.get("/api/v1/usage")).json()["usage"]
+    assert totals["requests"] == 12
+    # A batch the database refused would have been written call by call, with the same
+    # totals: the log tells that it never was.
+    assert "could not settle" not in gateway.log_path.read_text()
+    for session in sessions:
+        await alice.stop(session["id"])
+
+
 async def test_a_budget_stops_the_whole_tree_mid_turn(api_for, fake_api) -> None:
     alice = api_for(f"alice-{marker()}")
     root = await alice.create(config={"budget": {"max_tokens": 3000}})

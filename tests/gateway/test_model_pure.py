@@ -15,7 +15,7 @@ import pytest
 
 from gateway.api.model import GatewayApp
 from gateway.config import Settings
-from gateway.model.ledger import Ticket
+from gateway.model.ledger import Ended, Ticket
 from gateway.model.meter import StreamMeter, Usage, usage_of_json
 from gateway.model.passthrough import Passthrough
 from gateway.model.prices import PriceTable
@@ -258,13 +258,28 @@ async def test_an_end_that_comes_after_the_last_bytes_is_sent_when_it_comes() ->
 
 
 class SlowLedger:
-    """Settles a call in 0.2 s, as a database that is slow for a moment does."""
+    """Settles a call in 0.2 s, as a database that is slow for a moment does; a call whose
+    model is "together" can be settled in a batch, one whose model is "bad" cannot be written
+    in a batch."""
 
     def __init__(self) -> None:
         self.settled: list[uuid.UUID] = []
+        self.writes: list[list[uuid.UUID]] = []
+
+    @staticmethod
+    def settles_together(ticket: Ticket) -> bool:
+        return ticket.model in ("together", "bad")
+
+    async def settle_together(self, calls: list[Ended]) -> None:
+        await asyncio.sleep(0.2)
+        if any(call.model == "bad" for call in calls):
+            raise ValueError("a row the database refuses")
+        self.writes.append([call.ticket.call_id for call in calls])
+        self.settled += self.writes[-1]
 
     async def settle(self, ticket: Ticket, model: str, usage: Usage, status: int | None) -> None:
         await asyncio.sleep(0.2)
+        self.writes.append([ticket.call_id])
         self.settled.append(ticket.call_id)
 
 
@@ -276,14 +291,46 @@ class FreeSlots:
         pass
 
 
+def proxy_with(ledger: SlowLedger) -> ModelProxy:
+    settings = Settings(_env_file=None, jwt_secret=SECRET)  # type: ignore[call-arg]
+    return ModelProxy(settings, Upstream(settings), ledger, FreeSlots())  # type: ignore[arg-type]
+
+
+def ended(proxy: ModelProxy, model: str) -> uuid.UUID:
+    """A call of ``model`` whose answer just ended; its id."""
+    caller = SimpleNamespace(owner="alice", session_id=uuid.uuid4())
+    ticket = Ticket(uuid.uuid4(), caller, model, "messages", 0, Decimal(0))  # type: ignore[arg-type]
+    proxy._settle_later(ticket, model, Usage(), 200, "slot")
+    return ticket.call_id
+
+
 async def test_a_gateway_that_shuts_down_still_records_the_calls_that_ended() -> None:
     """A call's usage is written after its answer ended; a shutdown right then used to cancel
     the write, and the call was never metered."""
     ledger = SlowLedger()
-    settings = Settings(_env_file=None, jwt_secret=SECRET)  # type: ignore[call-arg]
-    proxy = ModelProxy(settings, Upstream(settings), ledger, FreeSlots())  # type: ignore[arg-type]
-    caller = SimpleNamespace(owner="alice", session_id=uuid.uuid4())
-    ticket = Ticket(uuid.uuid4(), caller, "claude-sonnet-4-5", "messages", 0, Decimal(0))  # type: ignore[arg-type]
-    proxy._settle_later(ticket, ticket.model, Usage(), 200, "slot")
+    proxy = proxy_with(ledger)
+    call = ended(proxy, "claude-sonnet-4-5")
     await proxy.close()
-    assert ledger.settled == [ticket.call_id]
+    assert ledger.settled == [call]
+
+
+async def test_calls_that_end_together_are_written_together() -> None:
+    """Calls that end within a batch window are one write; one that cannot go in a batch (a
+    budgeted tree's) is written on its own; a call ending during a write is in the next."""
+    ledger = SlowLedger()
+    proxy = proxy_with(ledger)
+    first = [ended(proxy, "together"), ended(proxy, "budgeted"), ended(proxy, "together")]
+    await asyncio.sleep(0.1)  # the first batch is being written
+    later = ended(proxy, "together")
+    await proxy.close()
+    assert ledger.writes == [[first[0], first[2]], [first[1]], [later]]
+
+
+async def test_a_batch_the_database_refuses_is_written_call_by_call() -> None:
+    """One call the database refuses loses only itself, not the calls batched with it."""
+    ledger = SlowLedger()
+    proxy = proxy_with(ledger)
+    calls = [ended(proxy, "together"), ended(proxy, "bad"), ended(proxy, "together")]
+    await proxy.close()
+    assert sorted(ledger.settled) == sorted(calls)  # the fake's settle takes even the bad one
+    assert ledger.writes == [[call] for call in calls]
