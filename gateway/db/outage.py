@@ -54,3 +54,17 @@ def _raised_in_driver(tb: TracebackType | None) -> bool:
             return True
         tb = tb.tb_next
     return False
+
+
+def transaction_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL ending a transaction for a conflict with another one (a
+    deadlock, a serialization failure): sent again, the same statements succeed."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, pg.TransactionRollbackError):  # class 40
+            return True
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False

@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
 
 from gateway.config import Settings
-from gateway.db.outage import database_unavailable
+from gateway.db.outage import database_unavailable, transaction_conflict
 from gateway.error_codes import ErrorCode
 from gateway.errors import Unauthorized
 from gateway.logging_setup import bind_session
@@ -269,7 +269,11 @@ class ModelProxy:
 
     async def _settle(self, calls: list[Ended]) -> None:
         """Never lost to a database hiccup: retried until written. A batch that fails for
-        another reason is settled call by call, so one bad call loses only itself."""
+        another reason is settled call by call, so one bad call loses only itself. A batch
+        holds the rows it counted to until it commits, so two (from two replicas) can deadlock
+        with each other or with one call's write: PostgreSQL ends one of them, which is sent
+        again. Batches are in the order of tree and session, which makes that rarer."""
+        calls = sorted(calls, key=_tree_and_session)
         together = [call for call in calls if self._ledger.settles_together(call.ticket)]
         alone = [call for call in calls if not self._ledger.settles_together(call.ticket)]
         if together and not await self._written(
@@ -290,6 +294,10 @@ class ModelProxy:
                 await write()
                 return True
             except Exception as exc:
+                if transaction_conflict(exc):
+                    log.info("settling %s met another transaction (%s); again", what, exc)
+                    await asyncio.sleep(0.01)
+                    continue
                 if not database_unavailable(exc):
                     log.exception("could not settle %s", what)
                     return False
@@ -325,6 +333,10 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 
 async def _ready(caller: Caller) -> Caller:
     return caller
+
+
+def _tree_and_session(call: Ended) -> tuple[uuid.UUID, uuid.UUID]:
+    return call.ticket.caller.root_id, call.ticket.caller.session_id
 
 
 def _model_and_max_tokens(body: bytes) -> tuple[str, int]:

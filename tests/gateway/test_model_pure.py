@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from types import SimpleNamespace
 
+import asyncpg
 import httpx
 import pytest
 
@@ -262,9 +263,10 @@ class SlowLedger:
     model is "together" can be settled in a batch, one whose model is "bad" cannot be written
     in a batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, conflicts: int = 0) -> None:
         self.settled: list[uuid.UUID] = []
         self.writes: list[list[uuid.UUID]] = []
+        self.conflicts = conflicts  # batches PostgreSQL ends as deadlocked first
 
     @staticmethod
     def settles_together(ticket: Ticket) -> bool:
@@ -272,6 +274,9 @@ class SlowLedger:
 
     async def settle_together(self, calls: list[Ended]) -> None:
         await asyncio.sleep(0.2)
+        if self.conflicts:
+            self.conflicts -= 1
+            raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
         if any(call.model == "bad" for call in calls):
             raise ValueError("a row the database refuses")
         self.writes.append([call.ticket.call_id for call in calls])
@@ -298,7 +303,7 @@ def proxy_with(ledger: SlowLedger) -> ModelProxy:
 
 def ended(proxy: ModelProxy, model: str) -> uuid.UUID:
     """A call of ``model`` whose answer just ended; its id."""
-    caller = SimpleNamespace(owner="alice", session_id=uuid.uuid4())
+    caller = SimpleNamespace(owner="alice", session_id=uuid.uuid4(), root_id=uuid.uuid4())
     ticket = Ticket(uuid.uuid4(), caller, model, "messages", 0, Decimal(0))  # type: ignore[arg-type]
     proxy._settle_later(ticket, model, Usage(), 200, "slot")
     return ticket.call_id
@@ -323,7 +328,8 @@ async def test_calls_that_end_together_are_written_together() -> None:
     await asyncio.sleep(0.1)  # the first batch is being written
     later = ended(proxy, "together")
     await proxy.close()
-    assert ledger.writes == [[first[0], first[2]], [first[1]], [later]]
+    batches = [sorted(write) for write in ledger.writes]  # a batch is in tree and session order
+    assert batches == [sorted([first[0], first[2]]), [first[1]], [later]]
 
 
 async def test_a_batch_the_database_refuses_is_written_call_by_call() -> None:
@@ -333,4 +339,15 @@ async def test_a_batch_the_database_refuses_is_written_call_by_call() -> None:
     calls = [ended(proxy, "together"), ended(proxy, "bad"), ended(proxy, "together")]
     await proxy.close()
     assert sorted(ledger.settled) == sorted(calls)  # the fake's settle takes even the bad one
-    assert ledger.writes == [[call] for call in calls]
+    assert sorted(ledger.writes) == sorted([call] for call in calls)
+
+
+async def test_a_batch_ended_by_a_deadlock_is_sent_again(caplog: pytest.LogCaptureFixture) -> None:
+    """Two replicas' batches can deadlock; PostgreSQL ends one, and it is sent again whole
+    (not given up, not split)."""
+    ledger = SlowLedger(conflicts=2)
+    proxy = proxy_with(ledger)
+    calls = [ended(proxy, "together"), ended(proxy, "together")]
+    await proxy.close()
+    assert [sorted(write) for write in ledger.writes] == [sorted(calls)]
+    assert "could not settle" not in caplog.text
