@@ -7,6 +7,7 @@ statement, a bug) would fail the same way again.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import TracebackType
 
 import asyncpg.exceptions as pg
@@ -32,18 +33,13 @@ def database_unavailable(exc: BaseException) -> bool:
     lets a refused or reset connection out unwrapped when the pool opens a connection, while an
     ``OSError`` from elsewhere (Docker, a file) says nothing about the database.
     """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(exc):
         if isinstance(current, sa.DBAPIError) and current.connection_invalidated:
             return True
         if isinstance(current, _UNREACHABLE + _SERVER_GONE):
             return True
         if isinstance(current, OSError) and _raised_in_driver(current.__traceback__):
             return True
-        orig = getattr(current, "orig", None)
-        current = orig if isinstance(orig, BaseException) else current.__cause__
     return False
 
 
@@ -59,12 +55,15 @@ def _raised_in_driver(tb: TracebackType | None) -> bool:
 def transaction_conflict(exc: BaseException) -> bool:
     """Whether ``exc`` is PostgreSQL ending a transaction for a conflict with another one (a
     deadlock, a serialization failure): sent again, the same statements succeed."""
+    return any(isinstance(current, pg.TransactionRollbackError) for current in _chain(exc))
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps, through the drivers' wrappers (``orig``) and causes."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, pg.TransactionRollbackError):  # class 40
-            return True
+        yield current
         orig = getattr(current, "orig", None)
         current = orig if isinstance(orig, BaseException) else current.__cause__
-    return False

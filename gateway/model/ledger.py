@@ -376,7 +376,7 @@ class Ledger:
         last of the budget."""
         cost = self._prices.cost(model, usage)
         counted = _counted(usage)
-        if not ticket.caller.has_budget and ticket.reserved_tokens == 0:
+        if _unbudgeted(ticket):
             await self._settle_unbudgeted(ticket, model, http_status, cost, counted)
             self._metrics.model_call(self._prices.family(model), usage, cost, http_status)
             return
@@ -438,9 +438,7 @@ class Ledger:
     def settles_together(ticket: Ticket) -> bool:
         """Whether the call can be settled in a batch (``settle_together``): a call of a tree
         without a budget, which reserved nothing, whose session's ancestors are known."""
-        caller = ticket.caller
-        unbudgeted = not caller.has_budget and ticket.reserved_tokens == 0
-        return unbudgeted and caller.ancestors is not None
+        return _unbudgeted(ticket) and ticket.caller.ancestors is not None
 
     async def settle_together(self, calls: Sequence[Ended]) -> None:
         """Settle calls that ``settles_together`` in one round trip and one transaction: each
@@ -520,6 +518,12 @@ class Ended:
     model: str
     usage: Usage
     status: int | None
+
+
+def _unbudgeted(ticket: Ticket) -> bool:
+    """A call of a tree without a budget, which reserved nothing: it has no row before it is
+    settled, and one statement settles it."""
+    return not ticket.caller.has_budget and ticket.reserved_tokens == 0
 
 
 def _counted(usage: Usage) -> dict[str, int]:

@@ -274,8 +274,10 @@ class ModelProxy:
         with each other or with one call's write: PostgreSQL ends one of them, which is sent
         again. Batches are in the order of tree and session, which makes that rarer."""
         calls = sorted(calls, key=_tree_and_session)
-        together = [call for call in calls if self._ledger.settles_together(call.ticket)]
-        alone = [call for call in calls if not self._ledger.settles_together(call.ticket)]
+        together: list[Ended] = []
+        alone: list[Ended] = []
+        for call in calls:
+            (together if self._ledger.settles_together(call.ticket) else alone).append(call)
         if together and not await self._written(
             partial(self._ledger.settle_together, together), f"{len(together)} model calls"
         ):
