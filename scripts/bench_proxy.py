@@ -234,8 +234,17 @@ def line(name: str, direct: list[float], proxied: list[float]) -> str:
     )
 
 
-async def run(gateway: Any, api: Any, upstream_url: str, runs: int = 300) -> None:
-    """Print the proxy's figures for a running gateway whose upstream is ``upstream_url``."""
+async def run(
+    gateway: Any,
+    api: Any,
+    upstream_url: str,
+    runs: int = 300,
+    turns: int | None = None,
+    rounds: int = CLI_ROUNDS,
+) -> None:
+    """Print the proxy's figures for a running gateway whose upstream is ``upstream_url``:
+    ``runs`` plain requests each way, and ``turns`` CLI turns each way (``2 * runs`` unless
+    given) in ``rounds`` fresh pairs of CLIs."""
     session = await api.create()
     await api.wait_status(session["id"], "ready")
     await asyncio.sleep(3)  # its CLI goes on booting for a moment after it answered
@@ -250,9 +259,9 @@ async def run(gateway: Any, api: Any, upstream_url: str, runs: int = 300) -> Non
         key.write(token)
     # A trivial turn's time jitters by 15-25 ms (sd) between turns, and two identical CLIs'
     # medians differ by up to 1.2 ms over 200 turns: many turns, to resolve the proxy's 1-2 ms.
-    turns = max(20, runs * 2)
+    turns = turns or max(20, runs * 2)
     (direct_turns, proxy_turns), per_round = await asyncio.to_thread(
-        cli_turns, upstream_url, f"{gateway.url}/model", Path(key.name), turns
+        cli_turns, upstream_url, f"{gateway.url}/model", Path(key.name), turns, rounds
     )
     os.unlink(key.name)
     print(line(f"  real CLI trivial turn ({turns} turns)", direct_turns, proxy_turns))
@@ -266,7 +275,15 @@ async def run(gateway: Any, api: Any, upstream_url: str, runs: int = 300) -> Non
 
 
 async def main() -> None:
+    import argparse
+
     import docker
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=300, help="plain requests each way")
+    parser.add_argument("--turns", type=int, help="CLI turns each way (default: 2 x requests)")
+    parser.add_argument("--rounds", type=int, default=CLI_ROUNDS, help="fresh pairs of CLIs")
+    args = parser.parse_args()
 
     from tests.client import Api, mint_token
     from tests.stack import run_gateway, start_infra, start_s3
@@ -280,7 +297,7 @@ async def main() -> None:
                 run_gateway(infra, upstream_url, s3, Path(logs), LOG_LEVEL="WARNING") as gateway,
             ):
                 api = Api(gateway.url, mint_token(gateway.jwt_secret, "bench"))
-                await run(gateway, api, upstream_url)
+                await run(gateway, api, upstream_url, args.requests, args.turns, args.rounds)
                 await api.aclose()
         finally:
             process.kill()
