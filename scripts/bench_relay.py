@@ -15,6 +15,9 @@ gateway``, real session containers) and runs, one after the other:
 
 ``--quiet-clis`` stops the sessions' idle CLIs (SIGSTOP) while the scenarios run, so that on a
 small machine the figures are the relay's and not the CPU a hundred idle CLIs take.
+``--busy-sessions N`` does the opposite: N sessions spin a CPU each (as a build would) while
+the scenarios run, so the relay is measured beside neighbours that want more CPU than the
+machine has.
 
 For each: deliveries/s achieved, latency from the publisher's clock in the event to its
 arrival at a client (p50, p99, max), and the gateway process's CPU time per 10,000
@@ -206,6 +209,19 @@ def scenario(
     return p99
 
 
+BUSY_LOOP = "while :; do :; done"
+
+
+def spin(client: Any, container_ids: list[str], on: bool) -> None:
+    """Start (or end) a loop that spins a CPU in each container, as its session's user."""
+    for container_id in container_ids:
+        container = client.containers.get(container_id)
+        if on:
+            container.exec_run(["sh", "-c", BUSY_LOOP], detach=True)
+        else:
+            container.exec_run(["pkill", "-f", BUSY_LOOP])
+
+
 async def ready_sessions(api: Api, count: int) -> list[str]:
     sessions = [await api.create() for _ in range(count)]
     for session in sessions:
@@ -255,6 +271,9 @@ def main(args: argparse.Namespace) -> None:
         sessions = loop.run_until_complete(ready_sessions(api, args.sessions))
         if args.quiet_clis:
             signal_clis(loop, client, api, sessions, "STOP")
+        spinning = sessions[len(sessions) - args.busy_sessions :] if args.busy_sessions else []
+        busy = [loop.run_until_complete(api.get(sid))["container_id"] for sid in spinning]
+        spin(client, busy, True)
         common = (api, infra.redis_url, pid, infra.redis.get_wrapped_container().id)
         one = sessions[:1]
         seconds, workers = args.seconds, args.workers
@@ -274,6 +293,7 @@ def main(args: argparse.Namespace) -> None:
             if p99 > SATURATED_MS:
                 print(f"saturated: p99 passed {SATURATED_MS:.0f} ms at {rate * 100:,} asked/s")
                 break
+        spin(client, busy, False)
         if args.quiet_clis:
             signal_clis(loop, client, api, sessions, "CONT")
         for sid in sessions:
@@ -306,5 +326,12 @@ if __name__ == "__main__":
         action="store_true",
         help="SIGSTOP the sessions' CLIs while the scenarios run (the relay alone; see "
         "signal_clis)",
+    )
+    parser.add_argument(
+        "--busy-sessions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N sessions (the last ones) each spin a CPU while the scenarios run",
     )
     main(parser.parse_args())
