@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -209,6 +210,18 @@ def scenario(
     return p99
 
 
+def wrappers_redis_url(infra: Any) -> str:
+    """Where the publishers, standing in for the sessions' wrappers, reach Redis: at its
+    published port, as a wrapper does (through ``ccd-host``; on an engine with its userland
+    proxy, the default, that is through docker-proxy), not at the address on the test network
+    the gateway uses."""
+    parts = urlsplit(infra.redis_url)
+    published = infra.redis.get_exposed_port(6379)
+    return urlunsplit(
+        parts._replace(netloc=f"{parts.netloc.rsplit('@', 1)[0]}@127.0.0.1:{published}")
+    )
+
+
 BUSY_LOOP = "while :; do :; done"
 
 
@@ -274,7 +287,7 @@ def main(args: argparse.Namespace) -> None:
         spinning = sessions[len(sessions) - args.busy_sessions :] if args.busy_sessions else []
         busy = [loop.run_until_complete(api.get(sid))["container_id"] for sid in spinning]
         spin(client, busy, True)
-        common = (api, infra.redis_url, pid, infra.redis.get_wrapped_container().id)
+        common = (api, wrappers_redis_url(infra), pid, infra.redis.get_wrapped_container().id)
         one = sessions[:1]
         seconds, workers = args.seconds, args.workers
         if "one" in args.scenarios:
