@@ -444,13 +444,17 @@ class Ledger:
         """Settle calls that ``settles_together`` in one round trip and one transaction: each
         counted as ``settle`` counts it, all of them or none. Idempotent per call."""
         costs = [self._prices.cost(call.model, call.usage) for call in calls]
-        parameter_sets = []
-        for call, cost in zip(calls, costs, strict=True):
-            values = _unbudgeted_values(
-                call.ticket, call.model, call.status, cost, _counted(call.usage)
+        parameter_sets = [
+            _unbudgeted_parameters(
+                call.ticket,
+                call.model,
+                call.status,
+                cost,
+                _counted(call.usage),
+                list(call.ticket.caller.ancestors or ()),
             )
-            ancestors = list(call.ticket.caller.ancestors or ())
-            parameter_sets.append(_settled_parameters({**values, "ancestors": ancestors}))
+            for call, cost in zip(calls, costs, strict=True)
+        ]
         await self._statements.many(self._settle_unbudgeted_statement, parameter_sets)
         for call, cost in zip(calls, costs, strict=True):
             self._metrics.model_call(self._prices.family(call.model), call.usage, cost, call.status)
@@ -472,10 +476,9 @@ class Ledger:
                 ancestors = await self._ancestors(db, caller)
         else:
             ancestors = list(caller.ancestors)
-        values = _unbudgeted_values(ticket, model, http_status, cost, counted)
         await self._statements.one_or_none(
             self._settle_unbudgeted_statement,
-            _settled_parameters({**values, "ancestors": ancestors}),
+            _unbudgeted_parameters(ticket, model, http_status, cost, counted, ancestors),
         )
 
     async def abandon_stale(self, older_than: timedelta) -> int:
@@ -530,14 +533,21 @@ def _counted(usage: Usage) -> dict[str, int]:
     return {name: getattr(usage, name) for name in USAGE_FIELDS}
 
 
-def _unbudgeted_values(
-    ticket: Ticket, model: str, http_status: int | None, cost: Decimal, counted: dict[str, int]
+def _unbudgeted_parameters(
+    ticket: Ticket,
+    model: str,
+    http_status: int | None,
+    cost: Decimal,
+    counted: dict[str, int],
+    ancestors: list[uuid.UUID],
 ) -> dict[str, Any]:
+    """The parameters of the statement that settles a call of a tree without a budget."""
     caller = ticket.caller
-    return {
+    values = {
         "call_id": ticket.call_id,
         "session_id": caller.session_id,
         "root_id": caller.root_id,
+        "ancestors": ancestors,
         "owner": caller.owner,
         "model": model[:200],
         "endpoint": ticket.endpoint,
@@ -545,9 +555,6 @@ def _unbudgeted_values(
         "cost_usd": cost,
         **counted,
     }
-
-
-def _settled_parameters(values: dict[str, Any]) -> dict[str, Any]:
     return {f"settled_{name}": value for name, value in values.items()}
 
 

@@ -143,9 +143,12 @@ class ModelProxy:
                 return _database_down()
             raise
         path = request.url.path.removeprefix(MODEL_PROXY_PREFIX)
-        sent: bytes | AsyncIterator[bytes] = body if isinstance(body, bytes) else body.chunks()
+        sent: bytes | AsyncIterator[bytes]
         if isinstance(body, StreamedBody):
+            sent = body.chunks()
             headers["content-length"] = str(body.length)  # so it is not sent chunked
+        else:
+            sent = body
         try:
             answer = await self._upstream.send(path, request.url.query, headers, sent)
         except UpstreamUnreachable as exc:
@@ -214,10 +217,12 @@ class ModelProxy:
     async def _admit(self, caller: Caller, endpoint: str, body: Body) -> Ticket:
         model, max_tokens = "unknown", 0
         if isinstance(body, StreamedBody):  # a tree without a budget: nothing to read in it
-            return await self._ledger.admit(caller, model, endpoint, body.length, max_tokens)
-        if caller.has_budget:  # only a budget needs the request's own figures
-            model, max_tokens = _model_and_max_tokens(body)
-        return await self._ledger.admit(caller, model, endpoint, len(body), max_tokens)
+            size = body.length
+        else:
+            size = len(body)
+            if caller.has_budget:  # only a budget needs the request's own figures
+                model, max_tokens = _model_and_max_tokens(body)
+        return await self._ledger.admit(caller, model, endpoint, size, max_tokens)
 
     def _relay(self, answer: Answer, ticket: Ticket, slot: str) -> Passthrough:
         """The answer to the CLI as it arrives, metered on its way; settled once it ended,
