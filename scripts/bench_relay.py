@@ -35,7 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,7 +45,7 @@ from bench import percentile  # noqa: E402
 from cpu_meter import CpuMeter  # noqa: E402
 
 from tests.client import Api, mint_token  # noqa: E402
-from tests.stack import run_gateway, start_infra, start_s3  # noqa: E402
+from tests.stack import at_address, run_gateway, start_infra, start_s3  # noqa: E402
 from wrapper.protocol import output_stream_key  # noqa: E402
 
 SATURATED_MS = 50.0
@@ -215,11 +214,7 @@ def wrappers_redis_url(infra: Any) -> str:
     published port, as a wrapper does (through ``ccd-host``; on an engine with its userland
     proxy, the default, that is through docker-proxy), not at the address on the test network
     the gateway uses."""
-    parts = urlsplit(infra.redis_url)
-    published = infra.redis.get_exposed_port(6379)
-    return urlunsplit(
-        parts._replace(netloc=f"{parts.netloc.rsplit('@', 1)[0]}@127.0.0.1:{published}")
-    )
+    return at_address(infra.redis_url, "127.0.0.1", infra.redis.get_exposed_port(6379))
 
 
 BUSY_LOOP = "while :; do :; done"

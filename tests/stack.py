@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import docker
 import httpx
@@ -113,6 +114,14 @@ def sweep_stale_runs(client: docker.DockerClient, max_age: float = 3600) -> None
     if removed:  # and the egress rules of their bridges
         with contextlib.suppress(RuntimeFailure):
             sweep_egress_rules(client, SESSION_IMAGE)
+
+
+def at_address(url: str, host: str, port: int | str) -> str:
+    """``url`` with its host and port replaced (its credentials, path and query kept)."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    credentials = f"{userinfo}@" if userinfo else ""
+    return urlunsplit(parts._replace(netloc=f"{credentials}{host}:{port}"))
 
 
 def address_on(client: docker.DockerClient, container_id: str, network: str) -> str:

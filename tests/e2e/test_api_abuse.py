@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -19,7 +19,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.client import Api, marker, mint_token
 from tests.silent_proxy import SilentProxy
-from tests.stack import Gateway, run_gateway
+from tests.stack import Gateway, at_address, run_gateway
 
 pytestmark = pytest.mark.docker
 
@@ -202,10 +202,7 @@ async def test_a_flood_is_limited_per_owner_across_replicas(replicas) -> None:
 
 def through(proxy: SilentProxy, url: str) -> str:
     """``url`` with its host and port replaced by the proxy's (credentials kept)."""
-    parts = urlsplit(url)
-    userinfo = parts.netloc.rpartition("@")[0]
-    netloc = f"{userinfo}@" if userinfo else ""
-    return urlunsplit(parts._replace(netloc=f"{netloc}{proxy.host}:{proxy.port}"))
+    return at_address(url, proxy.host, proxy.port)
 
 
 async def test_a_silent_redis_lets_requests_through_with_one_warning(
