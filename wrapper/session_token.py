@@ -88,8 +88,10 @@ class SessionToken:
             await asyncio.sleep(delay)
             try:
                 grant = await issuer.refresh_token()
+                # The file first (off the event loop), then memory: whoever sees the new token
+                # in memory finds it in the file too, even if this is cancelled in between.
+                await asyncio.to_thread(write_token_file, self.path, grant.token)
                 self._token = grant.token
-                await asyncio.to_thread(self.save)  # file I/O off the event loop
             except GatewayError as exc:
                 failures += 1
                 delay = min(max_backoff, min_delay * 2 ** (failures - 1))
