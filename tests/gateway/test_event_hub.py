@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
 
 from gateway.events.bus import Event, EventBus
-from gateway.events.hub import EventHub, FollowControl
+from gateway.events.hub import EventHub, FollowControl, _xread_command
 from wrapper.aio import cancel_and_wait
 from wrapper.protocol import GatewayEvent
 
@@ -282,3 +283,13 @@ async def test_readers_arriving_while_a_key_is_broken_get_what_follows_its_repai
     readers = [asyncio.create_task(first_event(after)) for after in (None, "0")]
     got = await asyncio.wait_for(asyncio.gather(*readers), 20)
     assert got == repaired * 2
+
+
+def test_the_hubs_xread_is_the_command_redis_py_would_send() -> None:
+    """The hub packs its XREAD itself (it names every busy stream on every read); a framing
+    slip would be a protocol error on every read, or worse, another command."""
+    streams = {"ccd:session:a:out": "1-0", "ccd:session:é:out": "0-0", "wake": "17-3"}
+    expected = Connection().pack_command(
+        "XREAD", "COUNT", 50, "BLOCK", 2000, "STREAMS", *streams, *streams.values()
+    )
+    assert _xread_command(50, 2000, streams) == b"".join(expected)
