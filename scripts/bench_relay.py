@@ -20,9 +20,11 @@ the scenarios run, so the relay is measured beside neighbours that want more CPU
 machine has.
 
 For each: deliveries/s achieved, latency from the publisher's clock in the event to its
-arrival at a client (p50, p99, max), and the gateway process's CPU time per 10,000
-deliveries. The clients run in ``--workers`` processes of their own and the publisher in
-another, so neither competes with the gateway's process for its interpreter.
+arrival at a client (p50, p99, max), the gateway process's CPU time per 10,000
+deliveries, and how long its event loop was ready to run but waited for a CPU (a wait its
+latency includes; on a machine short of CPU it makes the tail). The clients run in
+``--workers`` processes of their own and the publisher in another, so neither competes with
+the gateway's process for its interpreter.
 """
 
 from __future__ import annotations
@@ -205,7 +207,9 @@ def scenario(
         flush=True,
     )
     if meter.available:
+        waited = meter.waited("gateway") * 1000
         print(f"{'':<40} {meter.cores()}", flush=True)
+        print(f"{'':<40} the gateway's event loop waited for a CPU {waited:.0f} ms a second")
     return p99
 
 

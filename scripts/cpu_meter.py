@@ -36,6 +36,15 @@ def _process_seconds(pid: int) -> float:
     return sum(int(value) for value in fields[11:15]) / _TICKS
 
 
+def _waited_seconds(pid: int) -> float:
+    """How long the process's main thread was ready to run but waited for a CPU (the
+    kernel's schedstat)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _engine_seconds() -> float:
     total = 0.0
     for entry in Path("/proc").iterdir():
@@ -82,6 +91,7 @@ class CpuMeter:
             now[name] = _cgroup_seconds(_CPUACCT / "docker" / container_id)
         for name, pid in self._processes.items():
             now[name] = _process_seconds(pid)
+            now[f"{name} waited"] = _waited_seconds(pid)
         return now
 
     def start(self) -> None:
@@ -120,3 +130,9 @@ class CpuMeter:
         wall = self.wall
         shown = ", ".join(f"{name} {value / wall:.2f}" for name, value in self.parts().items())
         return f"cores busy: {shown} (machine {self.spent['machine'] / wall:.2f})"
+
+    def waited(self, process: str) -> float:
+        """The share of the time between ``start`` and ``stop`` that a named process's main
+        thread (a gateway's event loop) spent ready to run but waiting for a CPU: on a
+        machine short of CPU, a wait the process's own latency figures include."""
+        return self.spent[f"{process} waited"] / self.wall

@@ -119,6 +119,7 @@ class SessionService:
         self._admission = admission
         self._background = TaskSet()
         self._queued = asyncio.Event()  # a start may be waiting for a slot
+        self._start_watches: dict[uuid.UUID, asyncio.Task[None]] = {}
 
     async def close(self) -> None:
         await self._background.close()
@@ -484,7 +485,7 @@ class SessionService:
             step_done("engine_start")
         except Exception as exc:
             await self._start_failed(row, step, exc)
-        self._background.spawn(self._watch_start(row.id), name=f"start-watch-{row.id}")
+        self._watch_start(row.id)
         return updated
 
     async def _start_warm(self, row: SessionRow, claimed: Claimed) -> SessionRow:
@@ -506,7 +507,7 @@ class SessionService:
             )
         except Exception as exc:
             await self._start_failed(row, step, exc)
-        self._background.spawn(self._watch_start(row.id), name=f"start-watch-{row.id}")
+        self._watch_start(row.id)
         return row
 
     async def _credentials(self, row: SessionRow) -> tuple[str, str, bool]:
@@ -553,7 +554,22 @@ class SessionService:
                 .values(workspace_restored=True)
             )
 
-    async def _watch_start(self, session_id: uuid.UUID) -> None:
+    def _watch_start(self, session_id: uuid.UUID) -> None:
+        """Fail the start if the session is still ``starting`` after the start timeout. The
+        watch ends early when this process records the session ready (one query less per
+        start, and none of them in a burst a minute after a burst of creates); a session made
+        ready elsewhere is looked up when its watch ends."""
+        watch = self._background.spawn(
+            self._fail_if_still_starting(session_id), name=f"start-watch-{session_id}"
+        )
+        self._start_watches[session_id] = watch
+        watch.add_done_callback(lambda _: self._end_watch(session_id, watch))
+
+    def _end_watch(self, session_id: uuid.UUID, watch: asyncio.Task[None]) -> None:
+        if self._start_watches.get(session_id) is watch:  # not a later start's watch
+            del self._start_watches[session_id]
+
+    async def _fail_if_still_starting(self, session_id: uuid.UUID) -> None:
         await asyncio.sleep(self._settings.session_start_timeout)
         row = await self.get(session_id)
         if row.status == SessionStatus.STARTING:
@@ -574,6 +590,9 @@ class SessionService:
             row = await queries.become_ready(db, session_id, cursor)
         if row is None:
             return
+        watch = self._start_watches.pop(session_id, None)
+        if watch is not None:
+            watch.cancel()
         status = row.status
         self.slot_freed()
         timings = timings or {}
