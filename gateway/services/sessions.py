@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, NoReturn
 
@@ -485,7 +486,7 @@ class SessionService:
             step_done("engine_start")
         except Exception as exc:
             await self._start_failed(row, step, exc)
-        self._watch_start(row.id)
+        self._watch_start(row)
         return updated
 
     async def _start_warm(self, row: SessionRow, claimed: Claimed) -> SessionRow:
@@ -507,7 +508,7 @@ class SessionService:
             )
         except Exception as exc:
             await self._start_failed(row, step, exc)
-        self._watch_start(row.id)
+        self._watch_start(row)
         return row
 
     async def _credentials(self, row: SessionRow) -> tuple[str, str, bool]:
@@ -554,13 +555,15 @@ class SessionService:
                 .values(workspace_restored=True)
             )
 
-    def _watch_start(self, session_id: uuid.UUID) -> None:
-        """Fail the start if the session is still ``starting`` after the start timeout. The
-        watch ends early when this process records the session ready (one query less per
-        start, and none of them in a burst a minute after a burst of creates); a session made
-        ready elsewhere is looked up when its watch ends."""
+    def _watch_start(self, row: SessionRow) -> None:
+        """Fail this start if it is still ``starting`` after the start timeout. The watch
+        ends early when this process records the session ready (one query less per start,
+        and none of them in a burst a minute after a burst of creates); a session made ready
+        elsewhere is looked up when its watch ends."""
+        session_id = row.id
         watch = self._background.spawn(
-            self._fail_if_still_starting(session_id), name=f"start-watch-{session_id}"
+            self._fail_if_still_starting(session_id, row.started_at),
+            name=f"start-watch-{session_id}",
         )
         self._start_watches[session_id] = watch
         watch.add_done_callback(lambda _: self._end_watch(session_id, watch))
@@ -569,10 +572,12 @@ class SessionService:
         if self._start_watches.get(session_id) is watch:  # not a later start's watch
             del self._start_watches[session_id]
 
-    async def _fail_if_still_starting(self, session_id: uuid.UUID) -> None:
+    async def _fail_if_still_starting(self, session_id: uuid.UUID, started_at: datetime) -> None:
         await asyncio.sleep(self._settings.session_start_timeout)
         row = await self.get(session_id)
-        if row.status == SessionStatus.STARTING:
+        # A session that failed and was resumed is starting again: that start has a watch
+        # (and a timeout) of its own.
+        if row.status == SessionStatus.STARTING and row.started_at == started_at:
             await self._terminator.fail(
                 session_id,
                 f"start timeout: the CLI was not ready after "

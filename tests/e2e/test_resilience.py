@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -186,6 +187,44 @@ async def test_a_session_that_never_gets_ready_fails_with_start_timeout(
             failed = await client.wait_status(session["id"], "failed", timeout=30)
             assert failed["failure_reason"].startswith("start timeout")
             await _until_gone(docker_client, session["container_id"])
+        finally:
+            await client.aclose()
+
+
+async def test_a_resumed_start_is_timed_by_its_own_watch_not_the_failed_start_before_it(
+    infra, fake_api, s3_endpoint, tmp_path, docker_client
+) -> None:
+    """A start that fails early (its container killed) leaves its watch running. The session
+    is resumed, and its new start is slow: the first start's deadline must not fail it."""
+    from tests.client import Api, mint_token
+
+    timeout = 10
+    with run_gateway(
+        infra,
+        fake_api.base_url,
+        s3_endpoint,
+        tmp_path,
+        SESSION_REDIS_URL="redis://ccd-host:1/0",  # nothing listens there: never ready
+        SESSION_START_TIMEOUT=str(timeout),
+    ) as gw:
+        client = Api(gw.url, mint_token(gw.jwt_secret, "alice"))
+        try:
+            session = await client.create()
+            first_deadline = time.monotonic() + timeout
+            docker_client.containers.get(session["container_id"]).kill()
+            await client.wait_status(session["id"], "failed", timeout=30)
+            await asyncio.sleep(4)  # the resumed start's deadline comes well after the first's
+            resumed = await client.http.post(f"/api/v1/sessions/{session['id']}/resume")
+            assert resumed.status_code == 200, resumed.text
+            assert resumed.json()["status"] == "starting"
+            second_deadline = time.monotonic() + timeout
+            await asyncio.sleep(first_deadline + 2 - time.monotonic())
+            assert time.monotonic() < second_deadline - 1
+            still = await client.get(session["id"])
+            assert still["status"] == "starting", still.get("failure_reason")
+            failed = await client.wait_status(session["id"], "failed", timeout=30)
+            assert failed["failure_reason"].startswith("start timeout")
+            assert time.monotonic() >= second_deadline
         finally:
             await client.aclose()
 
