@@ -224,7 +224,8 @@ async def test_a_resumed_start_is_timed_by_its_own_watch_not_the_failed_start_be
             assert still["status"] == "starting", still.get("failure_reason")
             failed = await client.wait_status(session["id"], "failed", timeout=30)
             assert failed["failure_reason"].startswith("start timeout")
-            assert time.monotonic() >= second_deadline
+            # its own deadline (the gateway's clock started just before the resume answered)
+            assert time.monotonic() >= second_deadline - 1
         finally:
             await client.aclose()
 
