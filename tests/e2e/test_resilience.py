@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.client import is_claude, is_status, marker, read_until
-from tests.fake_anthropic import all_text, text
+from tests.client import Api, is_claude, is_status, marker, mint_token, read_until
+from tests.fake_anthropic import all_text, slow_text, text
 from tests.stack import run_gateway
 
 pytestmark = pytest.mark.docker
@@ -96,8 +96,6 @@ async def test_missing_image_is_a_clear_error(infra, fake_api, s3_endpoint, tmp_
     with run_gateway(
         infra, fake_api.base_url, s3_endpoint, tmp_path, SESSION_IMAGE="cc-docker/nope:0"
     ) as gw:
-        from tests.client import Api, mint_token
-
         client = Api(gw.url, mint_token(gw.jwt_secret, "alice"))
         try:
             response = await client.http.post("/api/v1/sessions", json={})
@@ -116,9 +114,6 @@ async def test_gateway_restart_loses_no_result(infra, fake_api, s3_endpoint, tmp
     """A gateway that dies while a turn's model call streams through it: the CLI retries the
     call (as it does any failed call) once the gateway is back where it was, and the turn's
     result is recorded by the new process."""
-    from tests.client import Api, mint_token
-    from tests.fake_anthropic import slow_text
-
     tag = marker()
     fake_api.on(tag, slow_text(["done ", "while ", "away"], delay=1.0))
     with run_gateway(
@@ -171,8 +166,6 @@ async def _until_gone(docker_client, container_id: str, timeout: float = 20) -> 
 async def test_a_session_that_never_gets_ready_fails_with_start_timeout(
     infra, fake_api, s3_endpoint, tmp_path, docker_client
 ) -> None:
-    from tests.client import Api, mint_token
-
     with run_gateway(
         infra,
         fake_api.base_url,
@@ -196,8 +189,6 @@ async def test_a_resumed_start_is_timed_by_its_own_watch_not_the_failed_start_be
 ) -> None:
     """A start that fails early (its container killed) leaves its watch running. The session
     is resumed, and its new start is slow: the first start's deadline must not fail it."""
-    from tests.client import Api, mint_token
-
     timeout = 10
     with run_gateway(
         infra,
