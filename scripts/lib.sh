@@ -5,8 +5,9 @@
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export REPO_ROOT
 
+# Each line carries the wall-clock time, so that a CI log shows where its minutes went.
 log() {
-    printf '[%s] %s\n' "$(basename "$0")" "$*" >&2
+    printf '[%s %(%H:%M:%S)T] %s\n' "$(basename "$0")" -1 "$*" >&2
 }
 
 die() {
