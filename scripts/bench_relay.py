@@ -17,11 +17,13 @@ gateway``, real session containers) and runs, one after the other:
 small machine the figures are the relay's and not the CPU a hundred idle CLIs take.
 ``--busy-sessions N`` does the opposite: N sessions spin a CPU each (as a build would) while
 the scenarios run, so the relay is measured beside neighbours that want more CPU than the
-machine has.
+machine has. ``--replicas N`` runs N gateways of one fleet and spreads the clients over them,
+as a load balancer would. ``--client websockets`` reads with the websockets library instead of
+scripts/lean_websocket.py's reader, which costs the shared machine less CPU per message.
 
 For each: deliveries/s achieved, latency from the publisher's clock in the event to its
-arrival at a client (p50, p99, max), the gateway process's CPU time per 10,000
-deliveries, and how long its event loop was ready to run but waited for a CPU (a wait its
+arrival at a client (p50, p99, max), the gateway processes' CPU time per 10,000
+deliveries, and how long each one's event loop was ready to run but waited for a CPU (a wait its
 latency includes; on a machine short of CPU it makes the tail). The clients run in
 ``--workers`` processes of their own and the publisher in another, so neither competes with
 the gateway's process for its interpreter.
@@ -31,10 +33,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +46,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
+import lean_websocket  # noqa: E402
 import redis  # noqa: E402
 from bench import percentile  # noqa: E402
 from cpu_meter import CpuMeter  # noqa: E402
 
 from tests.client import Api, mint_token  # noqa: E402
-from tests.stack import at_address, run_gateway, start_infra, start_s3  # noqa: E402
+from tests.stack import (  # noqa: E402
+    at_address,
+    run_gateway,
+    run_replica,
+    start_infra,
+    start_s3,
+)
 from wrapper.protocol import output_stream_key  # noqa: E402
 
 SATURATED_MS = 50.0
@@ -58,30 +69,46 @@ def client_worker(
     ws_urls: list[str],
     token: str,
     expected: int,
+    lean: bool,
     ready: Any,
     results: Any,
 ) -> None:
-    """One process: a WebSocket client per URL, each until it has ``expected`` events."""
+    """One process: a WebSocket client per URL, each until it has ``expected`` events; with
+    ``lean``, scripts/lean_websocket.py's reader instead of the ``websockets`` library's."""
 
     span = [float("inf"), 0.0]  # first event sent, last one received (ns, wall clock)
+    headers = {"Authorization": f"Bearer {token}"}
+    marker = BENCH_TIME.encode()
+
+    def counter(latencies: list[float]) -> Callable[[bytes], bool]:
+        received = 0
+
+        def on_message(raw: bytes) -> bool:
+            nonlocal received
+            now = time.time_ns()
+            # Not json.loads: the clients' CPU is the benchmark's, not the relay's, and they
+            # share this machine with it. A bench event ends with its publisher's time.
+            at = raw.rfind(marker)
+            if at < 0:
+                return False  # a gateway notice, not a bench event
+            sent = int(raw[at + len(marker) : raw.index(b"}", at)])
+            latencies.append((now - sent) / 1e6)
+            span[0] = min(span[0], sent)
+            span[1] = max(span[1], now)
+            received += 1
+            return received >= expected
+
+        return on_message
 
     async def one(url: str, latencies: list[float]) -> None:
-        async with Api.connect(url, {"Authorization": f"Bearer {token}"}) as ws:
+        on_message = counter(latencies)
+        if lean:
+            await lean_websocket.follow(url, headers, on_message, ready.release)
+            return
+        async with Api.connect(url, headers) as ws:
             ready.release()
-            received = 0
-            while received < expected:
-                raw = await ws.recv()
-                now = time.time_ns()
-                # Not json.loads: the clients' CPU is the benchmark's, not the relay's, and
-                # they share this machine with it. A bench event ends with its publisher's time.
-                at = raw.rfind(BENCH_TIME)
-                if at < 0:
-                    continue  # a gateway notice, not a bench event
-                sent = int(raw[at + len(BENCH_TIME) : raw.index("}", at)])
-                latencies.append((now - sent) / 1e6)
-                span[0] = min(span[0], sent)
-                span[1] = max(span[1], now)
-                received += 1
+            while not on_message(await ws.recv(decode=False)):
+                pass
 
     async def run() -> list[float]:
         latencies: list[float] = []
@@ -133,25 +160,31 @@ def publisher(
 
 def scenario(
     name: str,
-    api: Api,
+    apis: list[Api],
     redis_url: str,
-    gateway_pid: int,
+    gateway_pids: list[int],
     redis_container: str,
     session_ids: list[str],
     viewers: int,
     rate: int,
     seconds: float,
     workers: int,
+    lean: bool,
 ) -> float:
-    """Run one scenario; print its line and return its p99 in ms."""
+    """Run one scenario; print its line and return its p99 in ms. With several replicas
+    (``apis``, one per replica), the clients take them in turn, as a load balancer spreads
+    connections."""
     expected = int(rate * seconds)
-    urls = [api.ws_url(sid, "$") for sid in session_ids for _ in range(viewers)]
+    followed = [sid for sid in session_ids for _ in range(viewers)]
+    urls = [apis[i % len(apis)].ws_url(sid, "$") for i, sid in enumerate(followed)]
     context = mp.get_context("spawn")
     ready = context.Semaphore(0)
     results = context.Queue()
     shares = [urls[i::workers] for i in range(workers) if urls[i::workers]]
     processes = [
-        context.Process(target=client_worker, args=(share, api.token, expected, ready, results))
+        context.Process(
+            target=client_worker, args=(share, apis[0].token, expected, lean, ready, results)
+        )
         for share in shares
     ]
     for process in processes:
@@ -177,7 +210,7 @@ def scenario(
     meter = CpuMeter(
         {"redis": redis_container},
         {
-            "gateway": gateway_pid,
+            **{f"gateway:{i}": pid for i, pid in enumerate(gateway_pids)},
             **{f"clients:{i}": process.pid for i, process in enumerate(processes)},
             **{f"publishers:{i}": sender.pid for i, sender in enumerate(senders)},
         },
@@ -198,7 +231,7 @@ def scenario(
         process.join(30)
     latencies.sort()
     deliveries = len(latencies)
-    cpu = meter.spent["gateway"]
+    cpu = sum(meter.spent[f"gateway:{i}"] for i in range(len(gateway_pids)))
     p99 = percentile(latencies, 99)
     print(
         f"{name:<40} {deliveries / elapsed:>8,.0f} deliveries/s ({deliveries:,}): "
@@ -207,9 +240,11 @@ def scenario(
         flush=True,
     )
     if meter.available:
-        waited = meter.waited("gateway") * 1000
+        waited = ", ".join(
+            f"{meter.waited(f'gateway:{i}') * 1000:.0f}" for i in range(len(gateway_pids))
+        )
         print(f"{'':<40} {meter.cores()}", flush=True)
-        print(f"{'':<40} the gateway's event loop waited for a CPU {waited:.0f} ms a second")
+        print(f"{'':<40} the gateway's event loop waited for a CPU {waited} ms a second")
     return p99
 
 
@@ -263,22 +298,28 @@ def main(args: argparse.Namespace) -> None:
         start_infra(client) as infra,
         tempfile.TemporaryDirectory() as logs,
         start_s3(Path(logs)) as s3,
-        run_gateway(
-            infra,
-            "http://127.0.0.1:9",  # no model calls here
-            s3,
-            Path(logs),
-            LOG_LEVEL="WARNING",
-            EVENT_STREAM_MAXLEN="200000",
-            MAX_SESSIONS_PER_OWNER=str(args.sessions + 5),
-            RATE_LIMIT_PER_SECOND="10000",  # a hundred WebSockets open at once
-            RATE_LIMIT_BURST="10000",
-            **dict(item.split("=", 1) for item in args.gateway_env),
-        ) as gateway,
+        contextlib.ExitStack() as replicas,
     ):
-        assert gateway.process is not None
-        pid = gateway.process.pid
-        api = Api(gateway.url, mint_token(gateway.jwt_secret, "bench"))
+        settings = {
+            "LOG_LEVEL": "WARNING",
+            "EVENT_STREAM_MAXLEN": "200000",
+            "MAX_SESSIONS_PER_OWNER": str(args.sessions + 5),
+            "RATE_LIMIT_PER_SECOND": "10000",  # a hundred WebSockets open at once
+            "RATE_LIMIT_BURST": "10000",
+            **dict(item.split("=", 1) for item in args.gateway_env),
+        }
+        no_model = "http://127.0.0.1:9"  # no model calls here
+        gateway = replicas.enter_context(run_gateway(infra, no_model, s3, Path(logs), **settings))
+        gateways = [gateway] + [
+            replicas.enter_context(
+                run_replica(gateway, infra, no_model, s3, Path(logs), **settings)
+            )
+            for _ in range(args.replicas - 1)
+        ]
+        pids = [replica.process.pid for replica in gateways if replica.process is not None]
+        token = mint_token(gateway.jwt_secret, "bench")
+        apis = [Api(replica.url, token) for replica in gateways]
+        api = apis[0]
         loop = asyncio.new_event_loop()
         sessions = loop.run_until_complete(ready_sessions(api, args.sessions))
         if args.quiet_clis:
@@ -286,21 +327,22 @@ def main(args: argparse.Namespace) -> None:
         spinning = sessions[len(sessions) - args.busy_sessions :] if args.busy_sessions else []
         busy = [loop.run_until_complete(api.get(sid))["container_id"] for sid in spinning]
         spin(client, busy, True)
-        common = (api, wrappers_redis_url(infra), pid, infra.redis.get_wrapped_container().id)
+        common = (apis, wrappers_redis_url(infra), pids, infra.redis.get_wrapped_container().id)
         one = sessions[:1]
-        seconds, workers = args.seconds, args.workers
+        seconds, clients = args.seconds, (args.workers, args.client == "lean")
+        print(f"clients: {args.workers} processes, {args.client} reader", flush=True)
         if "one" in args.scenarios:
-            scenario("1 client, 1,000 events/s", *common, one, 1, 1000, seconds, workers)
+            scenario("1 client, 1,000 events/s", *common, one, 1, 1000, seconds, *clients)
         if "viewers" in args.scenarios:
             name = "100 viewers of 1 session, 100 events/s"
-            scenario(name, *common, one, 100, 100, seconds, workers)
+            scenario(name, *common, one, 100, 100, seconds, *clients)
         if "sessions" in args.scenarios:
             rate = 10_000 // len(sessions)
             name = f"{len(sessions)} sessions x 1 client, {rate} events/s each"
-            scenario(name, *common, sessions, 1, rate, seconds, workers)
+            scenario(name, *common, sessions, 1, rate, seconds, *clients)
         for rate in args.sweep:
             p99 = scenario(
-                f"saturation: 100 viewers, {rate} events/s", *common, one, 100, rate, 3, workers
+                f"saturation: 100 viewers, {rate} events/s", *common, one, 100, rate, 3, *clients
             )
             if p99 > SATURATED_MS:
                 print(f"saturated: p99 passed {SATURATED_MS:.0f} ms at {rate * 100:,} asked/s")
@@ -310,7 +352,8 @@ def main(args: argparse.Namespace) -> None:
             signal_clis(loop, client, api, sessions, "CONT")
         for sid in sessions:
             loop.run_until_complete(api.stop(sid))
-        loop.run_until_complete(api.aclose())
+        for each in apis:
+            loop.run_until_complete(each.aclose())
         loop.close()
 
 
@@ -319,6 +362,19 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2, help="client processes")
+    parser.add_argument(
+        "--client",
+        choices=["lean", "websockets"],
+        default="lean",
+        help="the clients' reader: scripts/lean_websocket.py (least CPU), or the websockets "
+        "library's",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="gateway replicas (one fleet); the clients take them in turn",
+    )
     parser.add_argument(
         "--sweep",
         type=int,
