@@ -148,7 +148,8 @@ class Metrics:
         self.model_requests = Counter(
             "ccd_model_requests",
             "Model calls through the proxy, settled, by model family and upstream HTTP status "
-            "('unreachable' when there was none).",
+            "(when there was none: 'unreachable', or 'caller_gone' for a caller that hung up "
+            "mid-request).",
             ["model", "status"],
             registry=r,
         )
@@ -225,13 +226,12 @@ class Metrics:
         self.runtime_errors.labels(operation=operation).inc()
 
     def model_call(
-        self, family: str | None, usage: Usage, cost: Decimal, status: int | None
+        self, family: str | None, usage: Usage, cost: Decimal, status: int | str
     ) -> None:
-        """One model call settled: what the upstream reported it used, and its price."""
+        """One model call settled: what the upstream reported it used, and its price.
+        ``status``: the upstream's HTTP status, or why there was none."""
         model = family or OTHER_MODEL
-        self.model_requests.labels(
-            model=model, status=str(status) if status is not None else "unreachable"
-        ).inc()
+        self.model_requests.labels(model=model, status=str(status)).inc()
         for field, kind in TOKEN_KINDS.items():
             tokens = getattr(usage, field)
             if tokens:

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -368,7 +369,7 @@ class Ledger:
     # -- settling ----------------------------------------------------------------------------
 
     async def settle(
-        self, ticket: Ticket, model: str, usage: Usage, http_status: int | None
+        self, ticket: Ticket, model: str, usage: Usage, status: int | NoAnswer
     ) -> None:
         """Count what the call used (exactly what the upstream reported) for its session, its
         tree and its owner, and release its reservation. Idempotent per call. Sends
@@ -377,10 +378,10 @@ class Ledger:
         cost = self._prices.cost(model, usage)
         counted = _counted(usage)
         if _unbudgeted(ticket):
-            await self._settle_unbudgeted(ticket, model, http_status, cost, counted)
-            self._metrics.model_call(self._prices.family(model), usage, cost, http_status)
+            await self._settle_unbudgeted(ticket, model, _http_status(status), cost, counted)
+            self._metrics.model_call(self._prices.family(model), usage, cost, status)
             return
-        settled = _settled_values(model, http_status, cost, counted)
+        settled = _settled_values(model, _http_status(status), cost, counted)
         async with self._db() as db, db.begin():
             prior = await db.scalar(
                 select(ModelCallRow.state)
@@ -430,7 +431,7 @@ class Ledger:
                 if crossed
                 else []
             )
-        self._metrics.model_call(self._prices.family(model), usage, cost, http_status)
+        self._metrics.model_call(self._prices.family(model), usage, cost, status)
         for session_id in running:
             await self._bus.publish(str(session_id), GatewayEvent.BUDGET_EXCEEDED, **figures)
 
@@ -448,7 +449,7 @@ class Ledger:
             _unbudgeted_parameters(
                 call.ticket,
                 call.model,
-                call.status,
+                _http_status(call.status),
                 cost,
                 _counted(call.usage),
                 list(call.ticket.caller.ancestors or ()),
@@ -513,6 +514,13 @@ class Ledger:
         return len(stale)
 
 
+class NoAnswer(StrEnum):
+    """Why a call that ended has no HTTP status from the upstream."""
+
+    UNREACHABLE = "unreachable"  # the upstream could not be reached, or did not answer in time
+    CALLER_GONE = "caller_gone"  # the caller hung up before its request was all sent on
+
+
 @dataclass(frozen=True)
 class Ended:
     """A call whose answer ended: what the upstream reported it used, to be settled."""
@@ -520,7 +528,12 @@ class Ended:
     ticket: Ticket
     model: str
     usage: Usage
-    status: int | None
+    status: int | NoAnswer
+
+
+def _http_status(status: int | NoAnswer) -> int | None:
+    """What a call's row records: the upstream's HTTP status, none when it gave no answer."""
+    return None if isinstance(status, NoAnswer) else status
 
 
 def _unbudgeted(ticket: Ticket) -> bool:

@@ -29,6 +29,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
+from starlette.requests import ClientDisconnect
 
 from gateway.config import Settings
 from gateway.db.outage import database_unavailable, transaction_conflict
@@ -36,7 +37,7 @@ from gateway.error_codes import ErrorCode
 from gateway.errors import Unauthorized
 from gateway.logging_setup import bind_session
 from gateway.model.callers import Caller
-from gateway.model.ledger import BudgetSpent, Ended, Ledger, NotRunning, Ticket
+from gateway.model.ledger import BudgetSpent, Ended, Ledger, NoAnswer, NotRunning, Ticket
 from gateway.model.meter import StreamMeter, Usage, usage_of_json
 from gateway.model.passthrough import Passthrough
 from gateway.model.slots import UNCOUNTED, CallSlots
@@ -59,16 +60,22 @@ SETTLE_GRACE = 5.0
 SETTLE_BATCH_SECONDS = 0.02
 
 
-@dataclass(frozen=True)
+@dataclass
 class StreamedBody:
     """A request body sent upstream as it arrives from the client, of a declared ``length``
     (within the limit: the HTTP parser never reads past it)."""
 
     request: Request
     length: int
+    cut_short: bool = False  # the client hung up before all of it was sent on
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        return self.request.stream()
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.request.stream():
+                yield chunk
+        except ClientDisconnect:
+            self.cut_short = True
+            raise
 
 
 Body = bytes | StreamedBody
@@ -151,8 +158,15 @@ class ModelProxy:
             sent = body
         try:
             answer = await self._upstream.send(path, request.url.query, headers, sent)
-        except UpstreamUnreachable as exc:
-            self._settle_later(ticket, ticket.model, Usage(), None, slot)
+        except (UpstreamUnreachable, ClientDisconnect) as exc:
+            if isinstance(body, StreamedBody) and body.cut_short:
+                # Nobody is left to answer, and the upstream did nothing wrong.
+                self._settle_later(ticket, ticket.model, Usage(), NoAnswer.CALLER_GONE, slot)
+                log.info("model call of %s: the caller hung up mid-request", caller.session_id)
+                return anthropic_error(400, "invalid_request_error", "the request was cut short")
+            if not isinstance(exc, UpstreamUnreachable):
+                raise
+            self._settle_later(ticket, ticket.model, Usage(), NoAnswer.UNREACHABLE, slot)
             log.warning("model upstream unreachable for %s: %s", caller.session_id, exc)
             return anthropic_error(502, "api_error", f"the model API could not be reached: {exc}")
         return self._relay(answer, ticket, slot)
@@ -253,7 +267,7 @@ class ModelProxy:
         ticket: Ticket,
         model: str,
         usage: Usage,
-        status: int | None,
+        status: int | NoAnswer,
         slot: str,
     ) -> None:
         self._give_back(ticket.caller.owner, slot)

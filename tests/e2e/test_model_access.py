@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.model.meter import Usage
 from gateway.model.prices import PriceTable
@@ -551,6 +552,41 @@ async def test_a_large_request_goes_upstream_while_it_is_still_arriving(
         assert upstream.body == raw
         head = upstream.head.decode().lower()
         assert f"content-length: {len(raw)}\r\n" in head and "transfer-encoding" not in head
+
+
+async def test_a_caller_that_hangs_up_mid_request_is_not_an_unreachable_upstream(
+    infra, s3_endpoint, tmp_path
+) -> None:
+    """A CLI killed while its long request is still being sent on: the upstream was reached
+    and did nothing wrong, so the call counts as ``caller_gone``. Counted as ``unreachable``
+    it would tell an operator that the model API is down."""
+    body = messages_body("cut short")
+    body["system"] = "x" * (1024 * 1024)
+    raw = json.dumps(body).encode()
+    async with raw_upstream_gateway(infra, s3_endpoint, tmp_path) as (upstream, url, token):
+
+        async def half_then_killed() -> AsyncIterator[bytes]:
+            yield raw[: len(raw) // 2]
+            await asyncio.wait_for(upstream.body_began.wait(), timeout=10)
+            raise ConnectionAbortedError("the CLI was killed")
+
+        headers = {"x-api-key": token, "content-length": str(len(raw))}
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            with pytest.raises(ConnectionAbortedError):
+                await http.post("/model/v1/messages", content=half_then_killed(), headers=headers)
+            counted: dict[str, float] = {}
+            deadline = time.monotonic() + 15
+            while not counted and time.monotonic() < deadline:  # settled in batches
+                await asyncio.sleep(0.2)
+                scraped = (await http.get("/metrics")).text
+                counted = {
+                    sample.labels["status"]: sample.value
+                    for family in text_string_to_metric_families(scraped)
+                    for sample in family.samples
+                    if sample.name == "ccd_model_requests_total"
+                }
+        assert counted == {"caller_gone": 1.0}
+        assert len(upstream.body) < len(raw)  # the upstream never got the whole request
 
 
 async def test_a_request_over_the_size_limit_never_reaches_the_upstream(

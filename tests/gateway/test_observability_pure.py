@@ -22,6 +22,7 @@ from gateway.logging_setup import (
     session_context,
 )
 from gateway.metrics import Metrics
+from gateway.model.ledger import NoAnswer
 from gateway.model.meter import Usage
 from gateway.model.prices import PriceTable
 from gateway.runtime import (
@@ -109,7 +110,7 @@ def test_model_calls_are_labelled_by_family_never_by_the_requested_name() -> Non
     usage = Usage(input_tokens=10, output_tokens=5, cache_read_input_tokens=100)
     for model in ("claude-sonnet-4-5-20250929", "x" * 200, "another-made-up-name"):
         metrics.model_call(prices.family(model), usage, Decimal("0.25"), 200)
-    metrics.model_call(prices.family("claude-opus-4-5"), Usage(), Decimal(0), None)
+    metrics.model_call(prices.family("claude-opus-4-5"), Usage(), Decimal(0), NoAnswer.UNREACHABLE)
     found = samples(metrics)
     assert found[key("ccd_model_requests_total", model="claude-sonnet-4", status="200")] == 1
     assert found[key("ccd_model_requests_total", model="other", status="200")] == 2
