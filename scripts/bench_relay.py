@@ -13,8 +13,10 @@ gateway``, real session containers) and runs, one after the other:
 - a sweep of one session's viewers at rising rates until p99 passes 50 ms: the saturation
   point in deliveries/s.
 
-``--quiet-clis`` stops the sessions' idle CLIs (SIGSTOP) while the scenarios run, so that on a
-small machine the figures are the relay's and not the CPU a hundred idle CLIs take.
+The sessions are idle (the publishers stand in for their wrappers), so their CLIs are frozen
+after ``SESSION_IDLE_FREEZE`` (10 s) and cost nothing while the scenarios run, as in a
+deployment; ``--gateway-env SESSION_IDLE_FREEZE=0`` keeps them awake, each spending about 6 ms
+of CPU a second on its own timers (a hundred: most of a core of this 2-core machine).
 ``--busy-sessions N`` does the opposite: N sessions spin a CPU each (as a build would) while
 the scenarios run, so the relay is measured beside neighbours that want more CPU than the
 machine has. ``--replicas N`` runs N gateways of one fleet and spreads the clients over them,
@@ -276,22 +278,6 @@ async def ready_sessions(api: Api, count: int) -> list[str]:
     return [session["id"] for session in sessions]
 
 
-def signal_clis(
-    loop: asyncio.AbstractEventLoop, client: Any, api: Api, session_ids: list[str], signal: str
-) -> None:
-    """Send SIGSTOP or SIGCONT to every session's CLI (its wrapper and container stay as they
-    are). An idle CLI burns about 6 ms of CPU a second on its timers, so a hundred of them take
-    0.6 of this 2-core machine's CPU from the relay being measured; a deployment with a hundred
-    sessions has the cores for them."""
-    for session_id in session_ids:
-        container_id = loop.run_until_complete(api.get(session_id))["container_id"]
-        code, output = client.containers.get(container_id).exec_run(
-            ["pkill", f"-{signal}", "-x", "claude"]
-        )
-        if code != 0:
-            raise RuntimeError(f"could not signal the CLI of {session_id}: {output!r}")
-
-
 def main(args: argparse.Namespace) -> None:
     client = docker.from_env()
     with (
@@ -322,8 +308,6 @@ def main(args: argparse.Namespace) -> None:
         api = apis[0]
         loop = asyncio.new_event_loop()
         sessions = loop.run_until_complete(ready_sessions(api, args.sessions))
-        if args.quiet_clis:
-            signal_clis(loop, client, api, sessions, "STOP")
         spinning = sessions[len(sessions) - args.busy_sessions :] if args.busy_sessions else []
         busy = [loop.run_until_complete(api.get(sid))["container_id"] for sid in spinning]
         spin(client, busy, True)
@@ -348,8 +332,6 @@ def main(args: argparse.Namespace) -> None:
                 print(f"saturated: p99 passed {SATURATED_MS:.0f} ms at {rate * 100:,} asked/s")
                 break
         spin(client, busy, False)
-        if args.quiet_clis:
-            signal_clis(loop, client, api, sessions, "CONT")
         for sid in sessions:
             loop.run_until_complete(api.stop(sid))
         for each in apis:
@@ -389,12 +371,6 @@ if __name__ == "__main__":
         default=["one", "viewers", "sessions"],
     )
     parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE")
-    parser.add_argument(
-        "--quiet-clis",
-        action="store_true",
-        help="SIGSTOP the sessions' CLIs while the scenarios run (the relay alone; see "
-        "signal_clis)",
-    )
     parser.add_argument(
         "--busy-sessions",
         type=int,

@@ -227,6 +227,7 @@ ENV_CLAUDE_SESSION_ID = "CCD_CLAUDE_SESSION_ID"
 ENV_SESSION_CONFIG = "CCD_SESSION_CONFIG"
 ENV_PERMISSION_MODE = "CCD_PERMISSION_MODE"
 ENV_STREAM_MAXLEN = "CCD_STREAM_MAXLEN"
+ENV_IDLE_FREEZE = "CCD_IDLE_FREEZE"
 # The session's capability token (a JWT for the gateway's API, scoped to this session and its
 # descendants). Short-lived: the wrapper refreshes it and keeps the current one in
 # ``session_token_file``. Not part of ``ContainerEnv``: it is minted when the container starts.
@@ -295,10 +296,14 @@ class ContainerEnv:
     """Permission mode when the config sets none."""
     stream_maxlen: int
     """Approximate MAXLEN of the output stream (at least ``MIN_STREAM_MAXLEN``)."""
+    idle_freeze: float = 0.0
+    """Seconds the CLI may sit idle before it is stopped until it is needed; 0: never."""
 
     def __post_init__(self) -> None:
         if self.stream_maxlen < MIN_STREAM_MAXLEN:
             raise ValueError(f"{ENV_STREAM_MAXLEN} must be at least {MIN_STREAM_MAXLEN}")
+        if not self.idle_freeze >= 0:
+            raise ValueError(f"{ENV_IDLE_FREEZE} must be 0 or more seconds")
 
     def to_env(self) -> dict[str, str]:
         return {
@@ -309,6 +314,7 @@ class ContainerEnv:
             ENV_SESSION_CONFIG: self.config.to_json(),
             ENV_PERMISSION_MODE: self.permission_mode,
             ENV_STREAM_MAXLEN: str(self.stream_maxlen),
+            ENV_IDLE_FREEZE: str(self.idle_freeze),
         }
 
     def pooled_env(self) -> dict[str, str]:
@@ -330,6 +336,7 @@ class ContainerEnv:
             config=CliConfig.from_mapping(config),
             permission_mode=env.get(ENV_PERMISSION_MODE, "bypassPermissions"),
             stream_maxlen=int(env.get(ENV_STREAM_MAXLEN, "10000")),
+            idle_freeze=float(env.get(ENV_IDLE_FREEZE, "0")),
         )
 
 

@@ -75,10 +75,13 @@ class Supervisor:
         rest of itself, so the CLI's boot overlaps with that)."""
         inputs = asyncio.create_task(self._consume_inputs(), name="inputs")
         feeder = asyncio.create_task(self._feed_prompts(), name="feeder")
+        tasks = [inputs, feeder]
+        if self._contract.idle_freeze > 0:
+            tasks.append(asyncio.create_task(self._freeze_when_idle(), name="idle-freeze"))
         try:
             return await self._supervise(first)
         finally:
-            await cancel_and_wait([inputs, feeder, *self._background])
+            await cancel_and_wait([*tasks, *self._background])
 
     def stop(self) -> None:
         """Begin a graceful stop (SIGTERM): end the CLI, publish what is left, return 0."""
@@ -165,6 +168,32 @@ class Supervisor:
         # Everything the CLI printed is published before its exit is reported.
         await asyncio.gather(stdout, stderr, return_exceptions=True)
         return exit_code
+
+    async def _freeze_when_idle(self) -> None:
+        """Freeze the CLI (``ClaudeProcess.freeze``) once it has been idle ``idle_freeze``
+        seconds: ready, no turn written to it or waiting for it, no control request either
+        way, no line read from it or written to it. The next prompt, interrupt or signal
+        thaws it."""
+        limit = self._contract.idle_freeze
+        while True:
+            proc = self._proc
+            wait = limit
+            if proc is not None and not proc.frozen and self._idle(proc):
+                wait = limit - (time.monotonic() - proc.last_active)
+                if wait <= 0:
+                    proc.freeze()
+                    wait = limit
+            await asyncio.sleep(wait)
+
+    def _idle(self, proc: ClaudeProcess) -> bool:
+        return (
+            self._ready.is_set()
+            and not self._stopping.is_set()
+            and not self._turns
+            and not self._queue
+            and not self._answering
+            and not proc.busy
+        )
 
     def _crashed_too_often(self) -> bool:
         now = time.monotonic()

@@ -133,6 +133,7 @@ def _contract(
         config=config,
         permission_mode=settings.session_permission_mode,
         stream_maxlen=settings.event_stream_maxlen,
+        idle_freeze=settings.session_idle_freeze,
     )
 
 

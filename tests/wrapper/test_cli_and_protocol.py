@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -126,7 +127,7 @@ def test_transcript_path_follows_the_clis_layout() -> None:
 
 
 def test_container_env_round_trips_through_the_environment() -> None:
-    original = contract(model="m", max_turns=2)
+    original = dataclasses.replace(contract(model="m", max_turns=2), idle_freeze=2.5)
     assert ContainerEnv.from_env(original.to_env()) == original
     assert "None" not in original.to_env()[protocol.ENV_SESSION_CONFIG]
 
@@ -224,6 +225,46 @@ async def test_a_control_request_fails_at_once_when_the_cli_goes_away(tmp_path: 
     with pytest.raises(ControlError):  # and so does any later request
         await proc.control("interrupt", timeout=60)
     assert await proc.wait() == 0
+
+
+# A stand-in CLI: echoes each stdin line, and on SIGTERM says so and exits 0.
+ECHO_UNTIL_TERM = """
+import signal, sys
+signal.signal(signal.SIGTERM, lambda *_: (print("terminated", flush=True), sys.exit(0)))
+for line in sys.stdin:
+    print(line.strip(), flush=True)
+"""
+
+
+def _state(pid: int) -> str:
+    """The process's scheduler state letter (``T``: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+async def test_a_frozen_cli_is_thawed_by_a_write_and_a_stop_does_not_wait_out_its_grace(
+    tmp_path: Path,
+) -> None:
+    """An idle CLI is frozen with SIGSTOP. A stopped process acts on SIGTERM only once it runs
+    again: a stop that only sent SIGTERM would wait out the whole grace and then kill it."""
+    proc = await ClaudeProcess.spawn(
+        [sys.executable, "-c", ECHO_UNTIL_TERM], {"PATH": "/usr/bin:/bin"}, tmp_path, 1024
+    )
+    await proc.send({"n": 1})
+    assert await proc.stdout_line() == b'{"n": 1}'
+    proc.freeze()
+    await asyncio.sleep(0.1)
+    assert proc.frozen and _state(proc.pid) == "T"
+    await proc.send({"n": 2})  # thaws it first
+    assert await asyncio.wait_for(proc.stdout_line(), 5) == b'{"n": 2}'
+    assert not proc.frozen and _state(proc.pid) != "T"
+    proc.freeze()
+    await asyncio.sleep(0.1)
+    assert _state(proc.pid) == "T"
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    assert await proc.terminate(grace=30) == 0  # exit 0: SIGTERM handled, not SIGKILL
+    assert loop.time() - began < 5
+    assert await proc.stdout_line() == b"terminated"
 
 
 START_PATH = """
