@@ -300,7 +300,7 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds a session's CLI may sit idle (no turn, nothing read or written) "
         "before its wrapper stops it with SIGSTOP until the next prompt, interrupt or stop: an "
-        "idle CLI's timers cost about 0.6% of a core. 0: never.",
+        "idle CLI's timers cost 0.4-0.7% of a core. 0: never.",
     )
     lease_ttl: float = Field(
         default=15.0,

@@ -16,7 +16,7 @@ gateway``, real session containers) and runs, one after the other:
 The sessions are idle (the publishers stand in for their wrappers), so their CLIs are frozen
 after ``SESSION_IDLE_FREEZE`` (10 s) and cost nothing while the scenarios run, as in a
 deployment; ``--gateway-env SESSION_IDLE_FREEZE=0`` keeps them awake, each spending about 6 ms
-of CPU a second on its own timers (a hundred: most of a core of this 2-core machine).
+of CPU a second on its own timers (a hundred: about half a core of this 2-core machine).
 ``--busy-sessions N`` does the opposite: N sessions spin a CPU each (as a build would) while
 the scenarios run, so the relay is measured beside neighbours that want more CPU than the
 machine has. ``--replicas N`` runs N gateways of one fleet and spreads the clients over them,

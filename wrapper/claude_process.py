@@ -185,7 +185,7 @@ class ClaudeProcess:
 
     def freeze(self) -> None:
         """Stop the CLI (SIGSTOP) while it has nothing to do: an idle CLI's own timers cost
-        about 6 ms of CPU a second, a hundred of them most of a core. Only the CLI itself: a
+        4-7 ms of CPU a second, a hundred of them about half a core. Only the CLI itself: a
         tool it left running in the background goes on. Writing to it or signalling it thaws
         it first."""
         if self._frozen or self._proc.returncode is not None:
