@@ -159,13 +159,13 @@ class ModelProxy:
         try:
             answer = await self._upstream.send(path, request.url.query, headers, sent)
         except (UpstreamUnreachable, ClientDisconnect) as exc:
+            # A ClientDisconnect comes only from a streamed body's chunks, which mark it cut
+            # short first; aiohttp may also pass it on as UpstreamUnreachable.
             if isinstance(body, StreamedBody) and body.cut_short:
                 # Nobody is left to answer, and the upstream did nothing wrong.
                 self._settle_later(ticket, ticket.model, Usage(), NoAnswer.CALLER_GONE, slot)
                 log.info("model call of %s: the caller hung up mid-request", caller.session_id)
                 return anthropic_error(400, "invalid_request_error", "the request was cut short")
-            if not isinstance(exc, UpstreamUnreachable):
-                raise
             self._settle_later(ticket, ticket.model, Usage(), NoAnswer.UNREACHABLE, slot)
             log.warning("model upstream unreachable for %s: %s", caller.session_id, exc)
             return anthropic_error(502, "api_error", f"the model API could not be reached: {exc}")

@@ -18,6 +18,7 @@ import pytest
 
 from tests.client import Api, marker, mint_token
 from tests.fake_anthropic import slow_text, text
+from tests.pool import wait_for_pool
 from tests.stack import Gateway, run_gateway
 
 pytestmark = pytest.mark.docker
@@ -146,23 +147,16 @@ async def test_a_pooled_cli_waits_frozen_and_its_claim_runs_a_turn(
     """A pooled container's CLI is frozen until its first prompt; the claim binds it to its
     session all the same (its model key, read through its apiKeyHelper, changes meanwhile)."""
     gateway = freezing_pool_gateway
-    labels = [f"cc-docker.instance={gateway.instance}", "cc-docker.pool-id"]
-    async with asyncio.timeout(90):
-        while not (
-            pooled := await asyncio.to_thread(
-                docker_client.containers.list, filters={"label": labels}
-            )
-        ):
-            await asyncio.sleep(0.2)
-    await frozen_within(docker_client, pooled[0].id)
-    tag = marker()
-    fake_api.on(tag, text(f"warm {tag}"))
     api = Api(gateway.url, mint_token(gateway.jwt_secret, marker("pooled")))
     try:
+        waiting = (await wait_for_pool(docker_client, gateway, api, 1))[0]
+        await frozen_within(docker_client, waiting)
+        tag = marker()
+        fake_api.on(tag, text(f"warm {tag}"))
         session = await api.create()
         sid = session["id"]
         await api.wait_status(sid, "ready")
-        assert (await api.get(sid))["container_id"] == pooled[0].id
+        assert (await api.get(sid))["container_id"] == waiting
         reply = await api.chat(sid, f"hello {tag}")
         assert reply["result"]["result"] == f"warm {tag}"
         await api.stop(sid)

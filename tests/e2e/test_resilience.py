@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,25 +167,35 @@ async def _until_gone(docker_client, container_id: str, timeout: float = 20) -> 
             await asyncio.sleep(0.2)
 
 
-async def test_a_session_that_never_gets_ready_fails_with_start_timeout(
-    infra, fake_api, s3_endpoint, tmp_path, docker_client
-) -> None:
+@contextlib.asynccontextmanager
+async def never_ready(
+    infra: Any, fake_api: Any, s3_endpoint: str, tmp_path: Path, timeout: float
+) -> AsyncIterator[Api]:
+    """A client of alice's, on a gateway whose sessions can never get ready (their Redis URL
+    leads nowhere) and whose ``SESSION_START_TIMEOUT`` is ``timeout``."""
     with run_gateway(
         infra,
         fake_api.base_url,
         s3_endpoint,
         tmp_path,
         SESSION_REDIS_URL="redis://ccd-host:1/0",  # nothing listens there
-        SESSION_START_TIMEOUT="3",
+        SESSION_START_TIMEOUT=str(timeout),
     ) as gw:
         client = Api(gw.url, mint_token(gw.jwt_secret, "alice"))
         try:
-            session = await client.create()
-            failed = await client.wait_status(session["id"], "failed", timeout=30)
-            assert failed["failure_reason"].startswith("start timeout")
-            await _until_gone(docker_client, session["container_id"])
+            yield client
         finally:
             await client.aclose()
+
+
+async def test_a_session_that_never_gets_ready_fails_with_start_timeout(
+    infra, fake_api, s3_endpoint, tmp_path, docker_client
+) -> None:
+    async with never_ready(infra, fake_api, s3_endpoint, tmp_path, 3) as client:
+        session = await client.create()
+        failed = await client.wait_status(session["id"], "failed", timeout=30)
+        assert failed["failure_reason"].startswith("start timeout")
+        await _until_gone(docker_client, session["container_id"])
 
 
 async def test_a_resumed_start_is_timed_by_its_own_watch_not_the_failed_start_before_it(
@@ -190,35 +204,24 @@ async def test_a_resumed_start_is_timed_by_its_own_watch_not_the_failed_start_be
     """A start that fails early (its container killed) leaves its watch running. The session
     is resumed, and its new start is slow: the first start's deadline must not fail it."""
     timeout = 10
-    with run_gateway(
-        infra,
-        fake_api.base_url,
-        s3_endpoint,
-        tmp_path,
-        SESSION_REDIS_URL="redis://ccd-host:1/0",  # nothing listens there: never ready
-        SESSION_START_TIMEOUT=str(timeout),
-    ) as gw:
-        client = Api(gw.url, mint_token(gw.jwt_secret, "alice"))
-        try:
-            session = await client.create()
-            first_deadline = time.monotonic() + timeout
-            docker_client.containers.get(session["container_id"]).kill()
-            await client.wait_status(session["id"], "failed", timeout=30)
-            await asyncio.sleep(4)  # the resumed start's deadline comes well after the first's
-            resumed = await client.http.post(f"/api/v1/sessions/{session['id']}/resume")
-            assert resumed.status_code == 200, resumed.text
-            assert resumed.json()["status"] == "starting"
-            second_deadline = time.monotonic() + timeout
-            await asyncio.sleep(first_deadline + 2 - time.monotonic())
-            assert time.monotonic() < second_deadline - 1
-            still = await client.get(session["id"])
-            assert still["status"] == "starting", still.get("failure_reason")
-            failed = await client.wait_status(session["id"], "failed", timeout=30)
-            assert failed["failure_reason"].startswith("start timeout")
-            # its own deadline (the gateway's clock started just before the resume answered)
-            assert time.monotonic() >= second_deadline - 1
-        finally:
-            await client.aclose()
+    async with never_ready(infra, fake_api, s3_endpoint, tmp_path, timeout) as client:
+        session = await client.create()
+        first_deadline = time.monotonic() + timeout
+        docker_client.containers.get(session["container_id"]).kill()
+        await client.wait_status(session["id"], "failed", timeout=30)
+        await asyncio.sleep(4)  # the resumed start's deadline comes well after the first's
+        resumed = await client.http.post(f"/api/v1/sessions/{session['id']}/resume")
+        assert resumed.status_code == 200, resumed.text
+        assert resumed.json()["status"] == "starting"
+        second_deadline = time.monotonic() + timeout
+        await asyncio.sleep(first_deadline + 2 - time.monotonic())
+        assert time.monotonic() < second_deadline - 1
+        still = await client.get(session["id"])
+        assert still["status"] == "starting", still.get("failure_reason")
+        failed = await client.wait_status(session["id"], "failed", timeout=30)
+        assert failed["failure_reason"].startswith("start timeout")
+        # its own deadline (the gateway's clock started just before the resume answered)
+        assert time.monotonic() >= second_deadline - 1
 
 
 async def test_idle_sessions_are_stopped(api_for, docker_client) -> None:

@@ -22,12 +22,12 @@ import redis
 
 from tests.client import Api, marker, mint_token, read_until
 from tests.fake_anthropic import text
+from tests.pool import POOL_LABEL, wait_for_pool
 from tests.stack import Gateway, run_gateway
 
 pytestmark = pytest.mark.docker
 
 POOL_SIZE = 2
-POOL_LABEL = "cc-docker.pool-id"
 IDENTITY = ("CCD_SESSION_ID", "CCD_SESSION_TOKEN", "CCD_REDIS_URL")
 
 
@@ -51,31 +51,6 @@ async def api(pool_gateway: Gateway) -> AsyncIterator[Api]:
     await client.aclose()
 
 
-def pooled(docker_client: Any, gateway: Gateway) -> list[Any]:
-    """The gateway's running pooled containers (claimed ones included: they keep the label)."""
-    return docker_client.containers.list(
-        filters={"label": [f"cc-docker.instance={gateway.instance}", POOL_LABEL]}
-    )
-
-
-async def wait_for_pool(
-    docker_client: Any, gateway: Gateway, api: Api, count: int = POOL_SIZE
-) -> list[str]:
-    """Container ids of ``count`` pooled containers no session holds, once there are."""
-    async with asyncio.timeout(90):
-        while True:
-            listed = await asyncio.to_thread(pooled, docker_client, gateway)
-            held = {s["container_id"] for s in await sessions_of(api)}
-            free = [c.id for c in listed if c.id not in held]
-            if len(free) >= count:
-                return free
-            await asyncio.sleep(0.2)
-
-
-async def sessions_of(api: Api) -> list[dict[str, Any]]:
-    return (await api.http.get("/api/v1/sessions", params={"limit": 100})).json()["sessions"]
-
-
 def environment(docker_client: Any, container_id: str) -> dict[str, str]:
     attrs = docker_client.api.inspect_container(container_id)
     return dict(item.split("=", 1) for item in attrs["Config"]["Env"])
@@ -93,7 +68,7 @@ async def warm_starts(gateway: Gateway) -> float:
 async def test_a_pooled_container_holds_no_identity_and_its_secrets_are_worthless(
     api, pool_gateway, docker_client, infra, fake_api
 ) -> None:
-    free = await wait_for_pool(docker_client, pool_gateway, api)
+    free = await wait_for_pool(docker_client, pool_gateway, api, POOL_SIZE)
     env = await asyncio.to_thread(environment, docker_client, free[0])
     assert not [name for name in IDENTITY if name in env], env
     assert "CCD_POOL_ID" in env
@@ -136,7 +111,7 @@ async def test_a_pooled_container_holds_no_identity_and_its_secrets_are_worthles
 async def test_a_warm_session_behaves_as_a_cold_one(
     api, pool_gateway, docker_client, fake_api
 ) -> None:
-    free = await wait_for_pool(docker_client, pool_gateway, api)
+    free = await wait_for_pool(docker_client, pool_gateway, api, POOL_SIZE)
     before = await warm_starts(pool_gateway)
     session = await api.create()
     ready = await api.wait_status(session["id"], "ready", timeout=30)
@@ -204,7 +179,7 @@ async def test_a_warm_session_behaves_as_a_cold_one(
 
 
 async def test_concurrent_creates_never_share_a_container(api, pool_gateway, docker_client) -> None:
-    await wait_for_pool(docker_client, pool_gateway, api)
+    await wait_for_pool(docker_client, pool_gateway, api, POOL_SIZE)
     created = await asyncio.gather(*(api.create() for _ in range(POOL_SIZE + 2)))
     ready = await asyncio.gather(*(api.wait_status(s["id"], "ready", timeout=90) for s in created))
     containers = [row["container_id"] for row in ready]
@@ -215,12 +190,12 @@ async def test_concurrent_creates_never_share_a_container(api, pool_gateway, doc
 async def test_the_pool_refills_and_the_reconciler_leaves_it_alone(
     api, pool_gateway, docker_client
 ) -> None:
-    await wait_for_pool(docker_client, pool_gateway, api)
+    await wait_for_pool(docker_client, pool_gateway, api, POOL_SIZE)
     session = await api.create()
     await api.wait_status(session["id"], "ready")
-    free = set(await wait_for_pool(docker_client, pool_gateway, api))  # refilled
+    free = set(await wait_for_pool(docker_client, pool_gateway, api, POOL_SIZE))  # refilled
     await asyncio.sleep(3)  # three reconciliations (RECONCILE_INTERVAL=1)
-    still = set(await wait_for_pool(docker_client, pool_gateway, api))
+    still = set(await wait_for_pool(docker_client, pool_gateway, api, POOL_SIZE))
     assert free <= still, "the reconciler removed pooled containers"
     await api.stop(session["id"])
 
@@ -228,7 +203,7 @@ async def test_the_pool_refills_and_the_reconciler_leaves_it_alone(
 async def test_a_session_with_its_own_cli_options_starts_cold(
     api, pool_gateway, docker_client
 ) -> None:
-    free = await wait_for_pool(docker_client, pool_gateway, api)
+    free = await wait_for_pool(docker_client, pool_gateway, api, POOL_SIZE)
     session = await api.create(config={"append_system_prompt": "be brief"})
     ready = await api.wait_status(session["id"], "ready", timeout=60)
     assert ready["container_id"] not in free
